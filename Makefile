@@ -1,0 +1,33 @@
+# kubetune: two commands do all set-up on a fresh machine.
+#   make quickstart   fine-tune Gemma 3 270M locally on the embedded defaults
+#   make test         every test (unit, integration with real servers, e2e)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export KUBETUNE_LLAMA_CPP_DIR ?= $(CURDIR)/.cache/llama.cpp
+export HF_HUB_OFFLINE := 1
+PYTEST_ARGS ?=
+
+.PHONY: setup quickstart test test-fast lint docs clean
+
+setup:
+	bash scripts/setup.sh
+
+quickstart: setup
+	$(VENV)/bin/launch submit --local examples/quickstart.yaml
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(PY) -m trainer.spec_doc --check docs/spec.md
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: lint
+	$(PY) -m pytest -m "not slow and not integration and not e2e" $(PYTEST_ARGS)
+
+docs:
+	$(PY) -m trainer.spec_doc > docs/spec.md
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

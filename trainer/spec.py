@@ -1,0 +1,251 @@
+"""THE kubetune job spec: the only place defaults live.
+
+Imported by the launcher (which must stay light), so this module imports no torch and no
+ML library. Field descriptions are the user documentation: `docs/spec.md` is generated
+from them (`python -m trainer.spec_doc`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+NAME_MAX = 40  # leaves room for the per-submission suffix and the pod index in a 63-char label
+
+
+class Section(BaseModel):
+    """Every section forbids unknown fields, so a typo is an error, never a silent default."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ModelSpec(Section):
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="Compute dtype of the base weights. On CPU, float32 is fastest; bfloat16 "
+        "works but runs slowly on most CPUs.",
+    )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="Load the base model quantized with bitsandbytes (QLoRA). `4bit` uses NF4 "
+        "with double quantization.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel. `flash_attention_2` needs a CUDA GPU and the flash-attn "
+        "package; packing keeps samples apart with every choice.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow the base model's repository to run its own Python code. Off unless "
+        "you trust that repository.",
+    )
+
+
+class AdapterSpec(Section):
+    method: Literal["lora", "dora"] = Field("lora", description="`lora`, or `dora` (weight-decomposed LoRA).")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: `all-linear` (every linear layer except the "
+        "output head) or a list of module names such as `[q_proj, v_proj]`.",
+    )
+    init: Literal["default", "pissa", "loftq"] = Field(
+        "default", description="Adapter initialisation: `default` (B = 0), `pissa` or `loftq`."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one module, or be `all-linear`")
+        return v
+
+
+class BadRowsSpec(Section):
+    policy: Literal["skip", "fail"] = Field(
+        "skip",
+        description="`skip`: bad rows are counted, reported with their line numbers and logged; "
+        "`fail`: the first bad row stops the job.",
+    )
+    max_bad_fraction: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="With `skip`, the job fails when more than this fraction of rows is bad.",
+    )
+
+
+class TemplateSpec(Section):
+    """A user format: turns named fields of each row into one conversation."""
+
+    system: str | None = Field(None, description="System message; may use `{field}` placeholders.")
+    user: str = Field(..., description="User turn, e.g. `{question}`.")
+    assistant: str = Field(..., description="Assistant turn, e.g. `<think>{thought}</think>{answer}`.")
+
+
+class ColumnsSpec(Section):
+    """Column names of the `instruction` format (alpaca style)."""
+
+    instruction: str = Field("instruction", description="Column holding the instruction.")
+    input: str = Field("input", description="Optional column appended to the instruction.")
+    output: str = Field("output", description="Column holding the expected answer.")
+
+
+class DataSpec(Section):
+    train: str | list[str] = Field(
+        ...,
+        description="Training data: local paths or `s3://` URIs, globs allowed "
+        "(`s3://bucket/train-*.jsonl`). JSONL or Parquet.",
+    )
+    eval: str | list[str] | None = Field(None, description="Held-out data, same forms as `train`.")
+    format: Literal["messages", "sharegpt", "instruction", "template"] = Field(
+        "messages",
+        description="Row format: `messages` (OpenAI chat: `{messages: [{role, content}]}`), "
+        "`sharegpt` (`{conversations: [{from, value}]}`), `instruction` "
+        "(instruction / optional input / output) or `template` (see `data.template`).",
+    )
+    template: TemplateSpec | None = Field(None, description="Required with `format: template`.")
+    columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names for `format: instruction`.")
+    system_prompt: str | None = Field(
+        None, description="System message added to rows that have none (not with `template`)."
+    )
+    max_seq_len: int = Field(2048, ge=16, le=1_048_576, description="Longest sample in tokens.")
+    too_long: Literal["bad_row", "truncate"] = Field(
+        "bad_row",
+        description="A sample longer than `max_seq_len`: a counted bad row, or truncated.",
+    )
+    packing: bool = Field(
+        True,
+        description="Pack several samples into each `max_seq_len` row (best-fit). Samples never "
+        "attend to each other: position ids restart per sample.",
+    )
+    train_on: Literal["completions", "all"] = Field(
+        "completions", description="Loss on assistant tokens only (`completions`) or on every token (`all`)."
+    )
+    bad_rows: BadRowsSpec = Field(default_factory=BadRowsSpec, description="What happens to rows that cannot be used.")
+
+    @model_validator(mode="after")
+    def _template_needs_template(self) -> DataSpec:
+        if self.format == "template" and self.template is None:
+            raise ValueError("`format: template` needs `data.template` with `user` and `assistant`")
+        if self.format != "template" and self.template is not None:
+            raise ValueError(f"`data.template` is only used with `format: template` (format is `{self.format}`)")
+        return self
+
+
+class TrainingSpec(Section):
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs` when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (when `max_steps` is unset).")
+    learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    per_device_batch_size: int = Field(4, ge=1, description="Rows per device per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = Field(
+        "ddp",
+        description="Distribution: `ddp`, DeepSpeed `zero2` / `zero3`, or `fsdp`. Becomes the "
+        "generated accelerate configuration.",
+    )
+    seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
+    save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (unset: only at the end).")
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate on `data.eval` every N steps (unset: at the end).")
+
+
+class ResourcesSpec(Section):
+    gpu: Literal["h100", "a100", "any", "none"] = Field(
+        "h100", description="GPU type per node, or `none` for a CPU-only job (laptops, tests)."
+    )
+    gpus_per_node: int = Field(8, ge=1, le=16, description="GPUs per node (one process each). Ignored when `gpu: none`.")
+    nodes: int = Field(1, ge=1, le=512, description="Nodes (pods) of the job.")
+    cpu: str | None = Field(None, description="CPU request per pod, e.g. `32`.")
+    memory: str | None = Field(None, description="Memory request per pod, e.g. `400Gi`.")
+    shm_size: str = Field("16Gi", description="Size of the memory-backed `/dev/shm` per pod.")
+
+    @property
+    def processes_per_node(self) -> int:
+        return 1 if self.gpu == "none" else self.gpus_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.processes_per_node
+
+
+class TrackingSpec(Section):
+    mlflow_uri: str | None = Field(
+        None,
+        description="MLflow tracking server. Unset: a local `sqlite:///` store under the output folder.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment (unset: the job name).")
+
+
+class OutputSpec(Section):
+    uri: str | None = Field(
+        None,
+        description="Where adapter, tokenizer, resolved spec and the `_SUCCESS` marker go: a "
+        "local folder or `s3://` prefix (unset: `runs/<name>` next to the spec).",
+    )
+
+
+class EvalSpec(Section):
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts answered before and after training (unset: the first user turns of `data.eval`).",
+    )
+    num_samples: int = Field(3, ge=0, le=100, description="Held-out prompts to sample when `prompts` is empty.")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Length of each sample answer.")
+
+
+class JobSpec(Section):
+    name: str = Field(
+        ...,
+        description=f"Job name: lowercase letters, digits and `-`, at most {NAME_MAX} characters "
+        "(DNS-1123). Prefix of every Kubernetes object and of the MLflow run.",
+    )
+    base_model: str = Field(
+        ...,
+        description="Base model: a hub id (`Qwen/Qwen2.5-7B-Instruct`), an `s3://` prefix, a local "
+        "folder, or a `.gguf` file (loaded and de-quantized).",
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec, description="How the base model is loaded.")
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec, description="The adapter that is trained.")
+    data: DataSpec = Field(..., description="Training and evaluation data.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation and distribution.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Nodes and GPUs.")
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where results are written.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Sample answers before and after training.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_name(cls, v: str) -> str:
+        if len(v) > NAME_MAX or not DNS_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not a valid job name: use lowercase letters, digits and '-', start with a "
+                f"letter, at most {NAME_MAX} characters (e.g. 'support-bot-v3')"
+            )
+        return v
+
+    @field_validator("base_model")
+    @classmethod
+    def _base_model(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a model: a hub id, an s3:// prefix, a local folder or a .gguf file")
+        return v
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
