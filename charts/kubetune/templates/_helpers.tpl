@@ -1,0 +1,76 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "kubetune.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of this submission: the Job, its headless Service and ConfigMap all carry it.
+`job.name` when set (launch sets a unique one), else derived from the release name.
+*/}}
+{{- define "kubetune.fullname" -}}
+{{- if .Values.job.name }}
+{{- .Values.job.name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "kubetune.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels
+*/}}
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ include "kubetune.chart" . }}
+{{ include "kubetune.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- end }}
+
+{{/*
+Selector labels
+*/}}
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Address of the rank-0 pod: `<job>-0.<service>` (Indexed Job hostname + pod subdomain).
+*/}}
+{{- define "kubetune.masterAddr" -}}
+{{- printf "%s-0.%s" (include "kubetune.fullname" .) (include "kubetune.fullname" .) }}
+{{- end }}
+
+{{/*
+Where the ConfigMap (spec.yaml, accelerate.yaml) is mounted.
+*/}}
+{{- define "kubetune.configDir" -}}
+/etc/kubetune
+{{- end }}

@@ -1,0 +1,124 @@
+"""What `launch` does, as plain functions: load a spec, prepare a submission, render it, run it.
+
+The CLI is a thin layer over this module; tests and notebooks call it directly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import string
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from launcher import helm, resolve
+from launcher.errors import PodFailed, UserError
+from launcher.values import DEFAULT_PORT, chart_values
+from trainer import strategy
+from trainer.spec import JobSpec
+from trainer.spec_io import SpecError, load_spec
+
+SUFFIX_CHARS = string.ascii_lowercase + string.digits
+
+
+@dataclass
+class Submission:
+    name: str  # unique per submission: `<spec.name>-<5 chars>`
+    spec: JobSpec  # resolved: what the pods read
+    spec_path: Path
+    local: bool
+    values: dict[str, Any]
+    warnings: list[str]  # what a cluster would refuse, shown by a dry run instead of failing it
+
+
+def unique_name(base: str) -> str:
+    return f"{base}-{''.join(secrets.choice(SUFFIX_CHARS) for _ in range(5))}"
+
+
+def _problems(source: str, problems: list[str]) -> UserError:
+    n = len(problems)
+    return UserError(f"{source}: {n} problem{'s' if n != 1 else ''}", problems)
+
+
+def load(spec_path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
+    """Read, override and validate a spec, strategy included; every problem in one UserError."""
+    try:
+        spec = load_spec(spec_path, overrides)
+    except SpecError as e:
+        raise _problems(e.source, e.problems) from None
+    if problems := strategy.check(spec):
+        raise _problems(str(spec_path), problems)
+    return spec
+
+
+def summary(spec: JobSpec) -> str:
+    res = spec.resources
+    device = "cpu" if res.gpu == "none" else f"{res.gpu} gpu"
+    length = f"{spec.training.max_steps} steps" if spec.training.max_steps else f"{spec.training.epochs:g} epoch(s)"
+    return (
+        f"{spec.name}: {spec.base_model}, {res.nodes} node(s) x {res.processes_per_node} process(es) on {device}, "
+        f"strategy {spec.training.strategy}, {spec.adapter.method} r={spec.adapter.r}, {length}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare(
+    spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False
+) -> Submission:
+    """Validate, resolve paths for the target, name the submission and derive the chart values.
+
+    For a cluster, local paths are errors; a dry run renders anyway and returns them as warnings.
+    """
+    spec = load(spec_path, overrides)
+    warnings: list[str] = []
+    spec_dir = Path(spec_path).resolve().parent
+    if local:
+        if problems := resolve.local_problems(spec, spec_dir):
+            raise _problems(str(spec_path), problems)
+        spec = resolve.for_local(spec, spec_dir)
+        port = free_port()  # the pods share this machine's ports, unlike pods on a cluster
+    else:
+        if problems := resolve.cluster_problems(spec, spec_dir):
+            if not dry_run:
+                raise _problems(str(spec_path), problems)
+            warnings = problems
+        port = DEFAULT_PORT
+    name = unique_name(spec.name)
+    values = chart_values(spec, name, port)
+    if local:  # all pods share this machine's cores; each would otherwise take them all
+        values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
+    return Submission(name, spec, Path(spec_path), local, values, warnings)
+
+
+def render(sub: Submission, extra_values: Sequence[Path] = (), namespace: str = "default") -> str:
+    """The manifests `helm template` renders for this submission."""
+    return helm.template(sub.name, sub.values, extra_values, namespace)
+
+
+def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
+    """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
+    from launcher.backends.local import LocalRun, plan
+
+    manifests = helm.parse_manifests(render(sub, extra_values))
+    with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
+        pods = plan(manifests, Path(tmp), cwd=Path.cwd())
+        outcome = LocalRun(pods, out=out or sys.stdout).run()
+    if outcome.signal is not None:
+        raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
+    if outcome.first_failure is not None:
+        rank = outcome.first_failure
+        stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
+        raise PodFailed(f"job {sub.name}: rank {rank} exited with code {outcome.codes[rank]}{stopped}")
+    if not outcome.ok:
+        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}")

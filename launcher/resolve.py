@@ -1,0 +1,96 @@
+"""Local paths in a spec: made absolute for the local backend, refused for a cluster."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from trainer.spec import JobSpec
+from trainer.spec_io import spec_from_dict
+
+
+def is_remote(uri: str) -> bool:
+    """`s3://...` and other `scheme://` URIs; everything else is a path on this machine."""
+    return "://" in uri
+
+
+def _absolute(path: str, base: Path) -> str:
+    return os.path.normpath(base / os.path.expanduser(path))
+
+
+def _data_fields(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field path, value) of every data URI in the spec."""
+    out: list[tuple[str, str]] = []
+    for field in ("train", "eval"):
+        value = getattr(spec.data, field)
+        if isinstance(value, str):
+            out.append((f"data.{field}", value))
+        elif isinstance(value, list):
+            out += [(f"data.{field}[{i}]", v) for i, v in enumerate(value)]
+    return out
+
+
+def local_base_model(spec: JobSpec, base: Path) -> str | None:
+    """The base model as an absolute path when it names an existing file or folder, else None."""
+    if is_remote(spec.base_model):
+        return None
+    candidate = _absolute(spec.base_model, base)
+    return candidate if os.path.exists(candidate) else None
+
+
+def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
+    """Relative paths made absolute against the spec's folder; `output.uri` defaults to `runs/<name>` there."""
+    raw = spec.model_dump(mode="json")
+    for field in ("train", "eval"):
+        value = raw["data"][field]
+        if isinstance(value, str) and not is_remote(value):
+            raw["data"][field] = _absolute(value, spec_dir)
+        elif isinstance(value, list):
+            raw["data"][field] = [v if is_remote(v) else _absolute(v, spec_dir) for v in value]
+    if (model_path := local_base_model(spec, spec_dir)) is not None:
+        raw["base_model"] = model_path
+    uri = spec.output.uri
+    if uri is None:
+        raw["output"]["uri"] = str(spec_dir / "runs" / spec.name)
+    elif not is_remote(uri):
+        raw["output"]["uri"] = _absolute(uri, spec_dir)
+    return spec_from_dict(raw, source="resolved spec")
+
+
+def looks_like_path(value: str) -> bool:
+    """A hub id is `org/name`; these can only be meant as files or folders."""
+    return value.startswith(("/", "./", "../", "~")) or value.endswith(".gguf")
+
+
+def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
+    """Local inputs that do not exist, found before any process starts."""
+    problems = [
+        f"{field}: nothing matches {_absolute(value, spec_dir)!r} (relative paths are read from the spec's folder)"
+        for field, value in _data_fields(spec)
+        if not is_remote(value) and not glob.glob(_absolute(value, spec_dir))
+    ]
+    if looks_like_path(spec.base_model) and local_base_model(spec, spec_dir) is None:
+        problems.append(
+            f"base_model: {_absolute(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
+        )
+    return problems
+
+
+def cluster_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
+    """Every field that names a path on this machine, which pods on a cluster cannot read."""
+    problems = [
+        f"{field}: {value!r} is a local path, which pods on the cluster cannot read; upload it and use an s3:// URI"
+        for field, value in _data_fields(spec)
+        if not is_remote(value)
+    ]
+    if local_base_model(spec, spec_dir) is not None:
+        problems.append(
+            f"base_model: {spec.base_model!r} is a local path; upload the model and use an s3:// prefix (or a hub id)"
+        )
+    uri = spec.output.uri
+    if uri is None:
+        problems.append("output.uri: a cluster job needs somewhere to write results: set an s3:// prefix")
+    elif not is_remote(uri):
+        problems.append(f"output.uri: {uri!r} is a local path; use an s3:// prefix such as s3://runs/{spec.name}/")
+    return problems

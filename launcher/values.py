@@ -1,0 +1,31 @@
+"""Spec -> the kubetune chart's values (the contract between `launch` and the chart)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.spec import JobSpec
+from trainer.spec_io import dump_spec
+from trainer.strategy import accelerate_config_yaml, process_env
+
+DEFAULT_PORT = 29500
+
+
+def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT) -> dict[str, Any]:
+    """Values for `helm template`; `spec` is the resolved spec exactly as the pods will read it."""
+    res = spec.resources
+    requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
+    return {
+        "job": {
+            "name": job_name,
+            "nodes": res.nodes,
+            "processesPerNode": res.processes_per_node,
+            "port": port,
+        },
+        "spec": dump_spec(spec),
+        "accelerateConfig": accelerate_config_yaml(spec),
+        "gpu": {"type": res.gpu, "perNode": 0 if res.gpu == "none" else res.gpus_per_node},
+        "resources": {"requests": requests} if requests else {},
+        "shmSize": res.shm_size,
+        "env": process_env(spec),
+    }
