@@ -114,7 +114,7 @@ class DataSpec(Section):
     template: TemplateSpec | None = Field(None, description="Required with `format: template`.")
     columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names for `format: instruction`.")
     system_prompt: str | None = Field(
-        None, description="System message added to rows that have none (not with `template`)."
+        None, description="System message added to rows that have none (with `format: template`, use `template.system`)."
     )
     max_seq_len: int = Field(2048, ge=16, le=1_048_576, description="Longest sample in tokens.")
     too_long: Literal["bad_row", "truncate"] = Field(
@@ -137,6 +137,8 @@ class DataSpec(Section):
             raise ValueError("`format: template` needs `data.template` with `user` and `assistant`")
         if self.format != "template" and self.template is not None:
             raise ValueError(f"`data.template` is only used with `format: template` (format is `{self.format}`)")
+        if self.format == "template" and self.system_prompt is not None:
+            raise ValueError("`data.system_prompt` is not used with `format: template`: put it in `data.template.system`")
         return self
 
 

@@ -61,6 +61,9 @@ def test_template_format_needs_template() -> None:
     spec = spec_from_dict({**MINIMAL, "data": {"train": "t.jsonl", "format": "template",
                                                "template": {"user": "{q}", "assistant": "<think>{t}</think>{a}"}}})
     assert spec.data.template is not None and spec.data.template.assistant.startswith("<think>")
+    with pytest.raises(SpecError, match=r"`data.system_prompt` is not used with `format: template`"):
+        spec_from_dict({**MINIMAL, "data": {"train": "t.jsonl", "format": "template", "system_prompt": "hi",
+                                            "template": {"user": "{q}", "assistant": "{a}"}}})
 
 
 def test_overrides_apply_with_yaml_types() -> None:

@@ -1,0 +1,144 @@
+"""Where the tests find real tokenizers and chat templates: one helper, no hub.
+
+`make setup` fetches llama.cpp's vocab-only GGUFs and its collection of real chat templates
+into `$KUBETUNE_LLAMA_CPP_DIR` (default `<repo>/.cache/llama.cpp`). Nothing here is skipped
+when they are missing: the tests fail and say to run `make setup`.
+
+`tokenizer_for(family)` returns a transformers tokenizer with that family's real vocabulary and
+real chat template. Converting a GGUF vocabulary takes 5-15 s, so the converted tokenizer is
+saved once under `<llama.cpp dir>/../kubetune-tokenizers/` (keyed by the GGUF's size and mtime
+and the transformers version) and kept per process; callers get a fresh copy each time, so
+one test changing a tokenizer never leaks into another.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = "KUBETUNE_LLAMA_CPP_DIR"
+
+Family = Literal["llama3", "qwen2", "phi3", "gemma"]
+
+
+@dataclass(frozen=True)
+class FamilyFiles:
+    vocab: str  # GGUF file in models/
+    template: str  # jinja file in models/templates/
+    end_of_turn: str  # the token that closes an assistant turn in this template
+
+
+FAMILIES: dict[str, FamilyFiles] = {
+    "llama3": FamilyFiles("ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja", "<|eot_id|>"),
+    "qwen2": FamilyFiles("ggml-vocab-qwen2.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja", "<|im_end|>"),
+    "phi3": FamilyFiles("ggml-vocab-phi-3.gguf", "microsoft-Phi-3.5-mini-instruct.jinja", "<|end|>"),
+    # llama.cpp ships Gemma 4's vocabulary (same ids as Gemma 3; turn markers <|turn> / <turn|>)
+    # and Gemma 4's template; Gemma 2/3's <start_of_turn> template does not fit that vocabulary.
+    "gemma": FamilyFiles("ggml-vocab-gemma-4.gguf", "google-gemma-4-31B-it.jinja", "<turn|>"),
+}
+
+
+class MissingResource(RuntimeError):
+    pass
+
+
+def llama_cpp_dir() -> Path:
+    """The llama.cpp resource folder: `$KUBETUNE_LLAMA_CPP_DIR` or `<repo>/.cache/llama.cpp`."""
+    return Path(os.environ.get(ENV) or REPO / ".cache" / "llama.cpp")
+
+
+def models_dir() -> Path:
+    """`<llama.cpp dir>/models`, holding `ggml-vocab-*.gguf` and `templates/*.jinja`."""
+    d = llama_cpp_dir() / "models"
+    if not d.is_dir():
+        raise MissingResource(
+            f"llama.cpp test resources not found at {d} (set {ENV} or run `make setup`, which fetches "
+            "the vocab-only GGUFs and chat templates there)"
+        )
+    return d
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise MissingResource(f"{path} is missing: run `make setup` (or point {ENV} at a complete llama.cpp folder)")
+    return path
+
+
+def vocab_path(family: str) -> Path:
+    return _need(models_dir() / _files(family).vocab)
+
+
+def template_path(name_or_family: str) -> Path:
+    """A chat template file by family (`qwen2`) or by file name (`Qwen-Qwen3-0.6B.jinja`)."""
+    name = FAMILIES[name_or_family].template if name_or_family in FAMILIES else name_or_family
+    return _need(models_dir() / "templates" / name)
+
+
+def chat_template(name_or_family: str) -> str:
+    return template_path(name_or_family).read_text(encoding="utf-8")
+
+
+def end_of_turn(family: str) -> str:
+    return _files(family).end_of_turn
+
+
+def _files(family: str) -> FamilyFiles:
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown tokenizer family {family!r}; known: {', '.join(FAMILIES)}") from None
+
+
+def _convert(gguf: Path) -> Any:
+    """GGUF vocabulary -> transformers tokenizer (slow: 5-15 s)."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    try:
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception:  # noqa: BLE001 - e.g. Gemma 4: AutoConfig cannot read its per-layer kv heads
+        return TokenizersBackend.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def _disk_cache(gguf: Path) -> Path:
+    import transformers
+
+    st = gguf.stat()
+    key = f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}-tf{transformers.__version__}"
+    return llama_cpp_dir().parent / "kubetune-tokenizers" / key
+
+
+@functools.cache
+def _base_tokenizer(family: str) -> Any:
+    from transformers import AutoTokenizer
+
+    gguf = vocab_path(family)
+    cached = _disk_cache(gguf)
+    if (cached / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(cached)
+    tok = _convert(gguf)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}-", dir=cached.parent))
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(cached)  # atomic; another process may have won the race, which is fine
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(cached)
+
+
+def tokenizer_for(family: str) -> Any:
+    """A fresh transformers tokenizer for `llama3`, `qwen2`, `phi3` or `gemma` with the family's real
+    chat template set (and a pad token: the family's own, else EOS)."""
+    _files(family)
+    tok = copy.deepcopy(_base_tokenizer(family))
+    tok.chat_template = chat_template(family)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok

@@ -1,0 +1,37 @@
+"""The test-resource helper: real tokenizers with real templates, and a loud failure when missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import resources
+
+
+def test_missing_resources_fail_and_say_make_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(resources.ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(resources.MissingResource, match="make setup"):
+        resources.models_dir()
+    (tmp_path / "nowhere" / "models").mkdir(parents=True)
+    with pytest.raises(resources.MissingResource, match=r"ggml-vocab-qwen2\.gguf is missing: run `make setup`"):
+        resources.vocab_path("qwen2")
+    with pytest.raises(resources.MissingResource, match=r"Qwen-Qwen2\.5-7B-Instruct\.jinja is missing"):
+        resources.chat_template("qwen2")
+    with pytest.raises(resources.MissingResource, match=r"is missing: run `make setup`"):
+        resources.tokenizer_for("qwen2")  # also when this process already converted the vocabulary
+
+
+def test_unknown_family() -> None:
+    with pytest.raises(ValueError, match="known: llama3, qwen2, phi3, gemma"):
+        resources.tokenizer_for("gpt9")
+
+
+@pytest.mark.parametrize("family", sorted(resources.FAMILIES))
+def test_tokenizer_has_the_family_template_and_is_a_fresh_copy(family: str) -> None:
+    tok = resources.tokenizer_for(family)
+    assert tok.is_fast and tok.pad_token is not None
+    assert tok.chat_template == resources.chat_template(family)
+    assert resources.end_of_turn(family) in tok.get_vocab()
+    tok.chat_template = "changed"
+    assert resources.tokenizer_for(family).chat_template == resources.chat_template(family)

@@ -1,0 +1,136 @@
+"""build_dataset: files -> rows -> conversations -> samples -> (packed) rows, with statistics."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from trainer.data import packing as pk
+from trainer.data.badrows import BadRowLog
+from trainer.data.errors import BadRow, DataError
+from trainer.data.formats import Message, to_messages
+from trainer.data.render import ChatRenderer, Sample
+from trainer.data.sources import Record, SourceFile, expand, read_records
+from trainer.data.stats import DataStats
+from trainer.spec import JobSpec
+
+Split = Literal["train", "eval"]
+CHUNK = 256  # conversations tokenized per Rust call
+
+
+def _files(
+    spec: JobSpec, split: str, base_dir: str | os.PathLike[str] | None, storage_options: dict[str, Any] | None
+) -> list[SourceFile]:
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    uris = spec.data.train if split == "train" else spec.data.eval
+    if uris is None:
+        raise DataError("data.eval is not set: give held-out data (a file, glob or s3:// URI) to evaluate on")
+    return expand(uris, storage_options, base_dir, field=f"data.{split}")
+
+
+def _conversations(records: Iterator[Record], spec: JobSpec) -> Iterator[tuple[str, list[Message] | BadRow]]:
+    for rec in records:
+        if rec.error is not None:
+            yield rec.location, rec.error
+            continue
+        assert rec.row is not None
+        try:
+            yield rec.location, to_messages(rec.row, spec.data)
+        except BadRow as bad:
+            yield rec.location, bad
+
+
+def build_dataset(
+    spec: JobSpec,
+    tokenizer: Any,
+    split: Split = "train",
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, list[int]]], DataStats]:
+    """Rows ready for `Collator`: `{"input_ids", "labels", "position_ids"}` each. Raises DataError.
+
+    `base_dir`: folder that relative local paths in the spec are taken against (the spec's
+    folder); unset, the working directory. `storage_options`: extra fsspec filesystem options.
+    """
+    data = spec.data
+    files = _files(spec, split, base_dir, storage_options)
+    renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long)
+    log = BadRowLog(data.bad_rows, split)
+    samples: list[Sample] = []
+    rows_read = 0
+    pending: list[tuple[str, list[Message] | BadRow]] = []
+
+    def flush() -> None:
+        located = [(loc, c) for loc, c in pending if not isinstance(c, BadRow)]
+        try:
+            encoded = iter(renderer.encode_many([c for _, c in located]))
+        except DataError as e:
+            where = located[e.index][0] if isinstance(getattr(e, "index", None), int) else f"data.{split}"
+            raise DataError(f"{where}: {e}") from None
+        for location, conv in pending:  # in file order, so `policy: fail` names the first bad row
+            result = conv if isinstance(conv, BadRow) else next(encoded)
+            if isinstance(result, BadRow):
+                log.add(location, result)
+            else:
+                samples.append(result)
+        pending.clear()
+
+    for location, conv in _conversations(read_records(files), spec):
+        rows_read += 1
+        pending.append((location, conv))
+        if len(pending) >= CHUNK:
+            flush()
+    flush()
+
+    names = ", ".join(f.uri for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    if rows_read == 0:
+        raise DataError(f"data.{split}: no rows at all in {names}; the files are empty")
+    log.check(rows_read)
+    if not samples:
+        raise DataError(
+            f"data.{split}: none of the {rows_read} rows in {names} is usable (data.format is "
+            f"`{data.format}`).\n{log.summary()}"
+        )
+    items = pk.pack(samples, data.max_seq_len) if data.packing else pk.unpacked(samples)
+    tokens = sum(len(s.input_ids) for s in samples)
+    stats = DataStats(
+        rows_read=rows_read,
+        rows_used=len(samples),
+        bad_rows=dict(log.counts),
+        bad_examples=list(log.examples),
+        samples=len(samples),
+        packed_rows=len(items),
+        tokens_total=tokens,
+        tokens_trained=sum(s.trained for s in samples),
+        packing_efficiency=pk.efficiency(tokens, len(items), data.max_seq_len),
+        split=split,
+        max_seq_len=data.max_seq_len,
+        packing=data.packing,
+        files=[f.uri for f in files],
+    )
+    assert stats.rows_read == stats.rows_used + stats.bad_total
+    return items, stats
+
+
+def conversations(
+    spec: JobSpec,
+    split: str,
+    limit: int,
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[list[Message]]:
+    """The first `limit` conversations of a split that pass the format checks (bad rows skipped);
+    reads only as far as needed."""
+    out: list[list[Message]] = []
+    if limit <= 0:
+        return out
+    for _, conv in _conversations(read_records(_files(spec, split, base_dir, storage_options)), spec):
+        if not isinstance(conv, BadRow):
+            out.append(conv)
+            if len(out) >= limit:
+                break
+    return out

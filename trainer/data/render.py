@@ -1,0 +1,233 @@
+"""Conversation -> token ids + labels, through the tokenizer's own chat template.
+
+The text is the model's chat template applied to the whole conversation, exactly as at
+inference. Labels (`train_on: completions`) keep the assistant turns and mask everything else
+with -100. An assistant span is the text the model itself must produce: its content plus the
+end-of-turn token the template closes the turn with (`<|eot_id|>`, `<|im_end|>`, `<|end|>`,
+`<turn|>` ...), without the newline some templates put after that token.
+
+Most templates have no `{% generation %}` markers, so spans are found by rendering prefixes of
+the conversation. For assistant message i:
+  start = where `render(messages[:i], add_generation_prompt=True)` stops agreeing with the full
+          render: normally its whole length (Gemma 4's generation prompt also opens an empty
+          thought channel that the rendered history lacks, so the span starts before it);
+  end   = where `render(messages[:i + 1])` stops agreeing with the full render, cut right after
+          the first special token that follows the content (Phi-3 writes `<|end|>` then, after
+          the last turn only, EOS: the turn ends at `<|end|>`, where generation stops).
+Divergence points are moved back to the start of a special token the character-level split
+cuts through (`<|endoftext|>` vs `<|user|>` agree on `<|`). When `end` so found does not hold
+the assistant's text (Qwen3 writes an empty think block into the last assistant turn only), the
+turn is its content, found right at `start`, plus the end-of-turn token after it. A template that
+changes a past assistant turn's text once later turns follow (Qwen3 drops `<think>` reasoning
+from earlier turns) cannot be trained on faithfully: the job stops with a DataError saying so.
+
+Tokens are mapped to spans by character offsets (fast tokenizers): a token is trained when it
+starts inside a span. BOS: when the template writes it, the tokenizer must not add another; when
+the template does not and the tokenizer would (Phi-3's `<s>`), it is added once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.data.errors import BadRow, DataError
+from trainer.data.formats import Message
+
+IGNORE = -100
+
+
+@dataclass
+class Sample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class ChatRenderer:
+    def __init__(self, tokenizer: Any, *, max_seq_len: int, train_on: str = "completions", too_long: str = "bad_row"):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                "the tokenizer has no chat template: use an instruct/chat base model, or give the tokenizer "
+                "a `chat_template` (tokenizer_config.json / chat_template.jinja next to the model)"
+            )
+        if not getattr(tokenizer, "is_fast", False):
+            raise DataError("a fast (Rust) tokenizer is needed for character offsets; the base model has a slow one")
+        self.tok = tokenizer
+        self.max_seq_len = max_seq_len
+        self.train_on = train_on
+        self.too_long = too_long
+        self.bos = tokenizer.bos_token
+        self.bos_prefix = self._added_prefix()
+        specials = set(tokenizer.all_special_tokens)
+        specials.update(t.content for t in tokenizer.added_tokens_decoder.values())
+        self.specials = tuple(sorted((s for s in specials if s), key=len, reverse=True))
+        self.special_re = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
+        self.longest_special = len(self.specials[0]) if self.specials else 0
+
+    def _added_prefix(self) -> list[int]:
+        """Ids the tokenizer itself puts before a text (usually [bos] or [])."""
+        with_special = self.tok("x").input_ids
+        without = self.tok("x", add_special_tokens=False).input_ids
+        for k in range(len(with_special) - len(without) + 1):
+            if with_special[k : k + len(without)] == without:
+                return list(with_special[:k])
+        return []
+
+    # -- text ---------------------------------------------------------------------------------
+    def render(self, messages: Sequence[Message], generation_prompt: bool = False) -> str:
+        try:
+            text = self.tok.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            )
+        except Exception as e:  # noqa: BLE001 - jinja TemplateError from raise_exception, or a template bug
+            raise BadRow("template_error", f"the chat template refused this conversation: {e}") from None
+        assert isinstance(text, str)
+        return text
+
+    def _diverge(self, a: str, full: str) -> int:
+        """Where `a` stops agreeing with `full`, moved back to the start of a special token that
+        the character-level split cuts (`<|endoftext|>` vs `<|user|>` agree on `<|`)."""
+        p = _common_prefix(a, full)
+        if self.special_re is None:
+            return p
+        for text in (a, full):
+            lo = max(0, p - self.longest_special)
+            for m in self.special_re.finditer(text, lo, p + self.longest_special):
+                if m.start() < p < m.end():
+                    return m.start()
+        return p
+
+    def _trim_end(self, text: str, start: int, end: int) -> int:
+        """Drop whitespace the template writes after the end-of-turn token."""
+        stripped = text[start:end].rstrip()
+        if stripped.endswith(self.specials):
+            return start + len(stripped)
+        return end
+
+    def _content_end(self, full: str, start: int, content: str) -> int:
+        """For templates that render the last turn unlike a past one (Qwen3 adds an empty think
+        block to the last assistant turn only): the turn is its content, found right at `start`,
+        plus the end-of-turn token after it. -1 when the content is not there."""
+        p = full.find(content, start)
+        if p < 0 or full[start:p].strip():
+            return -1
+        end = p + len(content)
+        after = end + len(full[end:]) - len(full[end:].lstrip())
+        token = next((t for t in self.specials if full.startswith(t, after)), None)
+        return after + len(token) if token else end
+
+    def spans(self, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
+        """The full text and the character spans of its assistant turns."""
+        full = self.render(messages)
+        spans: list[tuple[int, int]] = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = self._diverge(self.render(messages[:i], generation_prompt=True), full)
+            end = self._trim_end(full, start, self._diverge(self.render(messages[: i + 1]), full))
+            content = m["content"].strip()
+            closed = self._content_end(full, start, content)
+            if content not in full[start:end]:
+                end = closed
+            elif closed >= 0:
+                end = min(end, closed)  # Phi-3 writes EOS after its last turn's <|end|>: not part of the turn
+            if start < (spans[-1][1] if spans else 0) or end < 0:
+                raise DataError(
+                    f"the chat template renders assistant turn #{i + 1} differently once later turns follow "
+                    "(for instance it drops reasoning from earlier assistant turns), so the tokens to train on "
+                    "cannot be located. Use a template that renders history unchanged, or train on "
+                    "single-turn rows (one assistant turn at the end)."
+                )
+            spans.append((start, end))
+        return full, spans
+
+    # -- tokens -------------------------------------------------------------------------------
+    def encode(self, messages: Sequence[Message]) -> Sample:
+        """One conversation; raises BadRow when it cannot be used."""
+        result = self.encode_many([messages])[0]
+        if isinstance(result, BadRow):
+            raise result
+        return result
+
+    def encode_many(self, conversations: Sequence[Sequence[Message]]) -> list[Sample | BadRow]:
+        """Encode a batch (one Rust call for the tokenization); a BadRow per unusable conversation."""
+        out: list[Sample | BadRow | None] = []
+        texts: list[str] = []
+        spans: list[list[tuple[int, int]]] = []
+        for j, messages in enumerate(conversations):
+            try:
+                text, sp = self.spans(messages)
+            except BadRow as bad:
+                out.append(bad)
+                continue
+            except DataError as e:
+                e.index = j  # type: ignore[attr-defined]  # which conversation: the caller knows its file / line
+                raise
+            out.append(None)
+            texts.append(text)
+            spans.append(sp)
+        enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
+        k = 0
+        for j, slot in enumerate(out):
+            if slot is not None:
+                continue
+            assert enc is not None
+            out[j] = self._sample(texts[k], enc["input_ids"][k], enc["offset_mapping"][k], spans[k])
+            k += 1
+        return out  # type: ignore[return-value]
+
+    def _sample(
+        self, text: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+    ) -> Sample | BadRow:
+        prefix = [] if (self.bos and text.startswith(self.bos)) else self.bos_prefix
+        if self.train_on == "all":
+            labels = list(ids)
+        else:
+            labels = [IGNORE] * len(ids)
+            s = 0
+            for t, (a, _b) in enumerate(offsets):
+                while s < len(spans) and a >= spans[s][1]:
+                    s += 1
+                if s == len(spans):
+                    break
+                if spans[s][0] <= a:
+                    labels[t] = ids[t]
+        # The first token of a sample is never a target: in a packed row its label would make the
+        # previous sample's last token predict it.
+        sample = Sample([*prefix, *ids], [IGNORE] * len(prefix) + labels)
+        if sample.labels:
+            sample.labels[0] = IGNORE
+        n = len(sample.input_ids)
+        if n > self.max_seq_len:
+            if self.too_long == "bad_row":
+                return BadRow(
+                    "too_long",
+                    f"{n} tokens, more than data.max_seq_len = {self.max_seq_len}; raise data.max_seq_len "
+                    "or set data.too_long: truncate",
+                )
+            sample = Sample(sample.input_ids[: self.max_seq_len], sample.labels[: self.max_seq_len])
+        if sample.trained == 0 and n > self.max_seq_len:
+            return BadRow("too_long", f"no assistant token within the first {self.max_seq_len} of its {n} tokens")
+        if sample.trained == 0:
+            return BadRow("empty_content", "the rendered conversation has no assistant token to train on")
+        return sample

@@ -1,0 +1,59 @@
+"""What building a split did: rows in, rows used, bad rows per reason, tokens and packing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DataStats:
+    rows_read: int
+    rows_used: int
+    bad_rows: dict[str, int]
+    bad_examples: list[str]
+    samples: int
+    packed_rows: int
+    tokens_total: int  # real (non-padding) tokens
+    tokens_trained: int  # tokens with a label (not -100)
+    packing_efficiency: float  # tokens_total / (packed_rows * max_seq_len); see trainer.data.packing
+    split: str = "train"
+    max_seq_len: int = 0
+    packing: bool = True
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self.bad_rows.values())
+
+    def as_metrics(self, prefix: str = "data/") -> dict[str, float]:
+        out = {
+            f"{prefix}rows_read": float(self.rows_read),
+            f"{prefix}rows_used": float(self.rows_used),
+            f"{prefix}bad_rows": float(self.bad_total),
+            f"{prefix}samples": float(self.samples),
+            f"{prefix}packed_rows": float(self.packed_rows),
+            f"{prefix}tokens_total": float(self.tokens_total),
+            f"{prefix}tokens_trained": float(self.tokens_trained),
+            f"{prefix}packing_efficiency": float(self.packing_efficiency),
+        }
+        out.update({f"{prefix}bad_rows/{reason}": float(n) for reason, n in sorted(self.bad_rows.items())})
+        return out
+
+    def report(self) -> str:
+        bad = ", ".join(f"{r}: {n}" for r, n in sorted(self.bad_rows.items(), key=lambda kv: -kv[1]))
+        lines = [
+            f"data.{self.split}: {len(self.files)} file(s), {self.rows_read} rows read, {self.rows_used} used, "
+            f"{self.bad_total} bad" + (f" ({bad})" if bad else ""),
+        ]
+        lines += [f"  bad: {e}" for e in self.bad_examples[:3]]
+        share = self.tokens_trained / self.tokens_total if self.tokens_total else 0.0
+        layout = (
+            f"{self.samples} samples packed into {self.packed_rows} rows of {self.max_seq_len}"
+            if self.packing
+            else f"{self.samples} samples, one per row (max {self.max_seq_len})"
+        )
+        lines.append(
+            f"  {layout}: {self.tokens_total} tokens, {self.tokens_trained} trained ({share:.1%}), "
+            f"row fill {self.packing_efficiency:.1%}"
+        )
+        return "\n".join(lines)
