@@ -119,6 +119,7 @@ def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequenc
     if outcome.first_failure is not None:
         rank = outcome.first_failure
         stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
-        raise PodFailed(f"job {sub.name}: rank {rank} exited with code {outcome.codes[rank]}{stopped}")
+        cause = f"\n  {outcome.errors[rank]}" if rank in outcome.errors else ""
+        raise PodFailed(f"job {sub.name}: rank {rank} exited with code {outcome.codes[rank]}{stopped}{cause}")
     if not outcome.ok:
         raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}")

@@ -50,6 +50,9 @@ def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
             raw["data"][field] = [v if is_remote(v) else _absolute(v, spec_dir) for v in value]
     if (model_path := local_base_model(spec, spec_dir)) is not None:
         raw["base_model"] = model_path
+    template = spec.model.chat_template
+    if template is not None and not is_remote(template):
+        raw["model"]["chat_template"] = _absolute(template, spec_dir)
     uri = spec.output.uri
     if uri is None:
         raw["output"]["uri"] = str(spec_dir / "runs" / spec.name)
@@ -63,13 +66,26 @@ def looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value.endswith(".gguf")
 
 
+def has_nvidia_gpu() -> bool:
+    """Whether this machine shows an NVIDIA GPU (without importing torch)."""
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+
+
 def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
-    """Local inputs that do not exist, found before any process starts."""
+    """Local inputs that do not exist, and a GPU job on a machine without one, found before any process starts."""
     problems = [
         f"{field}: nothing matches {_absolute(value, spec_dir)!r} (relative paths are read from the spec's folder)"
         for field, value in _data_fields(spec)
         if not is_remote(value) and not glob.glob(_absolute(value, spec_dir))
     ]
+    template = spec.model.chat_template
+    if template is not None and not is_remote(template) and not os.path.isfile(_absolute(template, spec_dir)):
+        problems.append(f"model.chat_template: {_absolute(template, spec_dir)!r} is not a file (a Jinja template)")
+    if spec.resources.gpu != "none" and not has_nvidia_gpu():
+        problems.append(
+            f"resources.gpu: `{spec.resources.gpu}` asks for GPUs and this machine has no NVIDIA GPU; "
+            "for a CPU run set `resources.gpu: none` (or --set resources.gpu=none)"
+        )
     if looks_like_path(spec.base_model) and local_base_model(spec, spec_dir) is None:
         problems.append(
             f"base_model: {_absolute(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
@@ -88,6 +104,9 @@ def cluster_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
         problems.append(
             f"base_model: {spec.base_model!r} is a local path; upload the model and use an s3:// prefix (or a hub id)"
         )
+    template = spec.model.chat_template
+    if template is not None and not is_remote(template):
+        problems.append(f"model.chat_template: {template!r} is a local path; upload it and use an s3:// URI")
     uri = spec.output.uri
     if uri is None:
         problems.append("output.uri: a cluster job needs somewhere to write results: set an s3:// prefix")

@@ -8,6 +8,8 @@ from them (`python -m trainer.spec_doc`).
 from __future__ import annotations
 
 import re
+import string
+import warnings
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -42,6 +44,12 @@ class ModelSpec(Section):
         False,
         description="Allow the base model's repository to run its own Python code. Off unless "
         "you trust that repository.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template file (local path or `s3://` URI) used instead of the "
+        "tokenizer's own. Needed when the base model ships none, as base (non-instruct) models and "
+        "many GGUF files do. It is saved with the tokenizer, so the adapter and exports carry it.",
     )
 
 
@@ -88,6 +96,22 @@ class TemplateSpec(Section):
     system: str | None = Field(None, description="System message; may use `{field}` placeholders.")
     user: str = Field(..., description="User turn, e.g. `{question}`.")
     assistant: str = Field(..., description="Assistant turn, e.g. `<think>{thought}</think>{answer}`.")
+
+    @field_validator("system", "user", "assistant")
+    @classmethod
+    def _placeholders(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(v) if f is not None]
+        except ValueError as e:
+            raise ValueError(
+                f"{e} in {v!r}: placeholders are `{{field}}`; write a literal brace as `{{{{` or `}}}}`"
+            ) from None
+        for f in fields:
+            if not f.isidentifier():
+                raise ValueError(f"placeholder {{{f}}} in {v!r} must be a plain column name such as {{answer}}")
+        return v
 
 
 class ColumnsSpec(Section):
@@ -210,6 +234,100 @@ class EvalSpec(Section):
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Length of each sample answer.")
 
 
+class GateSpec(Section):
+    """Verification thresholds of one GGUF type (defaults: trainer/export/quants.py)."""
+
+    min_top1: float = Field(..., ge=0.0, le=1.0, description="Top-1 next-token agreement with the merged model, at least.")
+    max_kl: float = Field(..., ge=0.0, description="Mean KL divergence (nats) from the merged model's next-token "
+                          "distribution, at most.")
+
+
+class VerifySpec(Section):
+    """The gate every GGUF passes before it is registered."""
+
+    golden_conversations: int = Field(
+        8, ge=1, le=256,
+        description="Held-out conversations (`data.eval`, else `data.train`) the GGUF is compared on: "
+        "next-token distributions at every position, tokenization and the embedded chat template.",
+    )
+    thresholds: dict[str, GateSpec] = Field(
+        default_factory=dict,
+        description="Per GGUF type, e.g. `{q4_k_m: {min_top1: 0.9, max_kl: 0.1}}`; types not named keep their "
+        "defaults (q8_0: top-1 >= 95%, KL <= 0.02; q4_k_m: top-1 >= 85%, KL <= 0.15).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_types(cls, v: dict[str, GateSpec]) -> dict[str, GateSpec]:
+        from trainer.export.quants import QUANTS, known
+
+        unknown = [k for k in v if k not in QUANTS]
+        if unknown:
+            raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}; known: {known()}")
+        return v
+
+    def gate(self, quant: str) -> GateSpec:
+        from trainer.export.quants import QUANTS
+
+        q = QUANTS[quant]
+        return self.thresholds.get(quant) or GateSpec(min_top1=q.min_top1, max_kl=q.max_kl)
+
+
+class RegisterSpec(Section):
+    """Where verified results go in the MLflow model registry (the tracking server's)."""
+
+    name: str | None = Field(None, description="Registered model name (unset: the job name). One registered model "
+                             "holds the adapter, the merged model and every GGUF as versions.")
+    alias: str | None = Field("candidate", description="Alias pointed at the newest verified GGUF version of the "
+                              "first type in `export.gguf` (unset: no alias).")
+    register_adapter: bool = Field(True, description="Register the adapter as a version too.")
+    register_merged: bool = Field(False, description="Register the merged HF model (as large as the base model).")
+
+
+# `export.register` is the name users write (DESIGN.md); pydantic only notes that it shadows
+# ABCMeta.register, which no spec instance uses.
+warnings.filterwarnings("ignore", message='Field name "register" in "ExportSpec"', category=UserWarning)
+
+
+class ExportSpec(Section):
+    """After training: merge, GGUF, verify, register. Present in the spec = the export job runs."""
+
+    gguf: list[str] = Field(
+        default_factory=lambda: ["q4_k_m"],
+        description="GGUF types to write and verify: `f32`, `f16`, `bf16` (converted) and `q8_0`, `q6_k`, "
+        "`q5_k_m`, `q5_k_s`, `q5_0`, `q4_k_m`, `q4_k_s`, `q4_0`, `q3_k_m`, `q2_k` (quantized by llama.cpp).",
+    )
+    adapter_gguf: bool = Field(False, description="Also write the adapter alone as a LoRA GGUF (llama.cpp `--lora`, "
+                               "Ollama `ADAPTER`).")
+    verify: VerifySpec = Field(default_factory=VerifySpec, description="The verification gate.")
+    register: RegisterSpec | None = Field(default_factory=RegisterSpec, description="MLflow model registry "
+                                          "(`null`: register nothing).")
+    ollama: bool = Field(True, description="Write an Ollama `Modelfile` (TEMPLATE, stop tokens, SYSTEM from "
+                         "`data.system_prompt`) next to each GGUF.")
+    lmstudio_publisher: str | None = Field(None, description="Also lay the GGUFs out for LM Studio as "
+                                           "`lmstudio/<publisher>/<name>/<file>.gguf`.")
+    wait_minutes: int = Field(1440, ge=1, description="How long the export job waits for training's `_SUCCESS`.")
+
+    @field_validator("gguf")
+    @classmethod
+    def _known_gguf(cls, v: list[str]) -> list[str]:
+        from trainer.export.quants import QUANTS, known
+
+        unknown = [q for q in v if q not in QUANTS]
+        if unknown:
+            raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}; known: {known()}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a GGUF type twice")
+        return v
+
+    @field_validator("lmstudio_publisher")
+    @classmethod
+    def _publisher(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"{v!r} is not a folder name: use letters, digits, '.', '_' and '-'")
+        return v
+
+
 class JobSpec(Section):
     name: str = Field(
         ...,
@@ -229,6 +347,10 @@ class JobSpec(Section):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results are written.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Sample answers before and after training.")
+    export: ExportSpec | None = Field(
+        None,
+        description="Merge, GGUF, verify and register after training (unset: no export; `export: {}` for the defaults).",
+    )
 
     @field_validator("name")
     @classmethod

@@ -43,6 +43,11 @@ INHERITED_BLOCKLIST = {
     "MASTER_PORT",
 }
 INHERITED_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
+# The chart points these at the pod's emptyDir, because a container's root fs is read-only. On this
+# machine the user's own home and caches are better: credentials (~/.aws, the HF token) are found,
+# a hub model is downloaded once, and DeepSpeed's compiled ops are reused across runs.
+ERROR_MARK = "[kubetune] error:"
+USER_CACHES = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR")
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -159,11 +164,17 @@ def plan(manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None
 
 
 def process_env(pod: PodProcess, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This machine's environment (minus distributed settings) + the venv's bin first on PATH + the pod's env."""
+    """This machine's environment (minus distributed settings) + the venv's bin first on PATH + the pod's env,
+    except for the home and cache folders, which stay the user's (USER_CACHES)."""
     base = os.environ if base is None else base
     env = {k: v for k, v in base.items() if k not in INHERITED_BLOCKLIST and not k.startswith(INHERITED_PREFIXES)}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
     env.update(pod.env)
+    for var in USER_CACHES:  # the user's value, or the library's default under the user's home
+        if var in base:
+            env[var] = base[var]
+        else:
+            env.pop(var, None)
     return env
 
 
@@ -173,6 +184,7 @@ class Outcome:
     first_failure: int | None  # rank of the first pod that exited non-zero
     signal: int | None  # the signal that stopped the run, if any
     stopped: list[int] = field(default_factory=list)  # ranks still running when the run was stopped
+    errors: dict[int, str] = field(default_factory=dict)  # rank -> its last `[kubetune] error:` line
 
     @property
     def ok(self) -> bool:
@@ -189,6 +201,7 @@ class LocalRun:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._lock = threading.Lock()
         self._signal: int | None = None
+        self.errors: dict[int, str] = {}
 
     def _start(self, pod: PodProcess) -> subprocess.Popen[bytes]:
         env = process_env(pod)
@@ -210,6 +223,8 @@ class LocalRun:
     def _pump(self, rank: int, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if ERROR_MARK in line:  # the trainer's own diagnosis, repeated when the run fails
+                self.errors[rank] = line[line.index(ERROR_MARK) + len(ERROR_MARK):].strip()
             with self._lock:
                 self.out.write(f"[rank {rank}] {line}\n")
                 self.out.flush()
@@ -267,4 +282,4 @@ class LocalRun:
                 signal.signal(s, h)
         for pump in pumps:
             pump.join(timeout=5)
-        return Outcome([p.returncode for p in self.procs], first_failure, self._signal, stopped)
+        return Outcome([p.returncode for p in self.procs], first_failure, self._signal, stopped, dict(self.errors))

@@ -222,6 +222,8 @@ def test_a_failing_pod_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     path = spec_file(tmp_path, GOOD | {"resources": {"gpu": "none", "nodes": 2}})
     result = CliRunner().invoke(main, ["submit", "--local", str(path)])
     assert result.exit_code == 1, result.output
+    # the rank's own diagnosis is repeated at the end, not left under the launchers' tracebacks
+    assert result.output.rstrip().endswith("the probe was told to fail on this rank (PROBE_FAIL_RANK)"), result.output
     assert (
         "exited with code" in result.output
         and "Traceback (most recent call last)" not in result.output.split("error:")[-1]

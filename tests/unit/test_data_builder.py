@@ -148,3 +148,12 @@ def test_conversations_returns_the_first_usable_ones(tmp_path: Path) -> None:
         [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a"}],
     ]
     assert conversations(spec(str(f)), "train", 0) == []
+
+
+def test_truncated_samples_are_counted(tmp_path: Path, tok: Any) -> None:
+    long = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 100}]}
+    f = write(tmp_path / "train.jsonl", [GOOD, long, GOOD])
+    _, stats = build_dataset(spec(str(f), max_seq_len=64, too_long="truncate"), tok)
+    assert (stats.rows_used, stats.truncated, stats.bad_total) == (3, 1, 0)
+    assert stats.as_metrics()["data/truncated"] == 1.0
+    assert "truncated to 64 tokens: 1 sample(s)" in stats.report()

@@ -91,7 +91,8 @@ def test_too_long_is_a_bad_row_or_truncated() -> None:
     assert e.value.reason == "too_long"
     assert "more than data.max_seq_len = 32" in e.value.message and "data.too_long: truncate" in e.value.message
     s = ChatRenderer(tok, max_seq_len=32, too_long="truncate").encode(conv)
-    assert len(s.input_ids) == len(s.labels) == 32 and s.trained > 0
+    assert len(s.input_ids) == len(s.labels) == 32 and s.trained > 0 and s.truncated
+    assert not ChatRenderer(tok, max_seq_len=256, too_long="truncate").encode(conv).truncated
     with pytest.raises(BadRow, match="no assistant token within the first 32"):
         ChatRenderer(tok, max_seq_len=32, too_long="truncate").encode([U("word " * 40), A("x")])
 

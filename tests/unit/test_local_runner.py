@@ -137,6 +137,28 @@ def test_process_env_puts_this_venv_first_and_drops_inherited_rank_settings(tmp_
     assert env["HOME"] == "/root" and env["JOB_COMPLETION_INDEX"] == "0"
 
 
+def test_process_env_keeps_the_users_home_and_caches(tmp_path: Path) -> None:
+    pod_env = {"HOME": "/tmp/pod/cache/home", "HF_HOME": "/tmp/pod/cache/hf", "TORCH_EXTENSIONS_DIR": "/tmp/pod/x",
+               "KUBETUNE_MASTER_ADDR": "127.0.0.1"}
+    env = process_env(PodProcess(0, ["python"], pod_env, tmp_path), {"HOME": "/home/me", "HF_HOME": "/data/hf"})
+    assert env["HOME"] == "/home/me" and env["HF_HOME"] == "/data/hf"
+    assert "TORCH_EXTENSIONS_DIR" not in env  # the library's default under the user's home
+    assert env["KUBETUNE_MASTER_ADDR"] == "127.0.0.1"
+
+
+def test_a_gpu_spec_is_refused_before_anything_starts_on_a_machine_without_gpus(tmp_path: Path) -> None:
+    from launcher import resolve
+
+    if resolve.has_nvidia_gpu():
+        pytest.skip("this machine has an NVIDIA GPU")
+    path = tmp_path / "gpu.yaml"
+    (tmp_path / "train.jsonl").touch()
+    path.write_text("name: gpu-job\nbase_model: org/model\ndata: {train: train.jsonl}\nresources: {gpu: a100}\n")
+    with pytest.raises(UserError) as e:
+        client.prepare(path, local=True)
+    assert any(p.startswith("resources.gpu: `a100` asks for GPUs") and "resources.gpu=none" in p for p in e.value.problems)
+
+
 def test_unsupported_volumes_are_refused(tmp_path: Path) -> None:
     sub = local_submission(tmp_path, nodes=1)
     manifests = helm.parse_manifests(client.render(sub))

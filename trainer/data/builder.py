@@ -110,6 +110,7 @@ def build_dataset(
         max_seq_len=data.max_seq_len,
         packing=data.packing,
         files=[f.uri for f in files],
+        truncated=sum(s.truncated for s in samples),
     )
     assert stats.rows_read == stats.rows_used + stats.bad_total
     return items, stats

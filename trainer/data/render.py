@@ -43,6 +43,7 @@ IGNORE = -100
 class Sample:
     input_ids: list[int]
     labels: list[int]
+    truncated: bool = False  # cut to data.max_seq_len (`too_long: truncate`); counted in DataStats
 
     @property
     def trained(self) -> int:
@@ -225,7 +226,7 @@ class ChatRenderer:
                     f"{n} tokens, more than data.max_seq_len = {self.max_seq_len}; raise data.max_seq_len "
                     "or set data.too_long: truncate",
                 )
-            sample = Sample(sample.input_ids[: self.max_seq_len], sample.labels[: self.max_seq_len])
+            sample = Sample(sample.input_ids[: self.max_seq_len], sample.labels[: self.max_seq_len], truncated=True)
         if sample.trained == 0 and n > self.max_seq_len:
             return BadRow("too_long", f"no assistant token within the first {self.max_seq_len} of its {n} tokens")
         if sample.trained == 0:

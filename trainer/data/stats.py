@@ -20,6 +20,7 @@ class DataStats:
     max_seq_len: int = 0
     packing: bool = True
     files: list[str] = field(default_factory=list)
+    truncated: int = 0  # samples cut to max_seq_len (`data.too_long: truncate`): used, but not whole
 
     @property
     def bad_total(self) -> int:
@@ -35,6 +36,7 @@ class DataStats:
             f"{prefix}tokens_total": float(self.tokens_total),
             f"{prefix}tokens_trained": float(self.tokens_trained),
             f"{prefix}packing_efficiency": float(self.packing_efficiency),
+            f"{prefix}truncated": float(self.truncated),
         }
         out.update({f"{prefix}bad_rows/{reason}": float(n) for reason, n in sorted(self.bad_rows.items())})
         return out
@@ -46,6 +48,8 @@ class DataStats:
             f"{self.bad_total} bad" + (f" ({bad})" if bad else ""),
         ]
         lines += [f"  bad: {e}" for e in self.bad_examples[:3]]
+        if self.truncated:
+            lines.append(f"  truncated to {self.max_seq_len} tokens: {self.truncated} sample(s) (data.too_long: truncate)")
         share = self.tokens_trained / self.tokens_total if self.tokens_total else 0.0
         layout = (
             f"{self.samples} samples packed into {self.packed_rows} rows of {self.max_seq_len}"
