@@ -1,0 +1,107 @@
+"""Real servers on 127.0.0.1 for integration tests, started and stopped by the tests themselves.
+
+- `moto_s3()`: moto's S3 server (the real S3 HTTP protocol) in a thread; `s3_env(url)` is the
+  environment that points boto3 / s3fs / the trainer at it, with dummy credentials.
+- `mlflow_server(root)`: a real `mlflow server` process with a sqlite backend and proxied
+  artifacts under `root`, on a free port, returned once its /health answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_env(endpoint: str) -> dict[str, str]:
+    """What botocore (boto3, s3fs) reads to talk to the test server instead of AWS."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def wait_http(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server behind {url} exited before it answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/moto-api/", timeout=30)
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, timeout: float = 180) -> Iterator[str]:
+    """`mlflow server` (sqlite backend, artifacts proxied to `root/artifacts`); yields its URL."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", str(root / "artifacts")]
+    log = (root / "server.log").open("wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # artifacts stay on disk
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(f"{url}/health", timeout, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; server log:\n{(root / 'server.log').read_text()[-3000:]}") from None
+        yield url
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server and the workers it forked (its own process group, started above)."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)

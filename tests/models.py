@@ -1,0 +1,91 @@
+"""Tiny randomly initialised models of the real architectures, with real tokenizers.
+
+`tiny_model("llama")` builds (once per test session) a 2-layer model of that architecture,
+hidden size 256 (a multiple of 256, as GGUF K-quants need), with the family's real vocabulary
+and chat template from `tests.resources`, saves it with its tokenizer into a folder and returns
+the folder: a local `base_model` for a spec. `write_chat_jsonl` writes a small `messages`
+dataset that a LoRA visibly learns within a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from tests.resources import tokenizer_for
+
+Arch = Literal["llama", "qwen2", "gemma3", "phi3"]
+TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma", "phi3": "phi3"}
+SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+_SESSION = Path(tempfile.mkdtemp(prefix="kubetune-tiny-models-"))
+atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
+
+
+def _config(arch: Arch, tok: Any) -> Any:
+    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
+
+    ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+           "pad_token_id": tok.pad_token_id, "max_position_embeddings": 2048}
+    if arch == "llama":  # Llama 3 8B: GQA, untied output head (so `all-linear` has an lm_head to leave alone)
+        return LlamaConfig(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=False)
+    if arch == "qwen2":  # Qwen2.5 small: GQA, q/k/v biases, tied embeddings
+        return Qwen2Config(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=True)
+    if arch == "gemma3":  # Gemma 3 270M: MQA, head_dim independent of hidden size, sliding + full layers
+        return Gemma3TextConfig(**SHAPE, **ids, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
+                                sliding_window=64, layer_types=["sliding_attention", "full_attention"])
+    if arch == "phi3":  # Phi-3 mini: fused qkv_proj and gate_up_proj
+        return Phi3Config(**SHAPE, **ids, num_key_value_heads=4, tie_word_embeddings=False)
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(TOKENIZER)}")
+
+
+@functools.cache
+def tiny_model(arch: Arch = "llama", seed: int = 0) -> Path:
+    """Folder with a saved tiny `arch` model (float32) and its tokenizer; built once per session."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tok = tokenizer_for(TOKENIZER[arch])
+    config = _config(arch, tok)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out = _SESSION / f"{arch}-{seed}"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def copy_model(arch: Arch, dest: Path) -> Path:
+    """A private copy of the session's tiny model (for tests that change or upload it)."""
+    shutil.copytree(tiny_model(arch), dest)
+    return dest
+
+
+COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"),
+             ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")]
+
+
+def chat_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` short `messages` rows with a fixed answer pattern (easy to learn, easy to check)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        country, capital = rng.choice(COUNTRIES)
+        rows.append({"messages": [
+            {"role": "system", "content": "Answer in one sentence."},
+            {"role": "user", "content": f"What is the capital of {country}?"},
+            {"role": "assistant", "content": f"The capital of {country} is {capital}."},
+        ]})
+    return rows
+
+
+def write_chat_jsonl(path: Path, n: int = 64, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(n, seed)), encoding="utf-8")
+    return path

@@ -1,0 +1,152 @@
+"""trainer/train.py end to end on a tiny llama: local data in, adapter + MLflow store + _SUCCESS out."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mlflow import MlflowClient  # noqa: E402
+
+from tests.models import chat_rows, tiny_model, write_chat_jsonl  # noqa: E402
+from trainer import train  # noqa: E402
+from trainer.spec_io import spec_from_dict, spec_hash  # noqa: E402
+from trainer.tracking import TRUNCATED, mlflow_params  # noqa: E402
+
+
+def write_spec(folder: Path, **overrides: dict) -> Path:
+    write_chat_jsonl(folder / "train.jsonl", 64, seed=0)
+    with (folder / "train.jsonl").open("a") as f:
+        f.write("{not json\n")  # one bad row: counted, skipped, reported
+    write_chat_jsonl(folder / "eval.jsonl", 6, seed=1)
+    spec = {
+        "name": "tiny-llama",
+        "base_model": str(tiny_model("llama")),
+        "model": {"dtype": "float32"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "max_seq_len": 128,
+                 "bad_rows": {"max_bad_fraction": 0.05}},
+        "training": {"max_steps": 30, "learning_rate": 2.0e-3, "per_device_batch_size": 2, "logging_steps": 5,
+                     "warmup_ratio": 0.1},
+        "resources": {"gpu": "none"},
+        "output": {"uri": "out"},
+        "eval": {"num_samples": 2, "max_new_tokens": 8},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value}
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    folder = tmp_path_factory.mktemp("train")
+    spec_path = write_spec(folder)
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("KUBETUNE_WORK_DIR", str(folder / "work"))
+        assert train.main(["--spec", str(spec_path)]) == 0
+    assert not (folder / "work" / "kubetune" / "tiny-llama").exists()  # staging and checkpoints cleaned up
+    return spec_path, folder / "out", printed.getvalue()
+
+
+def test_outputs_and_success_marker_written_last(finished_run: tuple[Path, Path, str]) -> None:
+    spec_path, out, _ = finished_run
+    files = {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file()}
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "tokenizer/tokenizer.json",
+                 "spec.yaml", "data_stats.json", "samples.json", "mlflow.db", "_SUCCESS"):
+        assert name in files, name
+    marker_time = files["_SUCCESS"].stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns <= marker_time for p in files.values())
+    marker = json.loads(files["_SUCCESS"].read_text())
+    spec = spec_from_dict(yaml.safe_load(spec_path.read_text()))
+    assert marker["spec_hash"] == spec_hash(spec)
+    assert marker["steps"] == 30 and marker["final_loss"] > 0 and marker["run_id"]
+    assert marker["tokens_trained"] > 0
+    assert spec_from_dict(yaml.safe_load(files["spec.yaml"].read_text())) == spec
+    stats = json.loads(files["data_stats.json"].read_text())
+    assert stats["train"]["bad_rows"] == {"invalid_json": 1} and stats["eval"]["rows_used"] == 6
+    samples = json.loads(files["samples.json"].read_text())
+    assert len(samples["prompt"]) == 2 and all(samples["before"]) and all(samples["after"])
+    assert samples["reference"][0].startswith("The capital of")
+
+
+def test_loss_falls_and_mlflow_has_params_metrics_artifacts(finished_run: tuple[Path, Path, str]) -> None:
+    _, out, printed = finished_run
+    marker = json.loads((out / "_SUCCESS").read_text())
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    run = client.get_run(marker["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-llama"
+    assert run.data.params["training.max_steps"] == "30" and run.data.params["adapter.r"] == "8"
+    assert run.data.params["data.train"] == "train.jsonl"
+    metrics = run.data.metrics
+    for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss", "eval_perplexity",
+                "data/packing_efficiency", "data/bad_rows", "data/bad_rows/invalid_json"):
+        assert key in metrics, key
+    assert metrics["data/bad_rows"] == 1.0
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 7  # step 1, then every 5 steps
+    assert losses[-1] < 0.8 * losses[0], losses
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"adapter", "spec.yaml", "data_stats.json", "samples.json"} <= artifacts
+    assert "[train] step 30/30" in printed and "before → after" in printed and marker["run_id"] in printed
+
+
+def test_adapter_loads_back_and_has_learned(finished_run: tuple[Path, Path, str]) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, out, _ = finished_run
+    tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
+    messages = chat_rows(1, seed=5)[0]["messages"]
+    ids = tokenizer.apply_chat_template(messages, return_tensors="pt", return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, return_dict=True)["input_ids"]
+    labels = ids.clone()
+    labels[:, : len(prompt)] = -100  # the loss on the answer, as trained (train_on: completions)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        before = base(input_ids=ids, labels=labels).loss.item()
+        tuned = PeftModel.from_pretrained(base, out / "adapter").eval()
+        after = tuned(input_ids=ids, labels=labels).loss.item()
+    assert after < before - 1.0, (before, after)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_gpu_job_on_a_machine_without_cuda_fails_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec_path = write_spec(tmp_path, resources={"gpu": "h100"})
+    assert train.main(["--spec", str(spec_path)]) == 2
+    assert "set `resources.gpu: none`" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_spec_is_reported_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec_path = write_spec(tmp_path)
+    assert train.main(["--spec", str(spec_path), "--set", "training.learning_rat=1"]) == 2
+    assert "did you mean `learning_rate`" in capsys.readouterr().err
+
+
+def test_long_param_values_are_cut_and_named() -> None:
+    spec = spec_from_dict({"name": "p", "base_model": "org/m", "data": {"train": "t.jsonl"},
+                           "eval": {"prompts": ["x" * 5000, "y" * 5000]}})
+    params, cut = mlflow_params(spec)
+    assert cut == ["eval.prompts"] and params["eval.prompts"].endswith(TRUNCATED)
+    assert all(len(v) <= 6000 for v in params.values())
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "phi3", "gemma"])
+def test_samples_stop_at_the_templates_end_of_turn(family: str) -> None:
+    from tests.resources import end_of_turn, tokenizer_for
+    from trainer.samples import stop_ids
+
+    tokenizer = tokenizer_for(family)
+    assert tokenizer.convert_tokens_to_ids(end_of_turn(family)) in stop_ids(tokenizer)
+    assert tokenizer.eos_token_id in stop_ids(tokenizer)

@@ -1,0 +1,132 @@
+"""Answers to a few prompts before and after training: the quickest check that training did something.
+
+Prompts are `eval.prompts`, or else the first `eval.num_samples` held-out conversations cut at
+their last user turn (train data only when there is no eval data, and the output says so).
+Generation is greedy, `eval.max_new_tokens` long, with the same chat template as training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from trainer.data import conversations
+from trainer.spec import JobSpec
+
+Message = dict[str, str]
+
+
+@dataclass
+class Sample:
+    prompt: list[Message]
+    reference: str | None = None  # the held-out answer, when the prompt came from data
+    answers: dict[str, str] = field(default_factory=dict)  # "before" / "after" -> text
+
+    @property
+    def question(self) -> str:
+        return self.prompt[-1]["content"]
+
+
+def up_to_last_user(conv: list[Message]) -> tuple[list[Message], str | None]:
+    """The conversation up to and including its last user turn, and the answer that followed."""
+    last = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=None)
+    if last is None:
+        return [], None
+    nxt = conv[last + 1]["content"] if last + 1 < len(conv) else None
+    return conv[: last + 1], nxt
+
+
+def choose(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tuple[list[Sample], str]:
+    """The prompts to sample, and a line saying where they came from."""
+    if spec.eval.prompts:
+        system = [{"role": "system", "content": spec.data.system_prompt}] if spec.data.system_prompt else []
+        return [Sample(system + [{"role": "user", "content": p}]) for p in spec.eval.prompts], "eval.prompts"
+    n = spec.eval.num_samples
+    if n == 0:
+        return [], "none (eval.num_samples is 0)"
+    split = "eval" if spec.data.eval else "train"
+    convs = conversations(spec, split, n, base_dir=base_dir)
+    samples = []
+    for conv in convs:
+        prompt, reference = up_to_last_user(conv)
+        if prompt:
+            samples.append(Sample(prompt, reference))
+    where = f"the first {len(samples)} conversations of data.{split}"
+    if split == "train":
+        where += " (no data.eval is set, so these are training prompts, not held out)"
+    return samples, where
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """EOS plus the special token the chat template closes an assistant turn with (`<|eot_id|>`,
+    `<|im_end|>`, `<end_of_turn>`, ...): a model taught the template stops there, not at EOS."""
+    marker = "kubetune-answer"
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # noqa: BLE001 - a template that refuses this shape: EOS alone
+        return ids
+    after = tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False).input_ids
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    ids += [t for t in after[:2] if t in special][:1]
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_new_tokens: int,
+             synced_gpus: bool = False) -> None:
+    """Greedy answers for every sample, stored under `sample.answers[key]`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    eos = stop_ids(tokenizer)
+    try:
+        for s in samples:
+            enc = tokenizer.apply_chat_template(
+                s.prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
+            enc = {k: v.to(device) for k, v in enc.items()}
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=synced_gpus,
+                temperature=None, top_p=None, top_k=None,
+            )
+            new = out[0, enc["input_ids"].shape[1]:]
+            s.answers[key] = tokenizer.decode(new, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+
+
+def _short(text: str | None, width: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(samples: list[Sample]) -> str:
+    lines = []
+    for i, s in enumerate(samples, 1):
+        lines.append(f"[{i}] {_short(s.question)}")
+        if s.reference is not None:
+            lines.append(f"    reference: {_short(s.reference)}")
+        before, after = s.answers.get("before"), s.answers.get("after")
+        if before is not None and after is not None:
+            lines.append(f"    before → after:\n      {_short(before)}\n    → {_short(after)}")
+        else:
+            for key, text in s.answers.items():
+                lines.append(f"    {key}: {_short(text)}")
+    return "\n".join(lines)
+
+
+def table(samples: list[Sample]) -> dict[str, list[str]]:
+    """Columns for `mlflow.log_table`: prompt, reference, before, after."""
+    return {
+        "prompt": [s.question for s in samples],
+        "reference": [s.reference or "" for s in samples],
+        "before": [s.answers.get("before", "") for s in samples],
+        "after": [s.answers.get("after", "") for s in samples],
+    }

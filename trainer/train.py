@@ -1,0 +1,239 @@
+"""Fine-tune one adapter from one job spec: setup -> data -> model -> train -> save -> cleanup.
+
+    python -m trainer.train --spec job.yaml [--set training.max_steps=10 ...]
+    accelerate launch --config_file accelerate.yaml ... -m trainer.train --spec /etc/kubetune/spec.yaml
+
+Every rank runs this file; rank 0 alone prints, tracks and writes. Results land in `output.uri`
+(a folder or `s3://` prefix): `adapter/`, `tokenizer/`, `spec.yaml`, `data_stats.json`,
+`samples.json`, and `_SUCCESS` last — a reader that sees the marker sees everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+from transformers import PrinterCallback, TrainingArguments
+
+from trainer import model as models
+from trainer import samples as sampling
+from trainer import storage
+from trainer.data import Collator, DataError, build_dataset
+from trainer.spec import JobSpec
+from trainer.spec_io import SpecError, dump_spec, load_spec, spec_hash
+from trainer.tracking import MeteredTrainer, MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
+
+
+class FineTune:
+    def __init__(self, spec: JobSpec, base_dir: Path):
+        self.spec = spec
+        self.base_dir = base_dir
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.name = job_name(spec)
+        self.tracker: Tracker | None = None
+
+    def say(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[kubetune] {message}", flush=True)
+
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        spec = self.spec
+        models.check_hardware(spec)
+        cpu = spec.resources.gpu == "none"
+        if cpu and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        uri = spec.output.uri or str(Path("runs") / spec.name)
+        self.output = uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(self.base_dir / uri)
+        self.work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.gettempdir()) / "kubetune" / self.name
+        self.staging = self.work / "out"
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.say(f"job {self.name}: base model {spec.base_model}, output {self.output}, world size {world}")
+        # Built before the model: under ZeRO-3 from_pretrained must already see the DeepSpeed config.
+        self.args = self._training_arguments(cpu)
+        self.main = self.args.process_index == 0
+        if self.main and storage.exists(storage.join(self.output, "_SUCCESS")):
+            storage.remove(storage.join(self.output, "_SUCCESS"))  # a rerun must not look finished early
+        remote = storage.is_remote(self.output)
+        self.tracker = Tracker(spec, self.work / "mlflow" if remote else Path(self.output), active=self.main)
+        note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
+        self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
+
+    def _training_arguments(self, cpu: bool) -> TrainingArguments:
+        t, has_eval = self.spec.training, self.spec.data.eval is not None
+        gpu_dtype = None if cpu else self.spec.model.dtype
+        deepspeed = t.strategy in ("zero2", "zero3")
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return TrainingArguments(
+            output_dir=str(self.work / "checkpoints"),
+            max_steps=t.max_steps or -1, num_train_epochs=t.epochs,
+            learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+            weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+            per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
+            gradient_accumulation_steps=t.grad_accum, seed=t.seed, data_seed=t.seed,
+            logging_steps=t.logging_steps, logging_first_step=True,
+            save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500, save_only_model=True,
+            eval_strategy="steps" if has_eval and t.eval_steps else "no", eval_steps=t.eval_steps,
+            bf16=gpu_dtype == "bfloat16", fp16=gpu_dtype == "float16",
+            use_cpu=cpu and not deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu (strategy.py)
+            ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+            ddp_find_unused_parameters=False, average_tokens_across_devices=True,
+            remove_unused_columns=False, dataloader_num_workers=0,
+            report_to="none", disable_tqdm=True, run_name=self.name,
+        )
+
+    # -- data ----------------------------------------------------------------------------
+    def load_data(self) -> None:
+        with self.args.main_process_first(local=True, desc="fetch the base model"):
+            self.ref = models.resolve_base_model(self.spec.base_model, self.base_dir)
+        self.tokenizer = models.load_tokenizer(self.ref, self.spec, self.base_dir)
+        self.train_items, self.train_stats = build_dataset(self.spec, self.tokenizer, "train", base_dir=self.base_dir)
+        self.say(self.train_stats.report())
+        self.eval_items, self.eval_stats = None, None
+        if self.spec.data.eval is not None:
+            self.eval_items, self.eval_stats = build_dataset(self.spec, self.tokenizer, "eval", base_dir=self.base_dir)
+            self.say(self.eval_stats.report())
+        self.samples, where = sampling.choose(self.spec, self.base_dir)  # every rank: ZeRO-3 generates on all
+        self.say(f"samples: {where}")
+
+    # -- model ---------------------------------------------------------------------------
+    def load_model(self) -> None:
+        started = time.perf_counter()
+        base = models.load_base_model(self.ref, self.spec)
+        self.model = models.add_adapter(base, self.spec, self.ref)
+        self.load_seconds = time.perf_counter() - started
+        self.say(f"loaded {self.ref.describe()} in {self.load_seconds:.1f}s; {models.trainable_summary(self.model)}")
+        self.pissa_init = None
+        if self.spec.adapter.init == "pissa" and self.main:
+            self.pissa_init = self.work / "pissa-init"
+            models.save_initial_adapter(self.model, self.pissa_init)
+
+    # -- train ---------------------------------------------------------------------------
+    def train(self) -> None:
+        spec, tracker = self.spec, self.tracker
+        assert tracker is not None
+        self.trainer = MeteredTrainer(
+            model=self.model, args=self.args, train_dataset=self.train_items, eval_dataset=self.eval_items,
+            data_collator=Collator.for_spec(spec, self.tokenizer),
+            callbacks=[MlflowCallback(tracker), ProgressPrinter()],
+        )
+        self.trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
+        data_metrics = self.train_stats.as_metrics("data/")
+        if self.eval_stats is not None:
+            data_metrics |= self.eval_stats.as_metrics("data/eval/")
+        tracker.log_metrics(data_metrics, step=0)
+        tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
+        if spec.training.strategy == "zero3":
+            self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
+        else:
+            self._sample("before")
+        started = time.perf_counter()
+        self.result = self.trainer.train()
+        self.say(f"trained {self.trainer.state.global_step} steps in {time.perf_counter() - started:.1f}s")
+        if self.eval_items is not None:
+            metrics = self.trainer.evaluate()
+            self.say(f"eval loss {metrics['eval_loss']:.4f}")
+        self._sample("after")
+        if self.samples:
+            self.say("samples (before → after):\n" + sampling.render(self.samples))
+
+    def _sample(self, key: str) -> None:
+        if self.spec.training.strategy == "fsdp":
+            return self.say(f"samples {key} training skipped: not supported with fsdp yet")
+        if self.spec.training.strategy == "zero3":  # every rank takes part in each sharded forward
+            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens, True)
+        elif self.main and self.samples:
+            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens)
+
+    # -- save ----------------------------------------------------------------------------
+    def save(self) -> dict:
+        out, main, tracker = self.staging, self.main, self.tracker
+        assert tracker is not None
+        if main:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+        self.trainer.accelerator.wait_for_everyone()
+        if self.pissa_init is not None:  # only ddp / zero2 (check_hardware): the whole adapter is on rank 0
+            if main:
+                models.save_converted_adapter(self.trainer.model, out / "adapter", self.pissa_init)
+        else:
+            self.trainer.save_model(str(out / "adapter"))  # every rank: gathers ZeRO-3 shards; rank 0 writes
+        if not main:
+            return {}
+        (out / "adapter" / "training_args.bin").unlink(missing_ok=True)
+        self.tokenizer.save_pretrained(out / "tokenizer")
+        (out / "spec.yaml").write_text(dump_spec(self.spec), encoding="utf-8")
+        (out / "data_stats.json").write_text(stats_json(self.train_stats, self.eval_stats), encoding="utf-8")
+        (out / "samples.json").write_text(json.dumps(sampling.table(self.samples), indent=2), encoding="utf-8")
+        files = storage.publish_dir(out, self.output)
+        tracker.log_artifacts(out / "adapter", "adapter")
+        tracker.log_artifact(out / "data_stats.json")
+        if self.samples:
+            tracker.log_table(sampling.table(self.samples), "samples.json")
+        losses = [h["loss"] for h in self.trainer.state.log_history if "loss" in h]
+        marker = {
+            "job_name": self.name, "run_id": tracker.run_id, "tracking_uri": tracker.uri,
+            "spec_hash": spec_hash(self.spec), "base_model": self.spec.base_model,
+            "steps": self.trainer.state.global_step, "final_loss": losses[-1] if losses else None,
+            "train_loss": self.result.training_loss, "tokens_trained": self.trainer.tokens_trained,
+            "files": files, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        tracker.end(ok=True)
+        if storage.is_remote(self.output) and not self.spec.tracking.mlflow_uri:
+            storage.publish_dir(self.work / "mlflow", storage.join(self.output, "mlflow"))
+        storage.write_text(storage.join(self.output, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
+        self.say(f"wrote {len(files)} files and _SUCCESS to {self.output}")
+        self.say(f"MLflow run {tracker.run_id} — tracking URI {tracker.uri}")
+        return marker
+
+    # -- cleanup -------------------------------------------------------------------------
+    def cleanup(self, ok: bool) -> None:
+        if self.tracker is not None and not ok:
+            self.tracker.end(ok=False)
+        if ok and self.rank == 0:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description="Fine-tune one adapter from a job spec.")
+    p.add_argument("--spec", required=True, help="path to the job spec YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. training.max_steps=10 (repeatable)")
+    p.add_argument("--base-dir", help="folder that relative paths in the spec are taken against (default: the spec's)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.spec, args.set)
+    except SpecError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent))
+    ok = False
+    try:
+        job.setup()
+        job.load_data()
+        job.load_model()
+        job.train()
+        job.save()
+        ok = True
+    except (DataError, models.ModelError) as e:
+        print(f"[kubetune] error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        job.cleanup(ok)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
