@@ -116,7 +116,9 @@ def submit(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, 
         f"results in {sub.spec.output.uri}"
     )
     client.run_local(sub)
-    click.echo(f"job {sub.name} succeeded; results in {sub.spec.output.uri}")
+    click.echo(f"job {sub.name} succeeded")
+    for line in client.result_lines(sub):
+        click.echo(f"  {line}")
 
 
 if __name__ == "__main__":

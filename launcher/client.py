@@ -84,7 +84,8 @@ def prepare(
     warnings: list[str] = []
     spec_dir = Path(spec_path).resolve().parent
     if local:
-        if problems := resolve.local_problems(spec, spec_dir):
+        problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
+        if problems:
             raise _problems(str(spec_path), problems)
         spec = resolve.for_local(spec, spec_dir)
         port = free_port()  # the pods share this machine's ports, unlike pods on a cluster
@@ -123,3 +124,23 @@ def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequenc
         raise PodFailed(f"job {sub.name}: rank {rank} exited with code {outcome.codes[rank]}{stopped}{cause}")
     if not outcome.ok:
         raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}")
+
+
+def result_lines(sub: Submission) -> list[str]:
+    """Where a finished job's results are, read from its `_SUCCESS` marker when the output is local."""
+    uri = sub.spec.output.uri or ""
+    marker = Path(uri) / "_SUCCESS"
+    if resolve.is_remote(uri) or not marker.is_file():
+        return [f"results: {uri}"]
+    import json
+
+    done = json.loads(marker.read_text(encoding="utf-8"))
+    lines = [
+        f"adapter:    {Path(uri) / 'adapter'}",
+        f"MLflow run: {done.get('run_id')} ({done.get('tracking_uri')})",
+        f"steps:      {done.get('steps')}, final loss {done.get('final_loss')}",
+    ]
+    tracking = str(done.get("tracking_uri") or "")
+    if tracking.startswith("sqlite:///"):
+        lines.append(f"browse it:  mlflow ui --backend-store-uri {tracking}")
+    return lines

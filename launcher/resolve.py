@@ -71,8 +71,18 @@ def has_nvidia_gpu() -> bool:
     return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
 
 
+def gpu_problems(spec: JobSpec) -> list[str]:
+    """A GPU job about to run on a machine without one (checked before any process starts)."""
+    if spec.resources.gpu == "none" or has_nvidia_gpu():
+        return []
+    return [
+        f"resources.gpu: `{spec.resources.gpu}` asks for GPUs and this machine has no NVIDIA GPU; "
+        "for a CPU run set `resources.gpu: none` (or --set resources.gpu=none)"
+    ]
+
+
 def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
-    """Local inputs that do not exist, and a GPU job on a machine without one, found before any process starts."""
+    """Local inputs that do not exist, found before any process starts."""
     problems = [
         f"{field}: nothing matches {_absolute(value, spec_dir)!r} (relative paths are read from the spec's folder)"
         for field, value in _data_fields(spec)
@@ -81,11 +91,6 @@ def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
     template = spec.model.chat_template
     if template is not None and not is_remote(template) and not os.path.isfile(_absolute(template, spec_dir)):
         problems.append(f"model.chat_template: {_absolute(template, spec_dir)!r} is not a file (a Jinja template)")
-    if spec.resources.gpu != "none" and not has_nvidia_gpu():
-        problems.append(
-            f"resources.gpu: `{spec.resources.gpu}` asks for GPUs and this machine has no NVIDIA GPU; "
-            "for a CPU run set `resources.gpu: none` (or --set resources.gpu=none)"
-        )
     if looks_like_path(spec.base_model) and local_base_model(spec, spec_dir) is None:
         problems.append(
             f"base_model: {_absolute(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"

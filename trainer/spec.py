@@ -109,8 +109,8 @@ class TemplateSpec(Section):
                 f"{e} in {v!r}: placeholders are `{{field}}`; write a literal brace as `{{{{` or `}}}}`"
             ) from None
         for f in fields:
-            if not f.isidentifier():
-                raise ValueError(f"placeholder {{{f}}} in {v!r} must be a plain column name such as {{answer}}")
+            if f == "" or f.split(".")[0].split("[")[0].isdigit():
+                raise ValueError(f"placeholder {{{f}}} in {v!r} must name a column, e.g. {{answer}} or {{meta.why}}")
         return v
 
 

@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -211,7 +212,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# Library warnings that tell a kubetune user nothing (checked on the pinned versions): a deprecated
+# name transformers itself calls, and PEFT looking for a config.json beside a GGUF base model.
+LIBRARY_NOISE = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for category, message in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category)
     args = parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)

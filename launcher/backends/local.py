@@ -82,8 +82,7 @@ def _one(manifests: list[dict[str, Any]], kind: str, name: str | None = None) ->
 
 
 class PathMap:
-    """Rewrites cluster host names and mount paths inside strings (one pass: a local folder under
-    /tmp must not be rewritten again by the pod's own /tmp mount)."""
+    """Rewrites cluster host names and mount paths inside strings, in one pass."""
 
     def __init__(self, service: str, mounts: dict[str, Path]):
         self.host = re.compile(
@@ -142,9 +141,15 @@ def plan(manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None
     for rank in range(int(spec.get("completions", 1))):
         dirs = _volumes(pod_spec, manifests, workdir / f"pod-{rank}")
         mounts = {}
+        tmpdir: Path | None = None
         for m in container.get("volumeMounts", []):
             if m.get("subPath"):
                 raise UserError(f"volumeMount {m['mountPath']}: subPath is not supported by the local runner")
+            if m["mountPath"].rstrip("/") == "/tmp":
+                # Paths under this machine's /tmp are real here (pytest folders, the user's files):
+                # never rewrite them. The pod still gets a /tmp of its own, through TMPDIR.
+                tmpdir = dirs[m["name"]]
+                continue
             mounts[m["mountPath"]] = dirs[m["name"]]
         rewrite = PathMap(service, mounts)
         env: dict[str, str] = {}
@@ -152,6 +157,8 @@ def plan(manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None
             if "value" not in var:
                 raise UserError(f"env {var['name']}: only plain values run locally (valueFrom needs a cluster)")
             env[var["name"]] = rewrite(expand(str(var["value"]), env))
+        if tmpdir is not None and env.get("TMPDIR", "/tmp").rstrip("/") == "/tmp":
+            env["TMPDIR"] = str(tmpdir)
         env["JOB_COMPLETION_INDEX"] = str(rank)
         argv = [rewrite(expand(str(a), env)) for a in [*container.get("command", []), *container.get("args", [])]]
         if not argv:

@@ -55,6 +55,10 @@ def test_two_nodes_train_one_adapter(tmp_path: Path) -> None:
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "spec.yaml").exists() and (out / "data_stats.json").exists()
 
+    # the launcher ends by saying where everything is
+    assert f"adapter:    {out / 'adapter'}" in done.stdout
+    assert f"MLflow run: {marker['run_id']}" in done.stdout
+
     # the loss falls, as recorded in the MLflow run (rank 0 only: one value per step)
     from mlflow import MlflowClient
 
@@ -65,4 +69,4 @@ def test_two_nodes_train_one_adapter(tmp_path: Path) -> None:
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) >= 10
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.7 * first, f"loss did not fall: {losses}"
+    assert last < first - 1.0, f"loss did not fall by a nat: {losses}"  # from ~ln(vocab) on random weights

@@ -44,7 +44,8 @@ def write_spec(folder: Path, nodes: int = 1, gpu: str = "none", **extra: Any) ->
 
 
 def render(spec_path: Path, local: bool = False) -> tuple[client.Submission, dict[str, list[dict[str, Any]]]]:
-    sub = client.prepare(spec_path, local=local)
+    """What `launch render [--local]` renders (a dry run: GPU specs render on this CPU machine too)."""
+    sub = client.prepare(spec_path, local=local, dry_run=True)
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for doc in helm.parse_manifests(client.render(sub)):
         by_kind.setdefault(doc["kind"], []).append(doc)

@@ -129,6 +129,15 @@ def test_plan_translates_each_rendered_pod(tmp_path: Path) -> None:
     assert pods[0].dirs["tmp"] != pods[1].dirs["tmp"]  # every pod has its own emptyDirs
 
 
+def test_host_paths_under_tmp_are_left_alone(tmp_path: Path) -> None:
+    """This machine's /tmp is real: a pod's /tmp emptyDir reaches it through TMPDIR, not by rewriting."""
+    sub = local_submission(tmp_path, nodes=1)
+    sub.values["env"]["PYTHONPATH"] = "/tmp/somewhere/tests/fixtures"
+    (pod,) = plan(helm.parse_manifests(client.render(sub)), tmp_path / "pods", cwd=tmp_path)
+    assert pod.env["PYTHONPATH"] == "/tmp/somewhere/tests/fixtures"
+    assert pod.env["TMPDIR"] == str(pod.dirs["tmp"])
+
+
 def test_process_env_puts_this_venv_first_and_drops_inherited_rank_settings(tmp_path: Path) -> None:
     pod = PodProcess(0, ["python"], {"JOB_COMPLETION_INDEX": "0"}, tmp_path)
     env = process_env(pod, {"PATH": "/usr/bin", "RANK": "3", "ACCELERATE_USE_CPU": "1", "HOME": "/root"})

@@ -63,10 +63,10 @@ def test_template_format_needs_template() -> None:
     assert spec.data.template is not None and spec.data.template.assistant.startswith("<think>")
     with pytest.raises(SpecError) as err:
         spec_from_dict({**MINIMAL, "data": {"train": "t.jsonl", "format": "template",
-                                            "template": {"user": "{q", "assistant": "{a.b}"}}})
+                                            "template": {"user": "{q", "assistant": "{}"}}})
     text = err.value.render()
     assert "data.template.user: expected '}' before end of string in '{q'" in text
-    assert "data.template.assistant: placeholder {a.b}" in text
+    assert "data.template.assistant: placeholder {} in '{}' must name a column" in text
     with pytest.raises(SpecError, match=r"`data.system_prompt` is not used with `format: template`"):
         spec_from_dict({**MINIMAL, "data": {"train": "t.jsonl", "format": "template", "system_prompt": "hi",
                                             "template": {"user": "{q}", "assistant": "{a}"}}})
