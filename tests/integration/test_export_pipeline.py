@@ -1,0 +1,313 @@
+"""The export job end to end, on tiny random models of four architectures with real tokenizers and
+chat templates: `python -m trainer.export` reads a training output on a moto S3 server, merges,
+converts to f16, quantizes to q8_0 and q4_k_m with the pinned llama.cpp, verifies, and registers
+in a real `mlflow server` whose artifacts are proxied into the same S3 server. A corrupted GGUF
+and a wrong chat template fail the gate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.servers import _stop, free_port, moto_s3, s3_env, wait_http
+from tests.models import SHAPE, chat_rows, tiny_model
+from tests.resources import chat_template, llama_cpp_dir, vocab_path
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+REPO = Path(__file__).resolve().parents[2]
+GEMMA3_GGUF = REPO / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
+
+
+# -- models: the families' real tokenizers, as their HF folders ship them ------------------------
+@functools.cache
+def _gemma3_model() -> Path:
+    """Gemma 3: the real Gemma 3 vocabulary (from the Gemma 3 270M GGUF `make setup` fetches) with
+    its sentencepiece model, and the Gemma 2/3 turn format (`<start_of_turn>` ... `<end_of_turn>`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
+
+    from trainer.export.vocab import write_sentencepiece_model
+
+    if not GEMMA3_GGUF.is_file():
+        raise FileNotFoundError(f"{GEMMA3_GGUF} is missing: run `make setup`")
+    out = Path(tempfile.mkdtemp(prefix="kubetune-export-gemma3-"))
+    tok = AutoTokenizer.from_pretrained(GEMMA3_GGUF.parent, gguf_file=GEMMA3_GGUF.name)
+    tok.chat_template = chat_template("google-gemma-2-2b-it.jinja")
+    config = Gemma3TextConfig(**SHAPE, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                              max_position_embeddings=2048, num_key_value_heads=1, head_dim=64,
+                              query_pre_attn_scalar=64, sliding_window=64,
+                              layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+    tok.save_pretrained(out)
+    write_sentencepiece_model(GEMMA3_GGUF, out / "tokenizer.model")
+    return out
+
+
+def base_model(arch: str, dest: Path) -> Path:
+    if arch == "gemma3":
+        shutil.copytree(_gemma3_model(), dest)
+        return dest
+    shutil.copytree(tiny_model(arch), dest)
+    if arch == "phi3":  # Phi-3 ships a sentencepiece tokenizer.model, which llama.cpp's converter reads
+        from trainer.export.vocab import write_sentencepiece_model
+
+        assert write_sentencepiece_model(vocab_path("phi3"), dest / "tokenizer.model")
+    return dest
+
+
+def rows(arch: str, n: int, seed: int) -> list[dict]:
+    out = chat_rows(n, seed)
+    if arch == "gemma3":  # the Gemma 2/3 template refuses system messages
+        out = [{"messages": r["messages"][1:]} for r in out]
+    return out
+
+
+def train_like(base: Path, out: Path, conversations: list[list[dict]], steps: int = 20) -> None:
+    """What training leaves in output.uri: a LoRA adapter trained a few steps (so next-token
+    distributions are peaked like a trained model's, not flat like a random one's), the tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    batch = [torch.tensor([tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False).input_ids])
+             for c in conversations]
+    losses = []
+    for _ in range(steps):
+        loss = sum(peft_model(ids, labels=ids).loss for ids in batch) / len(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0, losses
+    peft_model.save_pretrained(out / "adapter")
+    tok.save_pretrained(out / "tokenizer")
+
+
+# -- servers: moto S3 and an mlflow server proxying its artifacts into it -----------------------
+@contextlib.contextmanager
+def mlflow_server_on_s3(root: Path, s3: str, bucket: str) -> Iterator[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", f"s3://{bucket}/mlartifacts"]
+    env = os.environ | s3_env(s3) | {"MLFLOW_S3_ENDPOINT_URL": s3}
+    with (root / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/health", 180, alive=lambda: proc.poll() is None)
+            yield url
+        finally:
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    import boto3
+
+    with moto_s3() as s3:
+        client = boto3.client("s3", **{"endpoint_url": s3, "aws_access_key_id": "testing",
+                                       "aws_secret_access_key": "testing", "region_name": "us-east-1"})
+        for bucket in ("runs", "mlflow"):
+            client.create_bucket(Bucket=bucket)
+        with mlflow_server_on_s3(tmp_path_factory.mktemp("mlflow"), s3, "mlflow") as mlflow:
+            yield s3, mlflow
+
+
+def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict) -> tuple[Path, str]:
+    """A spec and a finished training output on S3 (with a real MLflow run); returns (spec path, run id)."""
+    import s3fs
+    from mlflow import MlflowClient
+
+    base = base_model(arch, tmp / "base")
+    local_out = tmp / "trained"
+    data_rows = rows(arch, 4, seed=3)
+    train_like(base, local_out, [r["messages"] for r in data_rows])
+    data = tmp / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
+    name = f"exp-{arch}-{tmp.name[-6:].lower().replace('_', '-')}".strip("-")
+    spec = {"name": name, "base_model": str(base), "model": {"dtype": "float32"},
+            "data": {"train": str(data), "eval": str(data)}, "resources": {"gpu": "none"},
+            "tracking": {"mlflow_uri": mlflow}, "output": {"uri": f"s3://runs/{name}"}, "export": export}
+    spec_path = tmp / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    client = MlflowClient(mlflow)
+    run = client.create_run(client.create_experiment(name))
+    (local_out / "data_stats.json").write_text(json.dumps({"train": {"rows_read": 4}}))
+    marker = {"job_name": name, "run_id": run.info.run_id, "tracking_uri": mlflow, "spec_hash": "test"}
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}, key="testing", secret="testing")
+    fs.put(str(local_out) + "/", f"runs/{name}/", recursive=True)
+    fs.pipe(f"runs/{name}/_SUCCESS", json.dumps(marker).encode())
+    return spec_path, run.info.run_id
+
+
+def run_export(spec: Path, s3: str, *sets: str) -> subprocess.CompletedProcess:
+    env = os.environ | s3_env(s3) | {"KUBETUNE_LLAMA_CPP_DIR": str(llama_cpp_dir()), "HF_HUB_OFFLINE": "1",
+                                     "PYTHONPATH": str(REPO), "KUBETUNE_WORK_DIR": str(spec.parent / "work")}
+    cmd = [sys.executable, "-m", "trainer.export", "--spec", str(spec), *(x for s in sets for x in ("--set", s))]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+
+
+def read_s3(s3: str, path: str) -> str:
+    import s3fs
+
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}, key="testing", secret="testing").cat(path).decode()
+
+
+# -- the tests -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
+def test_export_verifies_and_registers(arch, servers, tmp_path):
+    from mlflow import MlflowClient
+
+    s3, mlflow = servers
+    export = {"gguf": ["q4_k_m", "q8_0", "f16"], "verify": {"golden_conversations": 3},
+              "register": {"name": f"reg-{arch}"}, "lmstudio_publisher": "kubetune"}
+    spec, run_id = prepare(arch, tmp_path, s3, mlflow, export)
+    done = run_export(spec, s3)
+    print(done.stdout)  # the job's report: shown with `pytest -s`
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "PASSED" in done.stdout
+    name = yaml.safe_load(spec.read_text())["name"]
+    report = json.loads(read_s3(s3, f"runs/{name}/export/verify.json"))
+    by_quant = {f["quant"]: f for f in report["files"]}
+    assert by_quant["f16"]["top1"] >= 0.98 and by_quant["q8_0"]["top1"] >= 0.95
+    assert all(f["passed"] for f in report["files"])
+    modelfile = read_s3(s3, f"runs/{name}/export/gguf/q4_k_m/Modelfile")
+    assert f"FROM ./{name}-q4_k_m.gguf" in modelfile and "TEMPLATE" in modelfile and "PARAMETER stop" in modelfile
+
+    client = MlflowClient(mlflow)
+    versions = client.search_model_versions(f"name = 'reg-{arch}'")
+    kinds = sorted(v.tags["kubetune.kind"] for v in versions)
+    assert kinds == ["adapter", "f16", "q4_k_m", "q8_0"]
+    alias = client.get_model_version_by_alias(f"reg-{arch}", "candidate")
+    assert alias.tags["kubetune.kind"] == "q4_k_m"
+    assert alias.tags["kubetune.run_id"] == run_id and alias.run_id == run_id
+    assert alias.tags["kubetune.llama_cpp"] == "0.3.36" and len(alias.tags["kubetune.sha256"]) == 64
+    assert alias.tags["kubetune.verify.passed"] == "true"
+    artifacts = [f.path for f in client.list_artifacts(run_id, "export/q4_k_m")]
+    assert f"export/q4_k_m/{name}-q4_k_m.gguf" in artifacts
+
+    if arch == "qwen2":  # re-running the export for the same run adds no version
+        again = run_export(spec, s3)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "already there" in again.stdout
+        assert len(client.search_model_versions(f"name = 'reg-{arch}'")) == 4
+
+
+def test_failed_gate_registers_nothing(servers, tmp_path):
+    from mlflow import MlflowClient
+
+    s3, mlflow = servers
+    impossible = {"q8_0": {"min_top1": 1.0, "max_kl": 0.0}}  # no quantized file is bit-exact
+    spec, _ = prepare("llama", tmp_path, s3, mlflow, {"gguf": ["q8_0"], "verify": {"golden_conversations": 2,
+                      "thresholds": impossible}, "register": {"name": "reg-failed"}})
+    name = yaml.safe_load(spec.read_text())["name"]
+    done = run_export(spec, s3)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED" in done.stdout and "nothing registered" in done.stdout
+    with pytest.raises(Exception, match="(?i)not found|does not exist|RESOURCE_DOES_NOT_EXIST"):
+        MlflowClient(mlflow).get_registered_model("reg-failed")
+    report = read_s3(s3, f"runs/{name}/export/verify.txt")
+    assert "q8_0 kl" in report or "q8_0 top1" in report
+    with pytest.raises(FileNotFoundError):
+        read_s3(s3, f"runs/{name}/export/_SUCCESS")
+
+
+def test_wrong_chat_template_fails_the_gate(tmp_path):
+    """A folder whose tokenizer_config.json still holds an old `chat_template` next to the
+    chat_template.jinja training used: transformers renders with the .jinja file, llama.cpp's
+    converter embeds the old one. The gate must catch it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.export import gguf, verify
+    from trainer.export.merge import end_of_turn
+
+    base = base_model("qwen2", tmp_path / "base")
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config["chat_template"] = chat_template("llama3")
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = AutoTokenizer.from_pretrained(base)
+    assert "<|im_start|>" in tok.chat_template  # transformers: the .jinja file wins
+    f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    golden = verify.reference(model, tok, [r["messages"] for r in rows("qwen2", 2, seed=4)])
+    report = verify.verify_file(f16, "f16", tok, [tok.eos_token, end_of_turn(tok)], golden, 0.98, 0.005)
+    assert [c.name for c in report.failures()] == ["chat_template"], report.failures()
+    assert "renders differently" in report.failures()[0].detail
+
+
+def test_template_without_end_of_turn_token_fails_the_gate(tmp_path):
+    """A custom template that ends turns with plain text: rendered identically everywhere, but
+    nothing would ever stop generation after an answer (llama.cpp #5040, ollama #6823)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.export import gguf, verify
+
+    base = base_model("llama", tmp_path / "base")
+    (base / "chat_template.jinja").write_text(
+        "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n\n{% endfor %}"
+        "{% if add_generation_prompt %}### assistant:\n{% endif %}")
+    tok = AutoTokenizer.from_pretrained(base)
+    f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    golden = verify.reference(model, tok, [r["messages"] for r in rows("llama", 2, seed=6)])
+    report = verify.verify_file(f16, "f16", tok, [tok.eos_token], golden, 0.98, 0.005)
+    assert [c.name for c in report.failures()] == ["stopping"], report.failures()
+    assert "no special token" in report.failures()[0].detail
+
+
+def test_corrupted_gguf_fails_the_gate(tmp_path):
+    """The gate itself, on a GGUF whose weights were damaged after conversion."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.export import gguf, verify
+    from trainer.export.merge import end_of_turn
+
+    base = base_model("qwen2", tmp_path / "base")
+    f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    golden = verify.reference(model, tok, [r["messages"] for r in rows("qwen2", 2, seed=5)])
+    eos = [tok.eos_token, end_of_turn(tok)]
+    good = verify.verify_file(f16, "f16", tok, eos, golden, 0.98, 0.005)
+    assert good.passed, good.failures()
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(f16))
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    start = int(tensor.data_offset)
+    blob = bytearray(f16.read_bytes())
+    noise = np.random.default_rng(0).standard_normal(tensor.n_elements).astype(np.float16).tobytes()
+    blob[start:start + len(noise)] = noise
+    bad = tmp_path / "m-f16-corrupted.gguf"
+    bad.write_bytes(bytes(blob))
+    report = verify.verify_file(bad, "f16", tok, eos, golden, 0.98, 0.005)
+    assert not report.passed
+    assert {c.name for c in report.failures()} & {"top1", "kl"}
+    assert report.kl > good.kl * 10

@@ -1,0 +1,5 @@
+"""The one error the export raises for a problem the user can act on."""
+
+
+class ExportError(Exception):
+    """An export step that cannot go on; the message says what failed and what to do."""

@@ -1,0 +1,137 @@
+"""The adapter merged into its base, with everything a runtime needs to chat with the result.
+
+The base is loaded as training saw it: in the spec's dtype, de-quantized from a `.gguf`, and for
+QLoRA (`model.quantization: 4bit|8bit`) quantized by bitsandbytes and de-quantized again, so the
+adapter lands on the very weights it was trained against (peft #2321), not on the original ones.
+The tokenizer saved by training (with its chat template) goes along, as do the base's
+sentencepiece model (llama.cpp's converter needs it for SPM vocabularies), a generation config
+whose `eos_token_id` holds both EOS and the template's end-of-turn token, and `export_info.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer import model as models
+from trainer.export import vocab
+from trainer.export.errors import ExportError
+from trainer.spec import JobSpec
+
+AUX_TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "special_tokens_map.json")
+
+
+@dataclass
+class Merged:
+    path: Path
+    tokenizer: Any
+    eos: list[str]  # EOS and the chat template's end of turn, as token strings
+    seconds: float
+    qlora_weight_delta: float | None = None  # QLoRA: |merged(dequantized base) - merged(original)| / |merged|
+
+
+def end_of_turn(tokenizer: Any) -> str | None:
+    """The special token the chat template writes right after an assistant message."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "kubetune-end-of-turn-probe"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
+    after = text[text.rfind(marker) + len(marker):]
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                   if t.special}
+    for tok in tokenizer.convert_ids_to_tokens(tokenizer(after, add_special_tokens=False)["input_ids"]):
+        if tok in special:
+            return tok
+    return None
+
+
+def load_dense_base(spec: JobSpec, ref: models.BaseModelRef, quantized_like_training: bool) -> torch.nn.Module:
+    """The base in the spec's dtype; QLoRA: through the same bitsandbytes round trip as training."""
+    if quantized_like_training and spec.model.quantization != "none":
+        model = models.load_base_model(ref, spec)
+        model = model.dequantize()  # bitsandbytes weights -> the dense values the adapter was trained on
+        return model.to(models.DTYPES[spec.model.dtype])
+    dense = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "none"})})
+    return models.load_base_model(ref, dense)
+
+
+def _merge_into(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ExportError(f"the adapter in {adapter_dir} does not fit base model: {e}; export with the base_model "
+                          "the adapter was trained on") from None
+    return peft_model.merge_and_unload(safe_merge=True)
+
+
+def _weight_delta(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    num = den = 0.0
+    sb = b.state_dict()
+    for name, wa in a.state_dict().items():
+        if name in sb and wa.is_floating_point():
+            num += float((wa.float() - sb[name].float()).pow(2).sum())
+            den += float(wa.float().pow(2).sum())
+    return (num / den) ** 0.5 if den else 0.0
+
+
+def merge(spec: JobSpec, adapter_dir: Path, tokenizer_dir: Path, out: Path, base_dir: Path | None = None,
+          measure_qlora_delta: bool = True) -> Merged:
+    """Merge `adapter_dir` into the spec's base model and save a complete HF folder at `out`."""
+    started = time.perf_counter()
+    ref = models.resolve_base_model(spec.base_model, base_dir)
+    merged = _merge_into(load_dense_base(spec, ref, quantized_like_training=True), adapter_dir)
+    delta = None
+    if spec.model.quantization != "none" and measure_qlora_delta:
+        naive = _merge_into(load_dense_base(spec, ref, quantized_like_training=False), adapter_dir)
+        delta = _weight_delta(merged, naive)
+        del naive
+    if out.exists():
+        shutil.rmtree(out)
+    merged.config.use_cache = True
+    merged.save_pretrained(out)
+    tokenizer = _save_tokenizer(tokenizer_dir, ref, out)
+    eos = _generation_eos(merged, tokenizer, ref, out)
+    info = {"base_model": spec.base_model, "dtype": spec.model.dtype, "quantization": spec.model.quantization,
+            "eos": eos, "qlora_weight_delta": delta}
+    (out / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return Merged(out, tokenizer, eos, time.perf_counter() - started, delta)
+
+
+def _save_tokenizer(tokenizer_dir: Path, ref: models.BaseModelRef, out: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(out)
+    for src_dir in (tokenizer_dir, Path(ref.location) if ref.local else None):
+        for name in AUX_TOKENIZER_FILES:
+            if src_dir is not None and (src_dir / name).is_file() and not (out / name).exists():
+                shutil.copy2(src_dir / name, out / name)
+    if ref.gguf_file and not (out / "tokenizer.model").exists():
+        vocab.write_sentencepiece_model(Path(ref.location) / ref.gguf_file, out / "tokenizer.model")
+    return tokenizer
+
+
+def _generation_eos(model: Any, tokenizer: Any, ref: models.BaseModelRef, out: Path) -> list[str]:
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(ref.location) if ref.local and not ref.gguf_file else None
+    except OSError:
+        gen = None
+    gen = gen or GenerationConfig.from_model_config(model.config)
+    eos = [t for t in (tokenizer.eos_token, end_of_turn(tokenizer)) if t]
+    eos = list(dict.fromkeys(eos))
+    ids = tokenizer.convert_tokens_to_ids(eos)
+    old = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    gen.eos_token_id = list(dict.fromkeys([*ids, *(i for i in old if i is not None)]))
+    gen.save_pretrained(out)
+    return eos

@@ -1,0 +1,94 @@
+"""Verified results as versions of one registered model in the MLflow model registry.
+
+Files are logged as artifacts of the training run (under `export/<kind>/`), then each becomes a
+version with `MlflowClient.create_model_version` (source = that artifact folder, run_id = the
+training run), tagged with its lineage. Re-running the export for the same run finds the version
+whose `kubetune.sha256` and kind match and reuses it: no duplicates. The alias (e.g. `candidate`)
+moves to the newest verified GGUF of the spec's first type. No stages: they are deprecated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from trainer.export.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Lineage:
+    run_id: str
+    spec_hash: str
+    data_fingerprint: str
+    base_model: str
+    llama_cpp: str
+
+    def tags(self) -> dict[str, str]:
+        return {"kubetune.run_id": self.run_id, "kubetune.spec_hash": self.spec_hash,
+                "kubetune.data_fingerprint": self.data_fingerprint, "kubetune.base_model": self.base_model,
+                "kubetune.llama_cpp": self.llama_cpp}
+
+
+@dataclass(frozen=True)
+class Item:
+    kind: str  # "adapter" | "merged" | a GGUF type such as "q4_k_m"
+    local: Path  # a file or a folder
+    sha256: str
+    extra_tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Registered:
+    kind: str
+    version: str
+    source: str
+    reused: bool
+
+
+class Registry:
+    def __init__(self, tracking_uri: str, name: str):
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.uri = tracking_uri
+        self.name = name
+
+    def ensure_model(self, description: str) -> None:
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            try:
+                self.client.create_registered_model(self.name, description=description,
+                                                    tags={"kubetune.managed": "true"})
+            except MlflowException as e:
+                if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
+                    raise ExportError(f"cannot create registered model {self.name!r} at {self.uri}: {e}") from None
+
+    def _existing(self, run_id: str, kind: str, sha: str) -> str | None:
+        for mv in self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'"):
+            if mv.tags.get("kubetune.kind") == kind and mv.tags.get("kubetune.sha256") == sha:
+                return mv.version
+        return None
+
+    def register(self, item: Item, lineage: Lineage) -> Registered:
+        run = self.client.get_run(lineage.run_id)
+        artifact_path = f"export/{item.kind}"
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        found = self._existing(lineage.run_id, item.kind, item.sha256)
+        if found is not None:
+            return Registered(item.kind, found, source, reused=True)
+        if item.local.is_dir():
+            self.client.log_artifacts(lineage.run_id, str(item.local), artifact_path)
+        else:
+            self.client.log_artifact(lineage.run_id, str(item.local), artifact_path)
+        tags = lineage.tags() | {"kubetune.kind": item.kind, "kubetune.sha256": item.sha256} | item.extra_tags
+        try:
+            mv = self.client.create_model_version(self.name, source=source, run_id=lineage.run_id, tags=tags,
+                                                  description=f"{item.kind} of run {lineage.run_id}")
+        except MlflowException as e:
+            raise ExportError(f"MLflow refused version {item.kind} of {self.name!r}: {e}") from None
+        return Registered(item.kind, mv.version, source, reused=False)
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.name, alias, version)

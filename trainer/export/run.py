@@ -1,0 +1,281 @@
+"""The export job: wait for training's `_SUCCESS` -> merge -> GGUF -> quantize -> verify -> register.
+
+    python -m trainer.export --spec job.yaml [--set export.gguf=[q8_0]] [--base-dir DIR]
+
+Everything lands under `<output.uri>/export/`: `gguf/<type>/<name>-<type>.gguf` with its Ollama
+`Modelfile`, `adapter.gguf` (optional), `lmstudio/` (optional), `merged/` (when registered),
+`verify.json` / `verify.txt`, and `_SUCCESS` last. Only when every GGUF passes the gate is
+anything registered; otherwise the job exits 1 with the report saying what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer import storage
+from trainer.export.errors import ExportError
+from trainer.spec import JobSpec
+from trainer.spec_io import SpecError, load_spec, spec_hash
+
+
+def say(message: str) -> None:
+    print(f"[export] {message}", flush=True)
+
+
+def output_uri(spec: JobSpec, base_dir: Path) -> str:
+    uri = spec.output.uri or str(Path("runs") / spec.name)
+    return uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(base_dir / uri)
+
+
+def wait_for_success(output: str, minutes: int, poll_seconds: float = 10.0) -> dict[str, Any]:
+    """Training's `_SUCCESS` marker (JSON), once it exists; ExportError after `minutes`."""
+    marker = storage.join(output, "_SUCCESS")
+    deadline = time.monotonic() + minutes * 60
+    announced = False
+    while not storage.exists(marker):
+        if time.monotonic() > deadline:
+            raise ExportError(f"no {marker} after {minutes} min: training did not finish (see its logs), or "
+                              "raise export.wait_minutes")
+        if not announced:
+            say(f"waiting for {marker}")
+            announced = True
+        time.sleep(poll_seconds)
+    return json.loads(storage.read_text(marker))
+
+
+class Export:
+    def __init__(self, spec: JobSpec, base_dir: Path):
+        assert spec.export is not None
+        self.spec, self.cfg, self.base_dir = spec, spec.export, base_dir
+        self.output = output_uri(spec, base_dir)
+        self.work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.gettempdir()) / "kubetune-export" / spec.name
+        self.out = self.work / "export"
+
+    def run(self) -> int:
+        from trainer.export import gguf
+
+        self.llama_cpp = gguf.llama_cpp_version()  # fail early when the pinned llama.cpp is missing
+        self.marker = wait_for_success(self.output, self.cfg.wait_minutes)
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.out.mkdir(parents=True)
+        self.fetch()
+        self.merge()
+        self.convert()
+        report = self.verify()
+        self.runtimes(report)
+        if not report.passed:
+            self.publish(passed=False)
+            say(f"the gate failed: nothing registered. Report: {storage.join(self.output, 'export', 'verify.txt')}")
+            return 1
+        registered = self.register()
+        self.publish(passed=True, registered=registered)
+        self.print_usage(registered)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return 0
+
+    # -- inputs ------------------------------------------------------------------------------
+    def fetch(self) -> None:
+        cache = self.work / "inputs"
+        self.adapter_dir = storage.fetch(storage.join(self.output, "adapter"), cache)
+        self.tokenizer_dir = storage.fetch(storage.join(self.output, "tokenizer"), cache)
+        stats = storage.join(self.output, "data_stats.json")
+        blob = storage.read_text(stats).encode() if storage.exists(stats) else b""
+        self.data_fingerprint = hashlib.sha256(blob).hexdigest()[:16] if blob else "unknown"
+
+    # -- merge -------------------------------------------------------------------------------
+    def merge(self) -> None:
+        from trainer.export.merge import merge
+
+        self.merged = merge(self.spec, self.adapter_dir, self.tokenizer_dir, self.work / "merged", self.base_dir)
+        note = f"; QLoRA: merged weights differ by {self.merged.qlora_weight_delta:.2e} (relative) from a merge onto " \
+               "the original base" if self.merged.qlora_weight_delta is not None else ""
+        say(f"merged the adapter into {self.spec.base_model} ({self.spec.model.dtype}) in "
+            f"{self.merged.seconds:.1f}s; stop tokens {self.merged.eos}{note}")
+
+    # -- convert and quantize ----------------------------------------------------------------
+    def convert(self) -> None:
+        from trainer.export import gguf
+        from trainer.export.quants import FLOAT_FOR_DTYPE, QUANTS
+
+        wanted = self.cfg.gguf
+        floats = [q for q in wanted if QUANTS[q].step == "convert"]
+        source = "f32" if "f32" in floats else FLOAT_FOR_DTYPE[self.spec.model.dtype]
+        logs = self.work / "logs"
+        self.files: dict[str, gguf.GgufFile] = {}
+        made: dict[str, gguf.GgufFile] = {}
+        for q in dict.fromkeys([source, *floats]):
+            made[q] = gguf.convert(self.merged.path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q,
+                                   logs / f"convert-{q}.log")
+            say(f"{q}: converted in {made[q].seconds:.1f}s ({made[q].size / 2**20:.1f} MiB)")
+        for q in wanted:
+            if q in made:
+                self.files[q] = made[q]
+                continue
+            self.files[q] = gguf.quantize(made[source].path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q)
+            say(f"{q}: quantized from {source} in {self.files[q].seconds:.1f}s ({self.files[q].size / 2**20:.1f} MiB)")
+        self.adapter_gguf = None
+        if self.cfg.adapter_gguf:
+            self.adapter_gguf = gguf.convert_adapter(self.adapter_dir, self.merged.path, self.out / "adapter.gguf",
+                                                     logs / "convert-adapter.log")
+            say(f"adapter GGUF written in {self.adapter_gguf.seconds:.1f}s")
+
+    # -- the gate ----------------------------------------------------------------------------
+    def verify(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from trainer.data import conversations
+        from trainer.export import verify
+
+        split = "eval" if self.spec.data.eval else "train"
+        golden = conversations(self.spec, split, self.cfg.verify.golden_conversations, base_dir=self.base_dir)
+        if not golden:
+            raise ExportError(f"data.{split} has no usable conversation to verify the export on")
+        self.golden = golden
+        model = AutoModelForCausalLM.from_pretrained(self.merged.path, dtype=torch.float32)
+        ref = verify.reference(model, self.merged.tokenizer, golden)
+        del model
+        files = []
+        for q, f in self.files.items():
+            gate = self.cfg.verify.gate(q)
+            files.append(verify.verify_file(f.path, q, self.merged.tokenizer, self.merged.eos, ref,
+                                            gate.min_top1, gate.max_kl))
+        report = verify.Report(files, len(golden))
+        verify.write_report(report, self.out)
+        print(report.render(), flush=True)
+        self.report = report
+        return report
+
+    # -- runtimes ----------------------------------------------------------------------------
+    def runtimes(self, report) -> None:
+        from trainer.export import runtimes
+
+        passed = {f.quant for f in report.files if f.passed}
+        self.gguf_dirs: dict[str, Path] = {}
+        for q, f in self.files.items():
+            folder = self.out / "gguf" / q
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f.path.name
+            shutil.move(f.path, target)
+            self.files[q] = type(f)(q, target, f.seconds)
+            self.gguf_dirs[q] = folder
+            if self.cfg.ollama and q in passed:
+                text, why = runtimes.modelfile(target.name, self.merged.tokenizer, self.merged.eos, self.golden,
+                                               self.spec.data.system_prompt)
+                (folder / "Modelfile").write_text(text)
+                if why:
+                    say(f"{q}: Modelfile without TEMPLATE: {why}")
+        if self.cfg.lmstudio_publisher and passed:
+            runtimes.lmstudio_layout([self.files[q].path for q in self.files if q in passed], self.out / "lmstudio",
+                                     self.cfg.lmstudio_publisher, self.spec.name)
+
+    # -- registry ----------------------------------------------------------------------------
+    def tracking_uri(self) -> str:
+        uri = self.spec.tracking.mlflow_uri or self.marker.get("tracking_uri")
+        if not uri or (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
+            raise ExportError("no MLflow server to register in: set tracking.mlflow_uri (training ran with a local "
+                              f"store {uri} this job cannot reach), or set export.register: null")
+        return uri
+
+    def register(self) -> list[Any]:
+        from trainer.export import register
+        from trainer.export.gguf import sha256
+
+        reg = self.cfg.register
+        if reg is None:
+            return []
+        registry = register.Registry(self.tracking_uri(), reg.name or self.spec.name)
+        registry.ensure_model(f"kubetune exports of job {self.spec.name} (base {self.spec.base_model})")
+        lineage = register.Lineage(self.marker["run_id"], self.marker.get("spec_hash") or spec_hash(self.spec),
+                                   self.data_fingerprint, self.spec.base_model, self.llama_cpp)
+        items = []
+        if reg.register_adapter:
+            items.append(register.Item("adapter", self.adapter_dir, _dir_sha256(self.adapter_dir), {}))
+        if reg.register_merged:
+            items.append(register.Item("merged", self.merged.path, _dir_sha256(self.merged.path), {}))
+        by_quant = {f.quant: f for f in self.report.files}
+        for q, f in self.files.items():
+            r = by_quant[q]
+            items.append(register.Item(q, self.gguf_dirs[q], sha256(f.path), {
+                "kubetune.quant": q, "kubetune.file": f.path.name, "kubetune.verify.passed": str(r.passed).lower(),
+                "kubetune.verify.top1": f"{r.top1:.4f}", "kubetune.verify.kl": f"{r.kl:.6f}",
+            }))
+        done = [registry.register(item, lineage) for item in items]
+        for d in done:
+            say(f"registered {registry.name} version {d.version} ({d.kind})" + (" — already there" if d.reused else ""))
+        first = next(d for d in done if d.kind == self.cfg.gguf[0])
+        if reg.alias:
+            registry.set_alias(reg.alias, first.version)
+            say(f"alias {reg.alias!r} -> {registry.name} version {first.version} ({first.kind})")
+        self.registry_name = registry.name
+        return done
+
+    # -- outputs -----------------------------------------------------------------------------
+    def publish(self, passed: bool, registered: list[Any] = ()) -> None:
+        if self.cfg.register is not None and self.cfg.register.register_merged and passed:
+            shutil.copytree(self.merged.path, self.out / "merged")
+        target = storage.join(self.output, "export")
+        storage.publish_dir(self.out, target)
+        marker = {"passed": passed, "run_id": self.marker.get("run_id"), "llama_cpp": self.llama_cpp,
+                  "files": {q: f.path.name for q, f in self.files.items()},
+                  "registered": [{"kind": r.kind, "version": r.version, "source": r.source} for r in registered]}
+        if passed:
+            storage.write_text(storage.join(target, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
+
+    def print_usage(self, registered: list[Any]) -> None:
+        q = self.cfg.gguf[0]
+        name = self.files[q].path.name
+        folder = storage.join(self.output, "export", "gguf", q)
+        if storage.is_remote(folder):
+            say(f"download it:            aws s3 cp --recursive {folder}/ {q}/   (or any S3 client)")
+            folder = q
+        say(f"run it with llama.cpp:  llama-cli -m {folder}/{name} -cnv")
+        if self.cfg.ollama:
+            say(f"run it with Ollama:     ollama create {self.spec.name} -f {folder}/Modelfile && ollama run {self.spec.name}")
+        if registered and self.cfg.register and self.cfg.register.alias:
+            say(f"registry:               models:/{self.registry_name}@{self.cfg.register.alias}")
+
+
+def _dir_sha256(folder: Path) -> str:
+    from trainer.export.gguf import sha256
+
+    h = hashlib.sha256()
+    for p in sorted(x for x in folder.rglob("*") if x.is_file()):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + sha256(p).encode())
+    return h.hexdigest()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
+    p.add_argument("--spec", required=True, help="path to the job spec YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
+    p.add_argument("--base-dir", help="folder that relative paths in the spec are taken against (default: the spec's)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.spec, args.set)
+    except SpecError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    if spec.export is None:
+        say("the spec has no `export` section: nothing to do")
+        return 0
+    from trainer.model import ModelError
+
+    try:
+        return Export(spec, Path(args.base_dir or Path(args.spec).resolve().parent)).run()
+    except (ExportError, ModelError) as e:
+        print(f"[export] error: {e}", file=sys.stderr)
+        return 2
