@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from launcher import helm, resolve
 from launcher.errors import PodFailed, UserError
@@ -23,6 +23,9 @@ from launcher.values import DEFAULT_PORT, chart_values
 from trainer import strategy
 from trainer.spec import JobSpec
 from trainer.spec_io import SpecError, load_spec
+
+if TYPE_CHECKING:
+    from launcher.backends.local import Outcome
 
 SUFFIX_CHARS = string.ascii_lowercase + string.digits
 
@@ -113,17 +116,27 @@ def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequenc
 
     manifests = helm.parse_manifests(render(sub, extra_values))
     with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
-        pods = plan(manifests, Path(tmp), cwd=Path.cwd())
-        outcome = LocalRun(pods, out=out or sys.stdout).run()
+        outcome = LocalRun(plan(manifests, Path(tmp) / "training", cwd=Path.cwd()), out=out or sys.stdout).run()
+        _raise_on_failure(sub, outcome, "")
+        if sub.spec.export is not None:  # on a cluster it runs beside training, waiting for _SUCCESS
+            pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
+            outcome = LocalRun(pods, out=out or sys.stdout, label="export").run()
+            report = f"\n  the verification report: {sub.spec.output.uri}/export/verify.txt"
+            _raise_on_failure(sub, outcome, report)
+
+
+def _raise_on_failure(sub: Submission, outcome: Outcome, report: str) -> None:
     if outcome.signal is not None:
         raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
     if outcome.first_failure is not None:
         rank = outcome.first_failure
         stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
         cause = f"\n  {outcome.errors[rank]}" if rank in outcome.errors else ""
-        raise PodFailed(f"job {sub.name}: rank {rank} exited with code {outcome.codes[rank]}{stopped}{cause}")
+        raise PodFailed(
+            f"job {sub.name}: {outcome.who(rank)} exited with code {outcome.codes[rank]}{stopped}{cause}{report}"
+        )
     if not outcome.ok:
-        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}")
+        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}{report}")
 
 
 def result_lines(sub: Submission) -> list[str]:

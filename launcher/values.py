@@ -28,4 +28,5 @@ def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT) -> dict
         "resources": {"requests": requests} if requests else {},
         "shmSize": res.shm_size,
         "env": process_env(spec),
+        "export": {"enabled": spec.export is not None},
     }

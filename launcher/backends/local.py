@@ -46,7 +46,7 @@ INHERITED_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
 # The chart points these at the pod's emptyDir, because a container's root fs is read-only. On this
 # machine the user's own home and caches are better: credentials (~/.aws, the HF token) are found,
 # a hub model is downloaded once, and DeepSpeed's compiled ops are reused across runs.
-ERROR_MARK = "[kubetune] error:"
+ERROR_MARK = re.compile(r"\[(?:kubetune|export)\] error:")  # the trainer's and the export's own diagnosis
 USER_CACHES = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR")
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -84,16 +84,17 @@ def _one(manifests: list[dict[str, Any]], kind: str, name: str | None = None) ->
 class PathMap:
     """Rewrites cluster host names and mount paths inside strings, in one pass."""
 
-    def __init__(self, service: str, mounts: dict[str, Path]):
+    def __init__(self, service: str | None, mounts: dict[str, Path]):
         self.host = re.compile(
             rf"(?<![\w.-])[a-z0-9]([-a-z0-9]*[a-z0-9])?\.{re.escape(service)}(\.[a-z0-9.-]*[a-z0-9])?(?![\w.-])"
-        )
+        ) if service else None
         self.local = {mp.rstrip("/"): str(folder) for mp, folder in mounts.items()}
         alternatives = "|".join(re.escape(mp) for mp in sorted(self.local, key=len, reverse=True))
         self.mount = re.compile(rf"(?<![^\s=:,])({alternatives})(?=$|[/\s:,])") if self.local else None
 
     def __call__(self, value: str) -> str:
-        value = self.host.sub(LOOPBACK, value)
+        if self.host is not None:
+            value = self.host.sub(LOOPBACK, value)
         if self.mount is not None:
             value = self.mount.sub(lambda m: self.local[m.group(1)], value)
         return value
@@ -123,9 +124,23 @@ def _volumes(pod_spec: dict[str, Any], manifests: list[dict[str, Any]], root: Pa
     return dirs
 
 
-def plan(manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None) -> list[PodProcess]:
-    """One PodProcess per pod of the rendered Indexed Job; volumes are created under `workdir`."""
-    job = _one(manifests, "Job")
+def _job(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    jobs = [m for m in manifests if m.get("kind") == "Job"]
+    found = [j for j in jobs if j["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+    if len(found) != 1:
+        raise UserError(
+            f"the rendered chart has {len(found)} Job(s) with app.kubernetes.io/component={component} "
+            f"(of {len(jobs)} Job(s)); the local runner needs exactly one"
+        )
+    return found[0]
+
+
+def plan(
+    manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None, component: str = "training"
+) -> list[PodProcess]:
+    """One PodProcess per pod of the rendered Indexed Job of `component` (training or export);
+    volumes are created under `workdir`."""
+    job = _job(manifests, component)
     spec = job["spec"]
     if spec.get("completionMode") != "Indexed":
         raise UserError(
@@ -136,7 +151,8 @@ def plan(manifests: list[dict[str, Any]], workdir: Path, cwd: Path | None = None
     if len(containers) != 1 or pod_spec.get("initContainers"):
         raise UserError("the local runner runs pods with exactly one container and no init containers")
     container = containers[0]
-    service = _one(manifests, "Service", pod_spec.get("subdomain") or job["metadata"]["name"])["metadata"]["name"]
+    subdomain = pod_spec.get("subdomain")  # pods reached by host name (training ranks); export has none
+    service = _one(manifests, "Service", subdomain)["metadata"]["name"] if subdomain else None
     pods = []
     for rank in range(int(spec.get("completions", 1))):
         dirs = _volumes(pod_spec, manifests, workdir / f"pod-{rank}")
@@ -192,6 +208,10 @@ class Outcome:
     signal: int | None  # the signal that stopped the run, if any
     stopped: list[int] = field(default_factory=list)  # ranks still running when the run was stopped
     errors: dict[int, str] = field(default_factory=dict)  # rank -> its last `[kubetune] error:` line
+    label: str = "rank"  # how the pods are named in logs and messages: `rank 0`, or `export`
+
+    def who(self, rank: int) -> str:
+        return f"rank {rank}" if self.label == "rank" else self.label
 
     @property
     def ok(self) -> bool:
@@ -201,8 +221,11 @@ class Outcome:
 class LocalRun:
     """Starts the pods' processes, streams their logs, stops them all when one fails."""
 
-    def __init__(self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0):
+    def __init__(
+        self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank"
+    ):
         self.pods = pods
+        self.label = label
         self.out = out or sys.stdout
         self.grace = grace
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -230,10 +253,11 @@ class LocalRun:
     def _pump(self, rank: int, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if ERROR_MARK in line:  # the trainer's own diagnosis, repeated when the run fails
-                self.errors[rank] = line[line.index(ERROR_MARK) + len(ERROR_MARK):].strip()
+            if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
+                self.errors[rank] = line[mark.end():].strip()
             with self._lock:
-                self.out.write(f"[rank {rank}] {line}\n")
+                prefix = f"rank {rank}" if self.label == "rank" else self.label
+                self.out.write(f"[{prefix}] {line}\n")
                 self.out.flush()
         stream.close()
 
@@ -289,4 +313,5 @@ class LocalRun:
                 signal.signal(s, h)
         for pump in pumps:
             pump.join(timeout=5)
-        return Outcome([p.returncode for p in self.procs], first_failure, self._signal, stopped, dict(self.errors))
+        codes = [p.returncode for p in self.procs]
+        return Outcome(codes, first_failure, self._signal, stopped, dict(self.errors), self.label)

@@ -244,3 +244,19 @@ def test_launcher_values_match_the_schema_and_values_yaml(tmp_path: Path) -> Non
         assert key in defaults, f"launch sets {key!r}, which values.yaml does not declare"
         if isinstance(value, dict) and key not in ("env", "resources"):
             assert set(value) <= set(defaults[key]), key
+
+
+def test_export_job_is_rendered_only_for_specs_with_export(tmp_path: Path) -> None:
+    _, plain = render(write_spec(tmp_path))
+    assert [j["metadata"]["labels"]["app.kubernetes.io/component"] for j in plain["Job"]] == ["training"]
+    sub, objs = render(write_spec(tmp_path, export={"gguf": ["q8_0", "q4_k_m"]}))
+    export = next(j for j in objs["Job"] if j["metadata"]["labels"]["app.kubernetes.io/component"] == "export")
+    assert export["metadata"]["name"] == f"{sub.name}-export"
+    pod = export["spec"]["template"]["spec"]
+    assert "subdomain" not in pod and pod["automountServiceAccountToken"] is False  # no API access needed
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "trainer.export"]
+    assert container["args"] == ["--spec", "/etc/kubetune/spec.yaml"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # it reads the same spec as training: the one ConfigMap
+    assert pod["volumes"][0]["configMap"]["name"] == sub.name
