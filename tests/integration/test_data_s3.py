@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.servers import moto_s3, s3_env
 from tests.resources import tokenizer_for
 from trainer.data import DataError, build_dataset
 from trainer.data.sources import expand, read_records
@@ -29,28 +30,19 @@ ROW = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "co
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {
-        "AWS_ENDPOINT_URL_S3": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test has another endpoint
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="datasets")
-    try:
-        yield client
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        server.stop()
+    with moto_s3() as endpoint:
+        for key, value in s3_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the S3-specific variable, as in a pod
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test has another endpoint
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="datasets")
+        try:
+            yield client
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_glob_of_jsonl_and_parquet_on_s3(s3: Any) -> None:

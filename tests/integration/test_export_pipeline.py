@@ -7,73 +7,22 @@ and a wrong chat template fail the gate.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.servers import _stop, free_port, moto_s3, s3_env, wait_http
-from tests.models import SHAPE, chat_rows, tiny_model
-from tests.resources import chat_template, llama_cpp_dir, vocab_path
+from tests.integration.servers import mlflow_server, moto_s3, s3_env
+from tests.models import chat_rows, copy_model
+from tests.resources import chat_template, llama_cpp_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 REPO = Path(__file__).resolve().parents[2]
-GEMMA3_GGUF = REPO / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
-
-
-# -- models: the families' real tokenizers, as their HF folders ship them ------------------------
-@functools.cache
-def _gemma3_model() -> Path:
-    """Gemma 3: the real Gemma 3 vocabulary (from the Gemma 3 270M GGUF `make setup` fetches) with
-    its sentencepiece model, and the Gemma 2/3 turn format (`<start_of_turn>` ... `<end_of_turn>`)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
-
-    from trainer.export.vocab import write_sentencepiece_model
-
-    if not GEMMA3_GGUF.is_file():
-        raise FileNotFoundError(f"{GEMMA3_GGUF} is missing: run `make setup`")
-    out = Path(tempfile.mkdtemp(prefix="kubetune-export-gemma3-"))
-    tok = AutoTokenizer.from_pretrained(GEMMA3_GGUF.parent, gguf_file=GEMMA3_GGUF.name)
-    tok.chat_template = chat_template("google-gemma-2-2b-it.jinja")
-    config = Gemma3TextConfig(**SHAPE, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                              max_position_embeddings=2048, num_key_value_heads=1, head_dim=64,
-                              query_pre_attn_scalar=64, sliding_window=64,
-                              layer_types=["sliding_attention", "full_attention"])
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
-    tok.save_pretrained(out)
-    write_sentencepiece_model(GEMMA3_GGUF, out / "tokenizer.model")
-    return out
-
-
-def base_model(arch: str, dest: Path) -> Path:
-    if arch == "gemma3":
-        shutil.copytree(_gemma3_model(), dest)
-        return dest
-    shutil.copytree(tiny_model(arch), dest)
-    if arch == "phi3":  # Phi-3 ships a sentencepiece tokenizer.model, which llama.cpp's converter reads
-        from trainer.export.vocab import write_sentencepiece_model
-
-        assert write_sentencepiece_model(vocab_path("phi3"), dest / "tokenizer.model")
-    return dest
-
-
-def rows(arch: str, n: int, seed: int) -> list[dict]:
-    out = chat_rows(n, seed)
-    if arch == "gemma3":  # the Gemma 2/3 template refuses system messages
-        out = [{"messages": r["messages"][1:]} for r in out]
-    return out
 
 
 def train_like(base: Path, out: Path, conversations: list[list[dict]], steps: int = 20) -> None:
@@ -104,24 +53,6 @@ def train_like(base: Path, out: Path, conversations: list[list[dict]], steps: in
 
 
 # -- servers: moto S3 and an mlflow server proxying its artifacts into it -----------------------
-@contextlib.contextmanager
-def mlflow_server_on_s3(root: Path, s3: str, bucket: str) -> Iterator[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", f"s3://{bucket}/mlartifacts"]
-    env = os.environ | s3_env(s3) | {"MLFLOW_S3_ENDPOINT_URL": s3}
-    with (root / "server.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/health", 180, alive=lambda: proc.poll() is None)
-            yield url
-        finally:
-            _stop(proc)
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory) -> Iterator[tuple[str, str]]:
     import boto3
@@ -131,7 +62,8 @@ def servers(tmp_path_factory) -> Iterator[tuple[str, str]]:
                                        "aws_secret_access_key": "testing", "region_name": "us-east-1"})
         for bucket in ("runs", "mlflow"):
             client.create_bucket(Bucket=bucket)
-        with mlflow_server_on_s3(tmp_path_factory.mktemp("mlflow"), s3, "mlflow") as mlflow:
+        with mlflow_server(tmp_path_factory.mktemp("mlflow"), artifacts="s3://mlflow/mlartifacts",
+                           s3_endpoint=s3) as mlflow:
             yield s3, mlflow
 
 
@@ -140,9 +72,9 @@ def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict) -> tuple[P
     import s3fs
     from mlflow import MlflowClient
 
-    base = base_model(arch, tmp / "base")
+    base = copy_model(arch, tmp / "base")
     local_out = tmp / "trained"
-    data_rows = rows(arch, 4, seed=3)
+    data_rows = chat_rows(4, seed=3, arch=arch)
     train_like(base, local_out, [r["messages"] for r in data_rows])
     data = tmp / "eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
@@ -244,7 +176,7 @@ def test_wrong_chat_template_fails_the_gate(tmp_path):
     from trainer.export import gguf, verify
     from trainer.export.merge import end_of_turn
 
-    base = base_model("qwen2", tmp_path / "base")
+    base = copy_model("qwen2", tmp_path / "base")
     config = json.loads((base / "tokenizer_config.json").read_text())
     config["chat_template"] = chat_template("llama3")
     (base / "tokenizer_config.json").write_text(json.dumps(config))
@@ -252,7 +184,7 @@ def test_wrong_chat_template_fails_the_gate(tmp_path):
     assert "<|im_start|>" in tok.chat_template  # transformers: the .jinja file wins
     f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    golden = verify.reference(model, tok, [r["messages"] for r in rows("qwen2", 2, seed=4)])
+    golden = verify.reference(model, tok, [r["messages"] for r in chat_rows(2, seed=4)])
     report = verify.verify_file(f16, "f16", tok, [tok.eos_token, end_of_turn(tok)], golden, 0.98, 0.005)
     assert [c.name for c in report.failures()] == ["chat_template"], report.failures()
     assert "renders differently" in report.failures()[0].detail
@@ -266,14 +198,14 @@ def test_template_without_end_of_turn_token_fails_the_gate(tmp_path):
 
     from trainer.export import gguf, verify
 
-    base = base_model("llama", tmp_path / "base")
+    base = copy_model("llama", tmp_path / "base")
     (base / "chat_template.jinja").write_text(
         "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n\n{% endfor %}"
         "{% if add_generation_prompt %}### assistant:\n{% endif %}")
     tok = AutoTokenizer.from_pretrained(base)
     f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    golden = verify.reference(model, tok, [r["messages"] for r in rows("llama", 2, seed=6)])
+    golden = verify.reference(model, tok, [r["messages"] for r in chat_rows(2, seed=6)])
     report = verify.verify_file(f16, "f16", tok, [tok.eos_token], golden, 0.98, 0.005)
     assert [c.name for c in report.failures()] == ["stopping"], report.failures()
     assert "no special token" in report.failures()[0].detail
@@ -288,11 +220,11 @@ def test_corrupted_gguf_fails_the_gate(tmp_path):
     from trainer.export import gguf, verify
     from trainer.export.merge import end_of_turn
 
-    base = base_model("qwen2", tmp_path / "base")
+    base = copy_model("qwen2", tmp_path / "base")
     f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    golden = verify.reference(model, tok, [r["messages"] for r in rows("qwen2", 2, seed=5)])
+    golden = verify.reference(model, tok, [r["messages"] for r in chat_rows(2, seed=5)])
     eos = [tok.eos_token, end_of_turn(tok)]
     good = verify.verify_file(f16, "f16", tok, eos, golden, 0.98, 0.005)
     assert good.passed, good.failures()

@@ -20,10 +20,15 @@ def test_missing_resources_fail_and_say_make_setup(monkeypatch: pytest.MonkeyPat
         resources.chat_template("qwen2")
     with pytest.raises(resources.MissingResource, match=r"is missing: run `make setup`"):
         resources.tokenizer_for("qwen2")  # also when this process already converted the vocabulary
+    monkeypatch.setenv(resources.CACHE_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(resources.MissingResource, match=r"gemma-3-270m-q4_k_m\.gguf is missing: run `make setup`"):
+        resources.gemma3_gguf()
+    with pytest.raises(resources.MissingResource, match="run `make setup`"):
+        resources.tokenizer_for("gemma3")
 
 
 def test_unknown_family() -> None:
-    with pytest.raises(ValueError, match="known: llama3, qwen2, phi3, gemma"):
+    with pytest.raises(ValueError, match="known: llama3, qwen2, phi3, gemma, gemma3"):
         resources.tokenizer_for("gpt9")
 
 

@@ -17,7 +17,7 @@ from peft.tuners.lora import LoraLayer  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tests.models import tiny_model  # noqa: E402
-from tests.resources import llama_cpp_dir  # noqa: E402
+from tests.resources import chat_template, llama_cpp_dir  # noqa: E402
 from trainer import model as M  # noqa: E402
 from trainer.spec_io import spec_from_dict  # noqa: E402
 
@@ -98,8 +98,7 @@ def test_missing_local_base_model_is_reported() -> None:
 
 
 def test_chat_template_from_the_spec_replaces_the_tokenizers_own(tmp_path: Path) -> None:
-    template = llama_cpp_dir() / "models" / "templates" / "google-gemma-2-2b-it.jinja"
-    (tmp_path / "gemma.jinja").write_text(template.read_text())
+    (tmp_path / "gemma.jinja").write_text(chat_template("gemma3"))
     spec = make_spec(tiny_model("llama"), model={"chat_template": "gemma.jinja"})
     tok = M.load_tokenizer(M.resolve_base_model(spec.base_model), spec, base_dir=tmp_path)
     text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
