@@ -1,0 +1,64 @@
+"""`launch submit --local` with a deliberately broken chat template: training succeeds, the
+export's verification gate fails with a readable report, and nothing is registered.
+
+The template ends turns with plain text instead of a special token, so every runtime would
+render the conversation identically but nothing would ever stop generation after an answer
+(llama.cpp #5040, ollama #6823): exactly what the gate exists to catch before users do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.models import tiny_model, write_chat_jsonl
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+NO_END_OF_TURN = (
+    "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
+
+
+def test_broken_chat_template_fails_the_gate_and_registers_nothing(tmp_path: Path) -> None:
+    write_chat_jsonl(tmp_path / "data" / "train.jsonl", n=32, seed=1)
+    write_chat_jsonl(tmp_path / "data" / "eval.jsonl", n=4, seed=2)
+    (tmp_path / "plain.jinja").write_text(NO_END_OF_TURN)
+    spec = {
+        "name": "e2e-broken-template",
+        "base_model": str(tiny_model("llama")),
+        "model": {"dtype": "float32", "chat_template": "plain.jinja"},
+        "adapter": {"r": 4, "alpha": 8},
+        "data": {"train": "data/train.jsonl", "eval": "data/eval.jsonl", "max_seq_len": 128},
+        "training": {"max_steps": 4, "per_device_batch_size": 2},
+        "resources": {"gpu": "none"},
+        "eval": {"num_samples": 0},
+        "export": {"gguf": ["q8_0"], "verify": {"golden_conversations": 2}, "register": {"name": "broken"}},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--local", str(path)],
+                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log[-6000:]
+
+    out = tmp_path / "runs" / "e2e-broken-template"
+    assert (out / "_SUCCESS").exists(), "training itself must have succeeded"
+    assert "[export]" in done.stdout  # the export pod ran, with its own log prefix
+    report = (out / "export" / "verify.txt").read_text()
+    assert "stopping" in report and "no special token" in report, report
+    assert f"verification report: {out}/export/verify.txt" in done.stderr, done.stderr[-2000:]
+    assert not (out / "export" / "_SUCCESS").exists()
+
+    from mlflow import MlflowClient
+
+    marker = json.loads((out / "_SUCCESS").read_text())
+    assert MlflowClient(tracking_uri=marker["tracking_uri"]).search_registered_models() == []
