@@ -46,7 +46,7 @@ INHERITED_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
 # The chart points these at the pod's emptyDir, because a container's root fs is read-only. On this
 # machine the user's own home and caches are better: credentials (~/.aws, the HF token) are found,
 # a hub model is downloaded once, and DeepSpeed's compiled ops are reused across runs.
-ERROR_MARK = re.compile(r"\[(?:kubetune|export)\] error:")  # the trainer's and the export's own diagnosis
+ERROR_MARK = re.compile(r"\[kubetune\] error:")  # the trainer's and the export's own diagnosis
 USER_CACHES = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR")
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 

@@ -28,7 +28,7 @@ from trainer.spec_io import SpecError, load_spec, spec_hash
 
 
 def say(message: str) -> None:
-    print(f"[export] {message}", flush=True)
+    print(f"[kubetune] {message}", flush=True)
 
 
 def output_uri(spec: JobSpec, base_dir: Path) -> str:
@@ -277,5 +277,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return Export(spec, Path(args.base_dir or Path(args.spec).resolve().parent)).run()
     except (ExportError, ModelError) as e:
-        print(f"[export] error: {e}", file=sys.stderr)
+        print(f"[kubetune] error: {e}", file=sys.stderr)
         return 2
