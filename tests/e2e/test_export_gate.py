@@ -9,14 +9,12 @@ render the conversation identically but nothing would ever stop generation after
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.e2e.submit import submit_local
 from tests.models import tiny_model, write_chat_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,9 +42,7 @@ def test_broken_chat_template_fails_the_gate_and_registers_nothing(tmp_path: Pat
     }
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--local", str(path)],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    done = submit_local(path)
     log = done.stdout + done.stderr
     assert done.returncode == 1, log[-6000:]
 

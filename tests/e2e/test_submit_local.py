@@ -9,15 +9,13 @@ train, and rank 0 writes the adapter, the MLflow run and `_SUCCESS`.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.e2e.submit import submit_local
 from tests.models import tiny_model, write_chat_jsonl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -39,9 +37,7 @@ def test_two_nodes_train_one_adapter(tmp_path: Path) -> None:
     }
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | {"HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--local", str(spec_path)],
-                          capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
+    done = submit_local(spec_path)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-6000:]
 

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from launcher import client, helm
-from launcher.errors import UserError
 from launcher.values import chart_values
 from trainer.spec_io import dump_spec, spec_from_dict
 from trainer.strategy import accelerate_config_yaml
@@ -21,12 +20,7 @@ CHART = ROOT / "charts" / "kubetune"
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def helm_bin() -> str:
-    try:
-        return helm.find_helm()
-    except UserError as e:
-        pytest.fail(f"these tests need the real helm binary: {e.message}")
+pytestmark = pytest.mark.usefixtures("helm_binary")
 
 
 def write_spec(folder: Path, nodes: int = 1, gpu: str = "none", **extra: Any) -> Path:

@@ -33,12 +33,7 @@ THREE_MISTAKES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def helm_bin() -> str:
-    try:
-        return helm.find_helm()
-    except UserError as e:
-        pytest.fail(f"these tests need the real helm binary: {e.message}")
+pytestmark = pytest.mark.usefixtures("helm_binary")
 
 
 def spec_file(folder: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from tests.chat import A, S, U
 from trainer.data.errors import REASONS, BadRow
 from trainer.data.formats import to_messages
 from trainer.spec import DataSpec
@@ -13,18 +14,6 @@ from trainer.spec import DataSpec
 
 def data(**kw: Any) -> DataSpec:
     return DataSpec.model_validate({"train": "t.jsonl", **kw})
-
-
-def U(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def A(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
-
-
-def S(text: str) -> dict[str, str]:
-    return {"role": "system", "content": text}
 
 
 def test_messages() -> None:

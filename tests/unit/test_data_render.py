@@ -6,22 +6,10 @@ from typing import Any
 
 import pytest
 
+from tests.chat import A, S, U
 from tests.resources import FAMILIES, chat_template, end_of_turn, tokenizer_for
 from trainer.data.errors import BadRow, DataError
 from trainer.data.render import IGNORE, ChatRenderer
-
-
-def U(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def A(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
-
-
-def S(text: str) -> dict[str, str]:
-    return {"role": "system", "content": text}
-
 
 MULTI = [S("S"), U("2+2?"), A("4"), U("Thanks"), A("Bye.")]
 

@@ -30,12 +30,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROBE_LINE = re.compile(r"^\[rank (\d+)\] PROBE rank=(\d+) world_size=(\d+) sum=(\S+) type=(\S+)", re.M)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def helm_bin() -> str:
-    try:
-        return helm.find_helm()
-    except UserError as e:
-        pytest.fail(f"these tests need the real helm binary: {e.message}")
+pytestmark = pytest.mark.usefixtures("helm_binary")
 
 
 def local_submission(folder: Path, nodes: int, strat: str = "ddp") -> client.Submission:

@@ -1,0 +1,15 @@
+"""Runs `launch submit --local SPEC` the way a user does: its own process, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def submit_local(spec_path: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    """In the spec's folder, without KUBETUNE_DEBUG (tracebacks) and without the model hub."""
+    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | {"HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--local", str(spec_path)],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=spec_path.parent)
