@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from trainer.data import conversations
+from trainer.data.render import end_of_turn
 from trainer.spec import JobSpec
 
 Message = dict[str, str]
@@ -62,18 +63,15 @@ def choose(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tup
 
 def stop_ids(tokenizer: Any) -> list[int]:
     """EOS plus the special token the chat template closes an assistant turn with (`<|eot_id|>`,
-    `<|im_end|>`, `<end_of_turn>`, ...): a model taught the template stops there, not at EOS."""
-    marker = "kubetune-answer"
+    `<|im_end|>`, `<end_of_turn>`, ...): a model taught the template stops there, not at EOS. The
+    same probe (`end_of_turn`) gives the export its stop tokens."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
-        )
+        eot = end_of_turn(tokenizer)
     except Exception:  # noqa: BLE001 - a template that refuses this shape: EOS alone
         return ids
-    after = tokenizer(text[text.rindex(marker) + len(marker):], add_special_tokens=False).input_ids
-    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
-    ids += [t for t in after[:2] if t in special][:1]
+    if eot is not None:
+        ids.append(tokenizer.convert_tokens_to_ids(eot))
     return sorted(set(ids))
 
 

@@ -173,8 +173,8 @@ def test_wrong_chat_template_fails_the_gate(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainer.data.render import end_of_turn
     from trainer.export import gguf, verify
-    from trainer.export.merge import end_of_turn
 
     base = copy_model("qwen2", tmp_path / "base")
     config = json.loads((base / "tokenizer_config.json").read_text())
@@ -217,8 +217,8 @@ def test_corrupted_gguf_fails_the_gate(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from trainer.data.render import end_of_turn
     from trainer.export import gguf, verify
-    from trainer.export.merge import end_of_turn
 
     base = copy_model("qwen2", tmp_path / "base")
     f16 = gguf.convert(base, tmp_path / "m-f16.gguf", "f16", tmp_path / "convert.log").path

@@ -232,3 +232,19 @@ class ChatRenderer:
         if sample.trained == 0:
             return BadRow("empty_content", "the rendered conversation has no assistant token to train on")
         return sample
+
+
+def end_of_turn(tokenizer: Any) -> str | None:
+    """The special token the chat template writes right after an assistant message."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "kubetune-end-of-turn-probe"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
+    after = text[text.rfind(marker) + len(marker):]
+    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
+                                                   if t.special}
+    for tok in tokenizer.convert_ids_to_tokens(tokenizer(after, add_special_tokens=False)["input_ids"]):
+        if tok in special:
+            return tok
+    return None

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from trainer import model as models
+from trainer.data.render import end_of_turn
 from trainer.export import vocab
 from trainer.export.errors import ExportError
 from trainer.spec import JobSpec
@@ -34,22 +35,6 @@ class Merged:
     eos: list[str]  # EOS and the chat template's end of turn, as token strings
     seconds: float
     qlora_weight_delta: float | None = None  # QLoRA: |merged(dequantized base) - merged(original)| / |merged|
-
-
-def end_of_turn(tokenizer: Any) -> str | None:
-    """The special token the chat template writes right after an assistant message."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    marker = "kubetune-end-of-turn-probe"
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False)
-    after = text[text.rfind(marker) + len(marker):]
-    special = set(tokenizer.all_special_tokens) | {t.content for t in tokenizer.added_tokens_decoder.values()
-                                                   if t.special}
-    for tok in tokenizer.convert_ids_to_tokens(tokenizer(after, add_special_tokens=False)["input_ids"]):
-        if tok in special:
-            return tok
-    return None
 
 
 def load_dense_base(spec: JobSpec, ref: models.BaseModelRef, quantized_like_training: bool) -> torch.nn.Module:

@@ -200,7 +200,7 @@ def _template(llm: Any, tokenizer: Any, golden: Golden) -> Check:
 def _stopping(llm: Any, tokenizer: Any, eos: list[str]) -> Check:
     import llama_cpp
 
-    from trainer.export.merge import end_of_turn
+    from trainer.data.render import end_of_turn
 
     vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
     problems = []
