@@ -52,6 +52,15 @@ def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("-n", "--namespace", default="default", show_default=True, help="Kubernetes namespace.")(f)
+    f = click.option(
+        "-f",
+        "--values",
+        "values_files",
+        multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A chart values file applied on top of what the spec derives (a platform team's image, tolerations, "
+        "...); repeatable, later files win.",
+    )(f)
     return click.option(
         "--local",
         is_flag=True,
@@ -74,11 +83,13 @@ def validate(spec: Path, overrides: tuple[str, ...]) -> None:
     click.echo(f"{spec}: ok: {client.summary(client.load(spec, overrides))}")
 
 
-def _render(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str) -> None:
+def _render(
+    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...]
+) -> None:
     from launcher import client
 
     sub = client.prepare(spec, overrides, local=local, dry_run=True)
-    click.echo(client.render(sub, namespace=namespace), nl=False)
+    click.echo(client.render(sub, values_files, namespace=namespace), nl=False)
     if sub.warnings:
         click.echo(f"warning: a cluster would refuse {spec} as it is (`--local` runs it on this machine):", err=True)
         for w in sub.warnings:
@@ -88,19 +99,23 @@ def _render(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str)
 @main.command()
 @spec_options
 @target_options
-def render(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str) -> None:
+def render(
+    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...]
+) -> None:
     """Print the Kubernetes manifests for SPEC (real `helm template`); same as `submit --dry-run`."""
-    _render(spec, overrides, local, namespace)
+    _render(spec, overrides, local, namespace, values_files)
 
 
 @main.command()
 @spec_options
 @target_options
 @click.option("--dry-run", is_flag=True, help="Print the manifests instead of submitting (same as `launch render`).")
-def submit(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, dry_run: bool) -> None:
+def submit(
+    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...], dry_run: bool
+) -> None:
     """Submit SPEC as a uniquely named job; with --local, run its pods as processes here."""
     if dry_run:
-        _render(spec, overrides, local, namespace)
+        _render(spec, overrides, local, namespace, values_files)
         return
     from launcher import client
 
@@ -115,7 +130,7 @@ def submit(spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, 
         f"job {sub.name}: {res.nodes} pod(s) x {res.processes_per_node} process(es) on this machine; "
         f"results in {sub.spec.output.uri}"
     )
-    client.run_local(sub)
+    client.run_local(sub, extra_values=values_files)
     click.echo(f"job {sub.name} succeeded")
     for line in client.result_lines(sub):
         click.echo(f"  {line}")

@@ -18,6 +18,7 @@ def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT) -> dict
     return {
         "job": {
             "name": job_name,
+            "specName": spec.name,
             "nodes": res.nodes,
             "processesPerNode": res.processes_per_node,
             "port": port,
@@ -29,4 +30,5 @@ def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT) -> dict
         "shmSize": res.shm_size,
         "env": process_env(spec),
         "export": {"enabled": spec.export is not None},
+        "scheduling": {"queueName": res.queue or ""},
     }

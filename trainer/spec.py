@@ -199,6 +199,18 @@ class ResourcesSpec(Section):
     cpu: str | None = Field(None, description="CPU request per pod, e.g. `32`.")
     memory: str | None = Field(None, description="Memory request per pod, e.g. `400Gi`.")
     shm_size: str = Field("16Gi", description="Size of the memory-backed `/dev/shm` per pod.")
+    queue: str | None = Field(
+        None,
+        description="Kueue LocalQueue the job is submitted to (the `kueue.x-k8s.io/queue-name` label); unset: "
+        "no queue, the job starts when the scheduler places its pods.",
+    )
+
+    @field_validator("queue")
+    @classmethod
+    def _queue_name(cls, v: str | None) -> str | None:
+        if v is not None and not DNS_LABEL.match(v):
+            raise ValueError(f"{v!r} is not a queue name: lowercase letters, digits and '-' (a LocalQueue's name)")
+        return v
 
     @property
     def processes_per_node(self) -> int:
