@@ -13,7 +13,10 @@ from typing import Any
 
 import click
 
+from launcher.cli_cluster import COMMANDS, cluster_options, mlflow_option, namespace_option
+from launcher.cli_plan import plan as plan_command
 from launcher.errors import PodFailed, UserError
+from launcher.output import output_option
 
 
 class Launch(click.Group):
@@ -51,7 +54,7 @@ def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("-n", "--namespace", default="default", show_default=True, help="Kubernetes namespace.")(f)
+    f = namespace_option(f)
     f = click.option(
         "-f",
         "--values",
@@ -80,27 +83,37 @@ def validate(spec: Path, overrides: tuple[str, ...]) -> None:
     """Check SPEC and print a one-line summary; lists every problem (exit 2) otherwise."""
     from launcher import client
 
-    click.echo(f"{spec}: ok: {client.summary(client.load(spec, overrides))}")
+    specs = client.load_all(spec, overrides)
+    if len(specs) == 1:
+        click.echo(f"{spec}: ok: {client.summary(specs[0])}")
+        return
+    click.echo(f"{spec}: ok: a matrix of {len(specs)} jobs")
+    for job in specs:
+        click.echo(f"  {client.summary(job)}")
 
 
 def _render(
-    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...]
+    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str | None, values_files: tuple[Path, ...],
+    auto_fit: bool = False,
 ) -> None:
     from launcher import client
 
-    sub = client.prepare(spec, overrides, local=local, dry_run=True)
-    click.echo(client.render(sub, values_files, namespace=namespace), nl=False)
-    if sub.warnings:
-        click.echo(f"warning: a cluster would refuse {spec} as it is (`--local` runs it on this machine):", err=True)
-        for w in sub.warnings:
-            click.echo(f"  - {w}", err=True)
+    for sub in client.prepare_all(spec, overrides, local=local, dry_run=True, auto_fit=auto_fit):
+        click.echo(client.render(sub, values_files, namespace=namespace or "default"), nl=False)
+        for note in sub.notes:
+            click.echo(note, err=True)
+        if sub.warnings:
+            click.echo(f"warning: a cluster would refuse {sub.spec.name} as it is (`--local` runs it on this machine):",
+                       err=True)
+            for w in sub.warnings:
+                click.echo(f"  - {w}", err=True)
 
 
 @main.command()
 @spec_options
 @target_options
 def render(
-    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...]
+    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str | None, values_files: tuple[Path, ...]
 ) -> None:
     """Print the Kubernetes manifests for SPEC (real `helm template`); same as `submit --dry-run`."""
     _render(spec, overrides, local, namespace, values_files)
@@ -110,31 +123,65 @@ def render(
 @spec_options
 @target_options
 @click.option("--dry-run", is_flag=True, help="Print the manifests instead of submitting (same as `launch render`).")
+@click.option("--auto-fit", is_flag=True, help="When the job would not fit its GPUs' memory, apply the first rungs of "
+              "the ladder `launch plan` prints (shorter sequences, lower rank, ...) that make it fit, and say so.")
+@cluster_options
+@click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed); --local always waits.")
+@mlflow_option
+@output_option
 def submit(
-    spec: Path, overrides: tuple[str, ...], local: bool, namespace: str, values_files: tuple[Path, ...], dry_run: bool
+    spec: Path,
+    overrides: tuple[str, ...],
+    local: bool,
+    namespace: str | None,
+    values_files: tuple[Path, ...],
+    dry_run: bool,
+    auto_fit: bool,
+    context: str | None,
+    kubeconfig: str | None,
+    wait: bool,
+    mlflow_uri: str | None,
+    output: str,
 ) -> None:
-    """Submit SPEC as a uniquely named job; with --local, run its pods as processes here."""
+    """Submit SPEC as a uniquely named job to the cluster (kubeconfig context, namespace); with --local, run its
+    pods as processes here."""
+    cluster_only = {"--context": context, "--kubeconfig": kubeconfig, "--wait": wait and dry_run,
+                    "--mlflow-uri": mlflow_uri, "-o": None if output == "table" else output}
+    if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
+        why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
+        raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
     if dry_run:
-        _render(spec, overrides, local, namespace, values_files)
+        _render(spec, overrides, local, namespace, values_files, auto_fit)
         return
     from launcher import client
 
-    sub = client.prepare(spec, overrides, local=local)
+    subs = client.prepare_all(spec, overrides, local=local, auto_fit=auto_fit)
+    if len(subs) > 1:
+        click.echo(f"{spec}: a matrix of {len(subs)} jobs: {', '.join(s.spec.name for s in subs)}", err=True)
+    for sub in subs:
+        for note in sub.notes:
+            click.echo(note, err=True)
     if not local:
-        raise UserError(
-            f"{spec}: submitting to a cluster is not available yet; `launch render {spec}` prints the "
-            "manifests, `launch submit --local` runs the job on this machine"
-        )
-    res = sub.spec.resources
-    click.echo(
-        f"job {sub.name}: {res.nodes} pod(s) x {res.processes_per_node} process(es) on this machine; "
-        f"results in {sub.spec.output.uri}"
-    )
-    client.run_local(sub, extra_values=values_files)
-    click.echo(f"job {sub.name} succeeded")
-    for line in client.result_lines(sub):
-        click.echo(f"  {line}")
+        from launcher.cli_cluster import submit_to_cluster
 
+        submit_to_cluster(subs, values_files, context=context, kubeconfig=kubeconfig, namespace=namespace, wait=wait,
+                          output=output, mlflow_uri=mlflow_uri)
+        return
+    for sub in subs:  # one after the other: each job's pods take this machine's cores
+        res = sub.spec.resources
+        click.echo(
+            f"job {sub.name}: {res.nodes} pod(s) x {res.processes_per_node} process(es) on this machine; "
+            f"results in {sub.spec.output.uri}"
+        )
+        client.run_local(sub, extra_values=values_files)
+        click.echo(f"job {sub.name} succeeded")
+        for line in client.result_lines(sub):
+            click.echo(f"  {line}")
+
+
+for command in COMMANDS:
+    main.add_command(command)
+main.add_command(plan_command)
 
 if __name__ == "__main__":
     main(prog_name="launch")

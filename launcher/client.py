@@ -12,8 +12,8 @@ import socket
 import string
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -21,11 +21,14 @@ from launcher import helm, resolve
 from launcher.errors import PodFailed, UserError
 from launcher.values import DEFAULT_PORT, chart_values
 from trainer import strategy
+from trainer.matrix import group
 from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, load_spec
+from trainer.spec_io import SpecError, apply_overrides, load_raw, load_spec, load_specs
 
 if TYPE_CHECKING:
-    from launcher.backends.local import Outcome
+    from launcher.backends.kube_submit import Created
+    from launcher.backends.kubeconfig import Target
+    from launcher.backends.local_run import Outcome
 
 SUFFIX_CHARS = string.ascii_lowercase + string.digits
 
@@ -38,6 +41,7 @@ class Submission:
     local: bool
     values: dict[str, Any]
     warnings: list[str]  # what a cluster would refuse, shown by a dry run instead of failing it
+    notes: list[str] = field(default_factory=list)  # the GPU memory check: verdict, auto-fit changes
 
 
 def unique_name(base: str) -> str:
@@ -76,15 +80,48 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def load_all(spec_path: str | Path, overrides: Iterable[str] = ()) -> list[JobSpec]:
+    """Every job of a spec file (several for a `matrix` spec), strategy checked; every problem in one UserError."""
+    try:
+        specs = load_specs(spec_path, overrides)
+    except SpecError as e:
+        raise _problems(e.source, e.problems) from None
+    problems = [f"[{s.name}] {p}" if len(specs) > 1 else p for s in specs for p in strategy.check(s)]
+    if problems:
+        raise _problems(str(spec_path), problems)
+    return specs
+
+
+def matrix_label(spec_path: str | Path, overrides: Iterable[str] = ()) -> str:
+    """The `kubetune.dev/matrix` label of a matrix spec's jobs (empty for other specs)."""
+    raw, _ = apply_overrides(load_raw(spec_path), overrides)
+    return group(str(raw.get("name", ""))) if raw.get("matrix") is not None else ""
+
+
+def prepare_all(
+    spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
+    auto_fit: bool = False,
+) -> list[Submission]:
+    """`prepare` for every job of the spec file: one, or one per combination of a matrix spec's values."""
+    specs = load_all(spec_path, overrides)
+    label = matrix_label(spec_path, overrides)
+    return [prepare(spec_path, overrides, local, dry_run, auto_fit, spec=s, matrix_group=label) for s in specs]
+
+
 def prepare(
-    spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False
+    spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
+    auto_fit: bool = False, spec: JobSpec | None = None, matrix_group: str = "",
 ) -> Submission:
     """Validate, resolve paths for the target, name the submission and derive the chart values.
 
     For a cluster, local paths are errors; a dry run renders anyway and returns them as warnings.
+    A cluster GPU job must fit its GPUs' memory (launcher/plan/gate.py): refused with the ladder,
+    a warning in a dry run, or changed by the ladder's first fitting rungs with `auto_fit`.
+    `spec`: one job of the file, already loaded (prepare_all); `matrix_group`: its matrix's label.
     """
-    spec = load(spec_path, overrides)
+    spec = spec or load(spec_path, overrides)
     warnings: list[str] = []
+    notes: list[str] = []
     spec_dir = Path(spec_path).resolve().parent
     if local:
         problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
@@ -98,11 +135,21 @@ def prepare(
                 raise _problems(str(spec_path), problems)
             warnings = problems
         port = DEFAULT_PORT
+        if spec.resources.gpu != "none":
+            from launcher.plan import gate
+
+            fit = gate.check(spec, Path(spec_path), auto_fit=auto_fit, dry_run=dry_run)
+            spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
+    if auto_fit and (local or spec.resources.gpu == "none"):
+        notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
     name = unique_name(spec.name)
-    values = chart_values(spec, name, port)
+    values = chart_values(spec, name, port, matrix_group)
     if local:  # all pods share this machine's cores; each would otherwise take them all
         values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
-    return Submission(name, spec, Path(spec_path), local, values, warnings)
+        from launcher.backends.local import PREFLIGHT_TIMEOUT  # local pods start together: a short wait
+
+        values["preflight"] = {"timeoutSeconds": PREFLIGHT_TIMEOUT}
+    return Submission(name, spec, Path(spec_path), local, values, warnings, notes)
 
 
 def render(sub: Submission, extra_values: Sequence[Path] = (), namespace: str = "default") -> str:
@@ -110,9 +157,24 @@ def render(sub: Submission, extra_values: Sequence[Path] = (), namespace: str = 
     return helm.template(sub.name, sub.values, extra_values, namespace)
 
 
+def submit_cluster(
+    sub: Submission, target: Target, extra_values: Sequence[Path] = (), say: Callable[[str], None] = print
+) -> list[Created]:
+    """Render for the target's namespace, say the plan, then create the objects (backends/kube_submit.py)."""
+    from launcher.backends import kube_submit
+    from launcher.backends.kubernetes import Cluster
+    from launcher.cluster import plan_lines
+
+    manifests = helm.parse_manifests(render(sub, extra_values, namespace=target.namespace))
+    for line in plan_lines(sub, manifests, target):
+        say(line)
+    return kube_submit.create(Cluster(target), manifests, sub.name, say)
+
+
 def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
     """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
-    from launcher.backends.local import LocalRun, plan
+    from launcher.backends.local import plan
+    from launcher.backends.local_run import LocalRun
 
     manifests = helm.parse_manifests(render(sub, extra_values))
     with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:

@@ -16,13 +16,15 @@ import yaml
 
 from launcher.errors import UserError
 
-CHART = Path(__file__).resolve().parent.parent / "charts" / "kubetune"
+CHART = Path(__file__).resolve().parent / "chart"  # charts/kubetune, shipped inside the package
 SETUP_HINT = "run `make setup` (it installs helm into the virtualenv with scripts/install_helm.py)"
 
 
 def chart_dir() -> Path:
     if not (CHART / "Chart.yaml").is_file():
-        raise UserError(f"the kubetune chart is not at {CHART}: run launch from a kubetune checkout (pip install -e .)")
+        raise UserError(f"the kubetune chart is not at {CHART}: reinstall kubetune (`pip install kubetune`, or "
+                        "`pip install -e .` in a checkout; on Windows enable git symlinks: launcher/chart links "
+                        "to charts/kubetune)")
     return CHART
 
 

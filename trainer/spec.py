@@ -184,6 +184,11 @@ class TrainingSpec(Section):
         description="Distribution: `ddp`, DeepSpeed `zero2` / `zero3`, or `fsdp`. Becomes the "
         "generated accelerate configuration.",
     )
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none",
+        description="Move state to CPU memory to fit larger models: `optimizer` (ZeRO-2/3: optimizer states), `all` "
+        "(ZeRO-3: parameters too; FSDP: parameters and gradients). Slower; for `zero2`, `zero3` and `fsdp` only.",
+    )
     seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
     save_steps: int | None = Field(None, ge=1, description="Checkpoint every N steps (unset: only at the end).")
@@ -296,6 +301,21 @@ class RegisterSpec(Section):
     register_merged: bool = Field(False, description="Register the merged HF model (as large as the base model).")
 
 
+class ImatrixSpec(Section):
+    """An importance matrix for the quantizer: which weights matter, measured on your data."""
+
+    conversations: int = Field(
+        128, ge=1, le=100_000,
+        description="Training conversations (`data.train`, rendered with the training chat template) the merged "
+        "model runs over to measure its activations. Held-out data stays out of it: the gate uses that.",
+    )
+    file: str | None = Field(
+        None,
+        description="Use this importance matrix instead of computing one: a local path or `s3://` URI of a file "
+        "made by llama.cpp's `llama-imatrix` (GGUF or legacy `.dat`).",
+    )
+
+
 # `export.register` is the name users write (DESIGN.md); pydantic only notes that it shadows
 # ABCMeta.register, which no spec instance uses.
 warnings.filterwarnings("ignore", message='Field name "register" in "ExportSpec"', category=UserWarning)
@@ -308,6 +328,11 @@ class ExportSpec(Section):
         default_factory=lambda: ["q4_k_m"],
         description="GGUF types to write and verify: `f32`, `f16`, `bf16` (converted) and `q8_0`, `q6_k`, "
         "`q5_k_m`, `q5_k_s`, `q5_0`, `q4_k_m`, `q4_k_s`, `q4_0`, `q3_k_m`, `q2_k` (quantized by llama.cpp).",
+    )
+    imatrix: ImatrixSpec | None = Field(
+        None,
+        description="Quantize with an importance matrix (`imatrix: {}` computes one from the training data; it is "
+        "written to `export/imatrix.gguf`). Helps most at 4 bits and below. Unset: plain quantization.",
     )
     adapter_gguf: bool = Field(False, description="Also write the adapter alone as a LoRA GGUF (llama.cpp `--lora`, "
                                "Ollama `ADAPTER`).")
@@ -362,6 +387,13 @@ class JobSpec(Section):
     export: ExportSpec | None = Field(
         None,
         description="Merge, GGUF, verify and register after training (unset: no export; `export: {}` for the defaults).",
+    )
+    matrix: dict[str, Any] | None = Field(
+        None,
+        description="One job per combination of values, e.g. `{dimension: [empathy, humor]}`: `${matrix.dimension}` "
+        "in any string field (the name must use every key) is replaced by each job's value. Each job has its own "
+        "name, MLflow run and registered model; `launch list` groups them. A submitted job's resolved spec holds "
+        "its own values here.",
     )
 
     @field_validator("name")

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from trainer import matrix
 from trainer.spec import JobSpec
 
 
@@ -123,18 +124,40 @@ def validation_problems(e: ValidationError) -> list[str]:
     return seen
 
 
-def spec_from_dict(raw: Any, source: str = "spec", overrides: Iterable[str] = ()) -> JobSpec:
+def specs_from_dict(raw: Any, source: str = "spec", overrides: Iterable[str] = ()) -> list[JobSpec]:
+    """Every job of a spec: one, or one per combination of a `matrix` spec's values."""
     if not isinstance(raw, dict):
         raise SpecError(source, [f"the spec must be a YAML mapping with `name`, `base_model`, `data`, ... (got {type(raw).__name__})"])
     data, problems = apply_overrides(raw, overrides)
-    try:
-        spec = JobSpec.model_validate(data)
-    except ValidationError as e:
-        problems += validation_problems(e)
-        raise SpecError(source, problems) from None
+    jobs, more = matrix.expand(data)
+    problems += more
+    specs: list[JobSpec] = []
+    per_job: list[list[str]] = []
+    for job in jobs:
+        try:
+            specs.append(JobSpec.model_validate(job))
+            per_job.append([])
+        except ValidationError as e:
+            per_job.append(validation_problems(e))
+    common = [p for p in per_job[0] if all(p in found for found in per_job)] if per_job else []
+    problems += common  # a mistake outside the matrix values: said once, not once per job
+    for job, found in zip(jobs, per_job, strict=True):
+        cell = ", ".join(f"{k}={v}" for k, v in (job.get("matrix") or {}).items())
+        problems += [f"[matrix {cell}] {p}" for p in found if p not in common]
     if problems:
         raise SpecError(source, problems)
-    return spec
+    return specs
+
+
+def spec_from_dict(raw: Any, source: str = "spec", overrides: Iterable[str] = ()) -> JobSpec:
+    """The one job of a spec; a matrix of several jobs is an error naming how to pick one."""
+    specs = specs_from_dict(raw, source, overrides)
+    if len(specs) != 1:
+        names = ", ".join(s.name for s in specs)
+        keys = ", ".join(f"--set matrix.{k}={v}" for k, v in (specs[0].matrix or {}).items())
+        raise SpecError(source, [f"matrix: this spec is {len(specs)} jobs ({names}); pick one with {keys}, or use "
+                                 "`launch` (it submits every job)"])
+    return specs[0]
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
@@ -157,8 +180,13 @@ def load_raw(path: str | Path) -> dict[str, Any]:
 
 
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
-    """Read, override and validate a spec file; raises SpecError listing every problem."""
+    """Read, override and validate a spec file of one job; raises SpecError listing every problem."""
     return spec_from_dict(load_raw(path), str(path), overrides)
+
+
+def load_specs(path: str | Path, overrides: Iterable[str] = ()) -> list[JobSpec]:
+    """Read, override and validate a spec file: every job of it (a matrix spec has several)."""
+    return specs_from_dict(load_raw(path), str(path), overrides)
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -40,6 +40,13 @@ def remove(uri: str) -> None:
         fs.rm(path)
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a folder (or S3 prefix) and everything under it; nothing happens when it does not exist."""
+    fs, path = url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def read_text(uri: str) -> str:
     with fsspec.open(uri, "r", encoding="utf-8") as f:
         return f.read()

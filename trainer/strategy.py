@@ -51,17 +51,30 @@ def mixed_precision(spec: JobSpec) -> str:
 
 def check(spec: JobSpec) -> list[str]:
     """Problems that make the strategy impossible on these resources (empty when fine)."""
-    if spec.training.strategy == "fsdp" and not is_gpu_job(spec):
-        return ["training.strategy: `fsdp` needs GPUs (resources.gpu is `none`); on CPU use `ddp`, `zero2` or `zero3`"]
-    return []
+    t = spec.training
+    problems = []
+    if t.strategy == "fsdp" and not is_gpu_job(spec):
+        problems.append("training.strategy: `fsdp` needs GPUs (resources.gpu is `none`); on CPU use `ddp`, `zero2` or "
+                        "`zero3`")
+    if t.offload != "none" and t.strategy == "ddp":
+        problems.append("training.offload: needs a sharded strategy (`zero2`, `zero3` or `fsdp`); `ddp` keeps "
+                        "everything on the GPU (set training.strategy, or offload: none)")
+    if t.offload == "all" and t.strategy == "zero2":
+        problems.append("training.offload: `all` offloads parameters, which ZeRO-2 does not shard; use `zero3`, or "
+                        "offload: optimizer")
+    if t.offload == "optimizer" and t.strategy == "fsdp":
+        problems.append("training.offload: FSDP offloads parameters and gradients together; use offload: all")
+    if t.offload != "none" and not is_gpu_job(spec):
+        problems.append("training.offload: moves GPU state to CPU memory; a CPU job (resources.gpu: none) has none")
+    return problems
 
 
 def deepspeed_config(spec: JobSpec) -> dict[str, Any]:
     stage = 3 if spec.training.strategy == "zero3" else 2
     config: dict[str, Any] = {
         "zero_stage": stage,
-        "offload_optimizer_device": "none",
-        "offload_param_device": "none",
+        "offload_optimizer_device": "cpu" if spec.training.offload in ("optimizer", "all") else "none",
+        "offload_param_device": "cpu" if spec.training.offload == "all" else "none",
         "zero3_init_flag": stage == 3,
         # gradient_accumulation_steps / gradient_clipping stay unset ("auto"): the trainer's
         # TrainingArguments fill them from the same spec, so they cannot disagree.
@@ -80,7 +93,7 @@ def fsdp_config(spec: JobSpec) -> dict[str, Any]:
         "fsdp_use_orig_params": True,
         "fsdp_backward_prefetch": "BACKWARD_PRE",
         "fsdp_forward_prefetch": False,
-        "fsdp_offload_params": False,
+        "fsdp_offload_params": spec.training.offload == "all",
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
         "fsdp_cpu_ram_efficient_loading": True,
         "fsdp_sync_module_states": True,

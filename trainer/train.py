@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from trainer import model as models
 from trainer import samples as sampling
 from trainer import storage
 from trainer.data import Collator, DataError, build_dataset
+from trainer.quiet import quiet_libraries
 from trainer.spec import JobSpec
 from trainer.spec_io import SpecError, dump_spec, load_spec, spec_hash
 from trainer.tracking import MeteredTrainer, MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
@@ -61,8 +61,10 @@ class FineTune:
         # Built before the model: under ZeRO-3 from_pretrained must already see the DeepSpeed config.
         self.args = self._training_arguments(cpu)
         self.main = self.args.process_index == 0
-        if self.main and storage.exists(storage.join(self.output, "_SUCCESS")):
-            storage.remove(storage.join(self.output, "_SUCCESS"))  # a rerun must not look finished early
+        if self.main:  # a rerun must not look finished (or failed) early
+            for marker in ("_SUCCESS", "_FAILED"):
+                if storage.exists(storage.join(self.output, marker)):
+                    storage.remove(storage.join(self.output, marker))
         remote = storage.is_remote(self.output)
         self.tracker = Tracker(spec, self.work / "mlflow" if remote else Path(self.output), active=self.main)
         note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
@@ -196,11 +198,22 @@ class FineTune:
         return marker
 
     # -- cleanup -------------------------------------------------------------------------
-    def cleanup(self, ok: bool) -> None:
+    def cleanup(self, ok: bool, error: str | None = None) -> None:
         if self.tracker is not None and not ok:
             self.tracker.end(ok=False)
+        if not ok and getattr(self, "output", None):
+            self.mark_failed(error)
         if ok and self.rank == 0:
             shutil.rmtree(self.work, ignore_errors=True)
+
+    def mark_failed(self, error: str | None) -> None:
+        """`_FAILED` beside where `_SUCCESS` would be: the export job waiting for this run stops at once."""
+        marker = {"job_name": self.name, "rank": self.rank, "error": error or "see the training logs",
+                  "failed_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            storage.write_text(storage.join(self.output, "_FAILED"), json.dumps(marker, indent=2) + "\n")
+        except Exception as e:  # the failure being reported matters more than this marker
+            print(f"[kubetune] could not write {storage.join(self.output, '_FAILED')}: {e}", file=sys.stderr)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,17 +225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-# Library warnings that tell a kubetune user nothing (checked on the pinned versions): a deprecated
-# name transformers itself calls, and PEFT looking for a config.json beside a GGUF base model.
-LIBRARY_NOISE = (
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
-    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
-)
-
-
 def main(argv: list[str] | None = None) -> int:
-    for category, message in LIBRARY_NOISE:
-        warnings.filterwarnings("ignore", message=message, category=category)
+    quiet_libraries()
     args = parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent))
     ok = False
+    error = None
     try:
         job.setup()
         job.load_data()
@@ -239,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         job.save()
         ok = True
     except (DataError, models.ModelError) as e:
+        error = str(e)
         print(f"[kubetune] error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        raise
     finally:
-        job.cleanup(ok)
+        job.cleanup(ok, None if ok else error)
     return 0
 
 

@@ -9,25 +9,24 @@ in a cluster is mapped onto this machine:
   paths are rewritten wherever they appear in args and env values;
 - this interpreter's bin folder goes first on PATH, so `accelerate` and `python` are the venv's.
 
-Logs stream prefixed with the rank. The first pod that fails stops the others (SIGTERM to each
-process group, SIGKILL after a grace period); SIGINT / SIGTERM are forwarded the same way.
+Init containers (the rendezvous `preflight`) run before the pods' containers: the i-th init
+container of every pod at once, since they rendezvous with each other, and a pod's container only
+once every pod's init containers succeeded (on a cluster each pod goes on as soon as its own are
+done; for a rendezvous that is the same moment). A failing init container fails the run.
+
+`launcher.backends.local_run.LocalRun` starts and watches the processes planned here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from launcher.errors import UserError
 
@@ -51,15 +50,22 @@ USER_CACHES = ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_EXTENSIONS_DIR", "TRI
 VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
+# Seconds the preflight waits for the other ranks in a local run (chart value preflight.timeoutSeconds):
+# local pods start together, so a longer wait would only delay the diagnosis of a missing rank.
+PREFLIGHT_TIMEOUT = 30
+
+
 @dataclass
 class PodProcess:
-    """What the local backend starts for one pod."""
+    """What the local backend starts for one pod: its container, after its init containers."""
 
     rank: int
     argv: list[str]
     env: dict[str, str]  # the pod's own variables, already mapped onto this machine
     cwd: Path
     dirs: dict[str, Path] = field(default_factory=dict)  # volume name -> local folder
+    init: list[PodProcess] = field(default_factory=list)  # the pod's init containers, in order
+    container: str = ""  # an init container's name (the pod's container has none: it is the pod)
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:
@@ -124,9 +130,40 @@ def _volumes(pod_spec: dict[str, Any], manifests: list[dict[str, Any]], root: Pa
     return dirs
 
 
+def _secret_value(var: dict[str, Any], manifests: Sequence[dict[str, Any]]) -> str | None:
+    """An env entry's `valueFrom.secretKeyRef`, read from a Secret the chart rendered; None for a missing
+    optional key. A Secret that only exists in a cluster (an `existingSecret`) cannot be read here."""
+    name = var["name"]
+    ref = (var.get("valueFrom") or {}).get("secretKeyRef")
+    if not ref:
+        kinds = ", ".join(sorted(var.get("valueFrom") or {})) or "an entry without a value"
+        raise UserError(
+            f"env {name}: {kinds} needs a cluster; the local runner runs plain values and secretKeyRefs "
+            "to a Secret the chart renders"
+        )
+    found = [m for m in manifests if m.get("kind") == "Secret" and m["metadata"]["name"] == ref["name"]]
+    if not found:
+        raise UserError(
+            f"env {name}: Secret {ref['name']!r} is not rendered by the chart (an existingSecret lives in a cluster), "
+            "so the local runner cannot read it; for --local, leave s3.existingSecret / mlflow.existingSecret empty "
+            "and give the credentials as chart values (s3.accessKeyId, mlflow.token, ...) or in your environment"
+        )
+    key, secret = ref["key"], found[0]
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    if key in (secret.get("data") or {}):
+        return base64.b64decode(secret["data"][key]).decode("utf-8")
+    if ref.get("optional"):
+        return None
+    raise UserError(f"env {name}: Secret {ref['name']!r} has no key {key!r} (and the reference is not optional)")
+
+
 def _job(manifests: list[dict[str, Any]], component: str) -> dict[str, Any]:
     jobs = [m for m in manifests if m.get("kind") == "Job"]
     found = [j for j in jobs if j["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component]
+    if not found and any(m.get("kind") == "JobSet" for m in manifests):
+        raise UserError("the chart rendered a JobSet (values jobset.enabled): only a cluster with the JobSet "
+                        "controller runs it; the local runner runs plain Jobs (drop jobset.enabled for --local)")
     if len(found) != 1:
         raise UserError(
             f"the rendered chart has {len(found)} Job(s) with app.kubernetes.io/component={component} "
@@ -148,42 +185,62 @@ def plan(
         )
     pod_spec = spec["template"]["spec"]
     containers = pod_spec["containers"]
-    if len(containers) != 1 or pod_spec.get("initContainers"):
-        raise UserError("the local runner runs pods with exactly one container and no init containers")
-    container = containers[0]
+    if len(containers) != 1:
+        raise UserError("the local runner runs pods with exactly one container (init containers aside)")
+    for init in pod_spec.get("initContainers", []):
+        if init.get("restartPolicy") == "Always":
+            raise UserError(f"init container {init['name']!r} is a sidecar (restartPolicy: Always): not run locally")
     subdomain = pod_spec.get("subdomain")  # pods reached by host name (training ranks); export has none
     service = _one(manifests, "Service", subdomain)["metadata"]["name"] if subdomain else None
     pods = []
     for rank in range(int(spec.get("completions", 1))):
         dirs = _volumes(pod_spec, manifests, workdir / f"pod-{rank}")
-        mounts = {}
-        tmpdir: Path | None = None
-        for m in container.get("volumeMounts", []):
-            if m.get("subPath"):
-                raise UserError(f"volumeMount {m['mountPath']}: subPath is not supported by the local runner")
-            if m["mountPath"].rstrip("/") == "/tmp":
-                # Paths under this machine's /tmp are real here (pytest folders, the user's files):
-                # never rewrite them. The pod still gets a /tmp of its own, through TMPDIR.
-                tmpdir = dirs[m["name"]]
-                continue
-            mounts[m["mountPath"]] = dirs[m["name"]]
-        rewrite = PathMap(service, mounts)
-        env: dict[str, str] = {}
-        for var in container.get("env", []):
-            if "value" not in var:
-                raise UserError(f"env {var['name']}: only plain values run locally (valueFrom needs a cluster)")
-            env[var["name"]] = rewrite(expand(str(var["value"]), env))
-        if tmpdir is not None and env.get("TMPDIR", "/tmp").rstrip("/") == "/tmp":
-            env["TMPDIR"] = str(tmpdir)
-        env["JOB_COMPLETION_INDEX"] = str(rank)
-        argv = [rewrite(expand(str(a), env)) for a in [*container.get("command", []), *container.get("args", [])]]
-        if not argv:
-            raise UserError("the training container has no command: the local runner cannot use the image's entrypoint")
-        workdir_in_pod = container.get("workingDir")
-        pods.append(
-            PodProcess(rank, argv, env, Path(rewrite(workdir_in_pod)) if workdir_in_pod else cwd or Path.cwd(), dirs)
-        )
+        pod = _process(containers[0], rank, dirs, service, cwd, manifests)
+        for c in pod_spec.get("initContainers", []):
+            init = _process(c, rank, dirs, service, cwd, manifests)
+            init.container = c["name"]
+            pod.init.append(init)
+        pods.append(pod)
     return pods
+
+
+def _process(
+    container: dict[str, Any],
+    rank: int,
+    dirs: dict[str, Path],
+    service: str | None,
+    cwd: Path | None,
+    manifests: Sequence[dict[str, Any]] = (),
+) -> PodProcess:
+    """One container of pod `rank` as a process: its mounts mapped to the pod's folders, its env and args expanded."""
+    mounts = {}
+    tmpdir: Path | None = None
+    for m in container.get("volumeMounts", []):
+        if m.get("subPath"):
+            raise UserError(f"volumeMount {m['mountPath']}: subPath is not supported by the local runner")
+        if m["mountPath"].rstrip("/") == "/tmp":
+            # Paths under this machine's /tmp are real here (pytest folders, the user's files):
+            # never rewrite them. The pod still gets a /tmp of its own, through TMPDIR.
+            tmpdir = dirs[m["name"]]
+            continue
+        mounts[m["mountPath"]] = dirs[m["name"]]
+    rewrite = PathMap(service, mounts)
+    env: dict[str, str] = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = rewrite(expand(str(var["value"]), env))
+        elif (value := _secret_value(var, manifests)) is not None:
+            env[var["name"]] = value
+    if tmpdir is not None and env.get("TMPDIR", "/tmp").rstrip("/") == "/tmp":
+        env["TMPDIR"] = str(tmpdir)
+    env["JOB_COMPLETION_INDEX"] = str(rank)
+    argv = [rewrite(expand(str(a), env)) for a in [*container.get("command", []), *container.get("args", [])]]
+    if not argv:
+        raise UserError(
+            f"container {container['name']!r} has no command: the local runner cannot use the image's entrypoint"
+        )
+    workdir_in_pod = container.get("workingDir")
+    return PodProcess(rank, argv, env, Path(rewrite(workdir_in_pod)) if workdir_in_pod else cwd or Path.cwd(), dirs)
 
 
 def process_env(pod: PodProcess, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -200,118 +257,3 @@ def process_env(pod: PodProcess, base: Mapping[str, str] | None = None) -> dict[
             env.pop(var, None)
     return env
 
-
-@dataclass
-class Outcome:
-    codes: list[int | None]
-    first_failure: int | None  # rank of the first pod that exited non-zero
-    signal: int | None  # the signal that stopped the run, if any
-    stopped: list[int] = field(default_factory=list)  # ranks still running when the run was stopped
-    errors: dict[int, str] = field(default_factory=dict)  # rank -> its last `[kubetune] error:` line
-    label: str = "rank"  # how the pods are named in logs and messages: `rank 0`, or `export`
-
-    def who(self, rank: int) -> str:
-        return f"rank {rank}" if self.label == "rank" else self.label
-
-    @property
-    def ok(self) -> bool:
-        return self.first_failure is None and self.signal is None and all(c == 0 for c in self.codes)
-
-
-class LocalRun:
-    """Starts the pods' processes, streams their logs, stops them all when one fails."""
-
-    def __init__(
-        self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank"
-    ):
-        self.pods = pods
-        self.label = label
-        self.out = out or sys.stdout
-        self.grace = grace
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self._lock = threading.Lock()
-        self._signal: int | None = None
-        self.errors: dict[int, str] = {}
-
-    def _start(self, pod: PodProcess) -> subprocess.Popen[bytes]:
-        env = process_env(pod)
-        exe = shutil.which(pod.argv[0], path=env["PATH"])
-        if exe is None:
-            raise UserError(
-                f"pod {pod.rank}: `{pod.argv[0]}` is not installed here; install the trainer: pip install -e '.[trainer]'"
-            )
-        return subprocess.Popen(
-            [exe, *pod.argv[1:]],
-            env=env,
-            cwd=pod.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def _pump(self, rank: int, stream: IO[bytes]) -> None:
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
-                self.errors[rank] = line[mark.end():].strip()
-            with self._lock:
-                prefix = f"rank {rank}" if self.label == "rank" else self.label
-                self.out.write(f"[{prefix}] {line}\n")
-                self.out.flush()
-        stream.close()
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._signal = signum
-
-    def _signal_all(self, signum: int) -> None:
-        """Signal each pod's whole process group: accelerate's workers too, even if the launcher is gone."""
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signum)
-
-    def _stop(self, signum: int) -> None:
-        self._signal_all(signum)
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
-            time.sleep(0.05)
-        self._signal_all(signal.SIGKILL)
-        for proc in self.procs:
-            proc.wait()
-
-    def run(self) -> Outcome:
-        handlers = {}
-        if threading.current_thread() is threading.main_thread():
-            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        pumps: list[threading.Thread] = []
-        first_failure: int | None = None
-        stopped: list[int] = []
-        try:
-            for pod in self.pods:
-                proc = self._start(pod)
-                self.procs.append(proc)
-                assert proc.stdout is not None
-                pump = threading.Thread(target=self._pump, args=(pod.rank, proc.stdout), daemon=True)
-                pump.start()
-                pumps.append(pump)
-            while True:
-                codes = [p.poll() for p in self.procs]
-                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-                if failed and first_failure is None:
-                    first_failure = self.pods[failed[0]].rank
-                if failed or self._signal is not None:
-                    stopped = [pod.rank for pod, c in zip(self.pods, codes, strict=True) if c is None]
-                    self._stop(self._signal or signal.SIGTERM)
-                    break
-                if all(c == 0 for c in codes):
-                    break
-                time.sleep(0.1)
-        finally:
-            if any(p.poll() is None for p in self.procs):
-                self._stop(signal.SIGTERM)
-            for s, h in handlers.items():
-                signal.signal(s, h)
-        for pump in pumps:
-            pump.join(timeout=5)
-        codes = [p.returncode for p in self.procs]
-        return Outcome(codes, first_failure, self._signal, stopped, dict(self.errors), self.label)

@@ -104,7 +104,7 @@ def run_export(spec: Path, s3: str, *sets: str) -> subprocess.CompletedProcess:
 def read_s3(s3: str, path: str) -> str:
     import s3fs
 
-    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}, key="testing", secret="testing").cat(path).decode()
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}, key="testing", secret="testing").cat(path).decode(errors="replace")
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -115,6 +115,9 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
     s3, mlflow = servers
     export = {"gguf": ["q4_k_m", "q8_0", "f16"], "verify": {"golden_conversations": 3},
               "register": {"name": f"reg-{arch}"}, "lmstudio_publisher": "kubetune"}
+    weighted = arch in ("llama", "phi3")  # phi3: fused qkv / gate_up tensors
+    if weighted:
+        export["imatrix"] = {"conversations": 4}
     spec, run_id = prepare(arch, tmp_path, s3, mlflow, export)
     done = run_export(spec, s3)
     print(done.stdout)  # the job's report: shown with `pytest -s`
@@ -137,6 +140,12 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
     assert alias.tags["kubetune.run_id"] == run_id and alias.run_id == run_id
     assert alias.tags["kubetune.llama_cpp"] == "0.3.36" and len(alias.tags["kubetune.sha256"]) == 64
     assert alias.tags["kubetune.verify.passed"] == "true"
+    if weighted:
+        assert alias.tags["kubetune.imatrix"].startswith("computed on 4 conversations")
+        assert read_s3(s3, f"runs/{name}/export/imatrix.gguf")[:4] == "GGUF"
+        assert "with the importance matrix" in done.stdout
+    else:
+        assert alias.tags["kubetune.imatrix"] == "none"
     artifacts = [f.path for f in client.list_artifacts(run_id, "export/q4_k_m")]
     assert f"export/q4_k_m/{name}-q4_k_m.gguf" in artifacts
 
@@ -145,6 +154,12 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
         assert again.returncode == 0, again.stderr[-3000:]
         assert "already there" in again.stdout
         assert len(client.search_model_versions(f"name = 'reg-{arch}'")) == 4
+        fewer = run_export(spec, s3, "export.gguf=[q8_0]")  # a re-export replaces the last one's files
+        assert fewer.returncode == 0, fewer.stderr[-3000:]
+        import s3fs
+
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3}, key="testing", secret="testing")
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"runs/{name}/export/gguf", refresh=True)) == ["q8_0"]
 
 
 def test_failed_gate_registers_nothing(servers, tmp_path):

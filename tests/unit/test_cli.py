@@ -165,10 +165,10 @@ def test_quickstart_dry_run_prints_manifests() -> None:
     assert "Job" in kinds and "ConfigMap" in kinds
 
 
-def test_cluster_submit_is_not_pretended(tmp_path: Path) -> None:
+def test_cluster_submit_without_a_kubeconfig_says_how_to_get_one(tmp_path: Path) -> None:
     raw = GOOD | {"data": {"train": "s3://b/train.jsonl"}, "output": {"uri": "s3://runs/x/"}}
-    done = launch("submit", str(spec_file(tmp_path, raw)))
-    assert done.returncode == 2 and "--local" in done.stderr
+    done = launch("submit", str(spec_file(tmp_path, raw)), env={"HOME": str(tmp_path), "KUBECONFIG": "", "KUBERNETES_SERVICE_HOST": ""})  # not in a pod
+    assert done.returncode == 2 and "no kubeconfig at ~/.kube/config: pass --kubeconfig FILE" in done.stderr
 
 
 def test_helm_missing_says_make_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

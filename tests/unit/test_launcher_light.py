@@ -29,6 +29,27 @@ def test_importing_the_launcher_imports_no_ml_stack() -> None:
     code = """
         import launcher.cli, launcher.client, launcher.helm, launcher.values, launcher.resolve
         import launcher.backends.local, trainer.strategy, trainer.spec_io
+        import launcher.cli_plan, launcher.plan.arch, launcher.plan.catalog, launcher.plan.fit, launcher.plan.gate
+        import launcher.plan.gguf, launcher.plan.ladder, launcher.plan.memory, launcher.plan.report
+        import launcher.plan.source
+    """
+    assert heavy_modules_after(code) == []
+
+
+def test_planning_imports_no_ml_stack(tmp_path: Path) -> None:
+    """`launch plan` with a GGUF base model (its header read here, not by numpy-based `gguf`), the ladder included,
+    and the fit check of a dry-run cluster submission."""
+    from tests.resources import gemma3_gguf
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "light", "base_model": str(gemma3_gguf()), "data": {"train": "s3://b/t.jsonl", "max_seq_len": 4096},
+        "output": {"uri": "s3://b/out/"}, "training": {"per_device_batch_size": 2}, "resources": {"gpu": "a100"}}))
+    code = f"""
+        from launcher.cli import main
+        for args in (["plan", {str(spec)!r}, "--auto-fit"], ["plan", "-o", "json", {str(spec)!r}],
+                     ["submit", "--dry-run", {str(spec)!r}]):  # it does not fit: the ladder runs in all three
+            assert not main(args, standalone_mode=False), args
     """
     assert heavy_modules_after(code) == []
 

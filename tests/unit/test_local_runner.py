@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from launcher import client, helm
-from launcher.backends.local import LocalRun, PathMap, PodProcess, expand, plan, process_env
+from launcher.backends.local import PREFLIGHT_TIMEOUT, PathMap, PodProcess, expand, plan, process_env
+from launcher.backends.local_run import LocalRun
 from launcher.errors import UserError
 from trainer import strategy
 
@@ -121,6 +122,14 @@ def test_plan_translates_each_rendered_pod(tmp_path: Path) -> None:
         assert pod.env["HF_HOME"] == f"{pod.dirs['cache']}/huggingface"
         assert pod.env["TMPDIR"] == str(pod.dirs["tmp"])
         assert all(pod.dirs[v].is_dir() for v in ("tmp", "cache", "dshm"))
+        (preflight,) = pod.init  # the rendezvous preflight, at the same address and port, a shorter wait
+        assert preflight.container == "preflight" and preflight.rank == pod.rank
+        assert preflight.argv == [
+            "python", "-m", "trainer.preflight", "--job", sub.name, "--rank", str(pod.rank), "--nodes", "2",
+            "--addr", "127.0.0.1", "--port", port, "--timeout", str(PREFLIGHT_TIMEOUT), "--backend", "auto",
+            "--size-mib", "64",
+        ]  # fmt: skip
+        assert preflight.env == pod.env and preflight.dirs == pod.dirs
     assert pods[0].dirs["tmp"] != pods[1].dirs["tmp"]  # every pod has its own emptyDirs
 
 
@@ -172,6 +181,15 @@ def test_unsupported_volumes_are_refused(tmp_path: Path) -> None:
         plan(manifests, tmp_path / "pods")
 
 
+def test_sidecar_init_containers_are_refused(tmp_path: Path) -> None:
+    sub = local_submission(tmp_path, nodes=2)
+    manifests = helm.parse_manifests(client.render(sub))
+    job = next(m for m in manifests if m["kind"] == "Job")
+    job["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] = "Always"
+    with pytest.raises(UserError, match="init container .preflight. is a sidecar .restartPolicy: Always.: not run locally"):
+        plan(manifests, tmp_path / "pods")
+
+
 # --- real processes -------------------------------------------------------------------------
 
 
@@ -180,6 +198,46 @@ def test_two_nodes_rendezvous(tmp_path: Path) -> None:
     outcome, log = run(rendered_pods(sub, tmp_path, **probe_values()))
     assert outcome.ok, log
     assert probes(log) == [(0, 0, 2, "3", "MULTI_CPU"), (1, 1, 2, "3", "MULTI_CPU")], log
+    # the preflight ran first in both pods, and accelerate could bind the port it had just released
+    for rank in (0, 1):
+        joined = re.search(rf"^\[rank {rank} preflight\] \[kubetune\] preflight: 2 ranks joined in .* \(gloo\)$", log, re.M)
+        assert joined is not None and joined.start() < log.index(f"[rank {rank}] PROBE"), log
+
+
+def step(tmp_path: Path, rank: int, name: str, code: str) -> PodProcess:
+    """A process that logs its name, runs `code` (with `folder`), and leaves a file named after it."""
+    script = f"import pathlib, sys, time; folder = pathlib.Path({str(tmp_path)!r}); print({name!r}, flush=True)\n{code}\n"
+    script += f"(folder / {name!r}).touch()"
+    return PodProcess(rank, ["python", "-c", script], {}, tmp_path, container="" if name.startswith("main") else "init")
+
+
+def test_init_containers_of_all_pods_run_together_before_any_container(tmp_path: Path) -> None:
+    pods = []
+    for rank in (0, 1):
+        # each init container waits until the other pod's has started: together, or never
+        init = step(tmp_path, rank, f"init-{rank}", f"""
+(folder / 'started-{rank}').touch()
+while not (folder / 'started-{1 - rank}').exists(): time.sleep(0.05)""")
+        main = step(tmp_path, rank, f"main-{rank}", "assert (folder / 'init-0').exists() and (folder / 'init-1').exists()")
+        main.init = [init]
+        pods.append(main)
+    outcome, log = run(pods)
+    assert outcome.ok and outcome.container == "", log
+    assert "[rank 0 init] init-0" in log and "[rank 1] main-1" in log
+    assert log.index("[rank 1 init] init-1") < log.index("[rank 0] main-0")
+
+
+def test_a_failing_init_container_fails_the_run_with_its_diagnosis(tmp_path: Path) -> None:
+    pods = []
+    for rank, code in ((0, "time.sleep(120)"), (1, "print('[kubetune] error: preflight: rank 0 refused'); sys.exit(1)")):
+        main = step(tmp_path, rank, f"main-{rank}", "")
+        main.init = [step(tmp_path, rank, f"init-{rank}", code)]
+        pods.append(main)
+    outcome, log = run(pods, grace=2)
+    assert not outcome.ok and outcome.first_failure == 1 and outcome.stopped == [0]
+    assert outcome.container == "init" and outcome.who(1) == "rank 1 (init container init)"
+    assert outcome.errors == {1: "preflight: rank 0 refused"}
+    assert not list(tmp_path.glob("main-*")), "a pod's container started although an init container failed"
 
 
 def one_node_two_processes(tmp_path: Path, env: dict[str, str] | None = None) -> tuple[Any, str]:
@@ -257,7 +315,8 @@ time.sleep(120)
 PARENT = """
 import json, sys
 from pathlib import Path
-from launcher.backends.local import LocalRun, PodProcess
+from launcher.backends.local import PodProcess
+from launcher.backends.local_run import LocalRun
 folder = Path(sys.argv[1])
 pods = [PodProcess(r, ["python", "-c", sys.argv[2], str(folder / f"got-{r}")], {}, folder) for r in (0, 1)]
 outcome = LocalRun(pods, grace=10).run()

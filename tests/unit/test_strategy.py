@@ -113,3 +113,19 @@ def test_fsdp_on_cpu_is_refused_with_the_field_and_the_alternatives() -> None:
 def test_every_strategy_on_gpu_passes_check() -> None:
     for strat in ("ddp", "zero2", "zero3", "fsdp"):
         assert strategy.check(gpu(strat=strat)) == []
+
+
+@pytest.mark.parametrize(("strat", "offload", "optimizer", "params"), [
+    ("zero2", "optimizer", "cpu", "none"), ("zero3", "optimizer", "cpu", "none"), ("zero3", "all", "cpu", "cpu"),
+])
+def test_deepspeed_offload(strat: str, offload: str, optimizer: str, params: str) -> None:
+    ds = strategy.accelerate_config(gpu(strat=strat, offload=offload))["deepspeed_config"]
+    assert (ds["offload_optimizer_device"], ds["offload_param_device"]) == (optimizer, params)
+
+
+def test_fsdp_offload_and_impossible_combinations() -> None:
+    assert strategy.accelerate_config(gpu(strat="fsdp", offload="all"))["fsdp_config"]["fsdp_offload_params"] is True
+    for strat, offload, words in (("ddp", "optimizer", "sharded strategy"), ("zero2", "all", "ZeRO-2"),
+                                  ("fsdp", "optimizer", "offload: all")):
+        (problem,) = strategy.check(gpu(strat=strat, offload=offload))
+        assert problem.startswith("training.offload:") and words in problem

@@ -150,3 +150,14 @@ def test_samples_stop_at_the_templates_end_of_turn(family: str) -> None:
     tokenizer = tokenizer_for(family)
     assert tokenizer.convert_tokens_to_ids(end_of_turn(family)) in stop_ids(tokenizer)
     assert tokenizer.eos_token_id in stop_ids(tokenizer)
+
+
+def test_a_failed_run_leaves_failed_for_the_export_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export job of this submission stops at once instead of waiting for a `_SUCCESS` that never comes."""
+    spec_path = write_spec(tmp_path, data={"bad_rows": {"policy": "fail"}})
+    monkeypatch.setenv("KUBETUNE_JOB_NAME", "tiny-llama-ab12c")
+    monkeypatch.setenv("KUBETUNE_WORK_DIR", str(tmp_path / "work"))
+    assert train.main(["--spec", str(spec_path)]) == 2
+    failed = json.loads((tmp_path / "out" / "_FAILED").read_text())
+    assert failed["job_name"] == "tiny-llama-ab12c" and "train.jsonl:65" in failed["error"]
+    assert not (tmp_path / "out" / "_SUCCESS").exists()

@@ -9,17 +9,23 @@ both come from the same llama-cpp-python version). The tree is `$KUBETUNE_LLAMA_
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainer.export.errors import ExportError
 from trainer.export.quants import QUANTS
+
+if TYPE_CHECKING:
+    from trainer.export.imatrix import Imatrix
 
 ENV = "KUBETUNE_LLAMA_CPP_DIR"
 HINTS = {
@@ -99,19 +105,49 @@ def convert(model_dir: Path, out: Path, outtype: str, log: Path) -> GgufFile:
     return GgufFile(outtype, out, time.perf_counter() - started)
 
 
-def quantize(src: Path, out: Path, quant: str, threads: int | None = None) -> GgufFile:
-    """Float GGUF -> `quant` with llama.cpp's `llama_model_quantize`."""
+@contextlib.contextmanager
+def native_output_to(log: Path) -> Iterator[None]:
+    """llama.cpp's C++ code prints a line per tensor to fds 1 and 2: send them to `log` meanwhile."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with log.open("ab") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def quantize(src: Path, out: Path, quant: str, threads: int | None = None, imatrix: Imatrix | None = None,
+             log: Path | None = None) -> GgufFile:
+    """Float GGUF -> `quant` with llama.cpp's `llama_model_quantize` (weighted by `imatrix` when given).
+    llama.cpp's own output goes to `log` (default: beside `out`)."""
     import llama_cpp
 
     started = time.perf_counter()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant].ftype)
     params.nthread = threads or max(1, os.cpu_count() or 1)
+    if imatrix is not None:
+        from trainer.export.imatrix import CArray
+
+        entries = CArray(imatrix)  # kept alive until the call returns
+        params.imatrix = entries.pointer()
     out.parent.mkdir(parents=True, exist_ok=True)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    log = log or out.with_suffix(".quantize.log")
+    with native_output_to(log):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0 or not out.is_file():
+        tail = "\n  ".join(log.read_text(errors="replace").strip().splitlines()[-8:])
         raise ExportError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc}); the tensors' row size "
-                          "must be a multiple of 256 for K-quants (use q8_0 / q4_0 for such models)")
+                          f"must be a multiple of 256 for K-quants (use q8_0 / q4_0 for such models). Log {log}:\n  "
+                          f"{tail}")
     return GgufFile(quant, out, time.perf_counter() - started)
 
 

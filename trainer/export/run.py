@@ -36,20 +36,39 @@ def output_uri(spec: JobSpec, base_dir: Path) -> str:
     return uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(base_dir / uri)
 
 
-def wait_for_success(output: str, minutes: int, poll_seconds: float = 10.0) -> dict[str, Any]:
-    """Training's `_SUCCESS` marker (JSON), once it exists; ExportError after `minutes`."""
-    marker = storage.join(output, "_SUCCESS")
+def _marker(uri: str) -> dict[str, Any] | None:
+    if not storage.exists(uri):
+        return None
+    try:
+        found = json.loads(storage.read_text(uri))
+    except (json.JSONDecodeError, FileNotFoundError):
+        return None  # being written, or removed meanwhile: look again at the next poll
+    return found if isinstance(found, dict) else None
+
+
+def wait_for_success(output: str, minutes: int, poll_seconds: float = 10.0, job: str | None = None) -> dict[str, Any]:
+    """Training's `_SUCCESS` marker (JSON) once it exists; ExportError when training wrote `_FAILED` instead,
+    or after `minutes`. With `job` (the submission's name, KUBETUNE_JOB_NAME), markers of other submissions
+    to the same output (an earlier run's) are not taken for this one's."""
+    success, failed = storage.join(output, "_SUCCESS"), storage.join(output, "_FAILED")
     deadline = time.monotonic() + minutes * 60
     announced = False
-    while not storage.exists(marker):
+    while True:
+        for uri in (success, failed):
+            found = _marker(uri)
+            if found is None or (job and found.get("job_name") not in (None, job)):
+                continue
+            if uri == failed:
+                raise ExportError(f"training failed ({found.get('error') or 'see its logs'}): nothing to export; "
+                                  f"{failed} says so")
+            return found
         if time.monotonic() > deadline:
-            raise ExportError(f"no {marker} after {minutes} min: training did not finish (see its logs), or "
+            raise ExportError(f"no {success} after {minutes} min: training did not finish (see its logs), or "
                               "raise export.wait_minutes")
         if not announced:
-            say(f"waiting for {marker}")
+            say(f"waiting for {success}" + (f" of {job}" if job else ""))
             announced = True
         time.sleep(poll_seconds)
-    return json.loads(storage.read_text(marker))
 
 
 class Export:
@@ -59,12 +78,13 @@ class Export:
         self.output = output_uri(spec, base_dir)
         self.work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.gettempdir()) / "kubetune-export" / spec.name
         self.out = self.work / "export"
+        self.imatrix_note = "none"
 
     def run(self) -> int:
         from trainer.export import gguf
 
         self.llama_cpp = gguf.llama_cpp_version()  # fail early when the pinned llama.cpp is missing
-        self.marker = wait_for_success(self.output, self.cfg.wait_minutes)
+        self.marker = wait_for_success(self.output, self.cfg.wait_minutes, job=os.environ.get("KUBETUNE_JOB_NAME"))
         shutil.rmtree(self.work, ignore_errors=True)
         self.out.mkdir(parents=True)
         self.fetch()
@@ -116,23 +136,67 @@ class Export:
             made[q] = gguf.convert(self.merged.path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q,
                                    logs / f"convert-{q}.log")
             say(f"{q}: converted in {made[q].seconds:.1f}s ({made[q].size / 2**20:.1f} MiB)")
+        imatrix = self.importance(made[source].path) if any(q not in made for q in wanted) else None
+        weighted = " with the importance matrix" if imatrix is not None else ""
         for q in wanted:
             if q in made:
                 self.files[q] = made[q]
                 continue
-            self.files[q] = gguf.quantize(made[source].path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q)
-            say(f"{q}: quantized from {source} in {self.files[q].seconds:.1f}s ({self.files[q].size / 2**20:.1f} MiB)")
+            self.files[q] = gguf.quantize(made[source].path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q,
+                                          imatrix=imatrix, log=logs / f"quantize-{q}.log")
+            say(f"{q}: quantized from {source}{weighted} in {self.files[q].seconds:.1f}s "
+                f"({self.files[q].size / 2**20:.1f} MiB)")
         self.adapter_gguf = None
         if self.cfg.adapter_gguf:
             self.adapter_gguf = gguf.convert_adapter(self.adapter_dir, self.merged.path, self.out / "adapter.gguf",
                                                      logs / "convert-adapter.log")
             say(f"adapter GGUF written in {self.adapter_gguf.seconds:.1f}s")
 
+    def importance(self, float_gguf: Path):
+        """The importance matrix the quantizer weighs by (export.imatrix), or None."""
+        from trainer.export import imatrix
+
+        cfg = self.cfg.imatrix
+        self.imatrix_note = "none"
+        if cfg is None:
+            return None
+        if cfg.file:
+            local = storage.fetch(cfg.file, self.work / "inputs" / "imatrix") if storage.is_remote(cfg.file) \
+                else Path(cfg.file) if Path(cfg.file).is_absolute() else self.base_dir / cfg.file
+            found = imatrix.read(local)
+            self.imatrix_note = f"file {cfg.file}"
+            say(f"importance matrix: {len(found)} tensors from {cfg.file}")
+            return found
+        from trainer.data import conversations
+
+        started = time.perf_counter()
+        convs = conversations(self.spec, "train", cfg.conversations, base_dir=self.base_dir)
+        if not convs:
+            raise ExportError("data.train has no usable conversation to compute the importance matrix on")
+        tok = self.merged.tokenizer
+        rows = [tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False).input_ids
+                [: self.spec.data.max_seq_len] for c in convs]
+        found, unmapped = imatrix.compute(self.hf_model(), rows, float_gguf, f"{self.spec.name}: data.train",
+                                          chunk_size=min(512, self.spec.data.max_seq_len))
+        imatrix.write(found, self.out / "imatrix.gguf")
+        tokens = sum(len(r) for r in rows)
+        self.imatrix_note = f"computed on {len(convs)} conversations ({tokens} tokens)"
+        skipped = f"; not in the GGUF: {', '.join(unmapped)}" if unmapped else ""
+        say(f"importance matrix: {len(found)} tensors over {len(convs)} training conversations ({tokens} tokens) in "
+            f"{time.perf_counter() - started:.1f}s{skipped}")
+        return found
+
+    def hf_model(self):
+        """The merged model in float32, loaded once for the importance matrix and the gate."""
+        if getattr(self, "_hf", None) is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            self._hf = AutoModelForCausalLM.from_pretrained(self.merged.path, dtype=torch.float32)
+        return self._hf
+
     # -- the gate ----------------------------------------------------------------------------
     def verify(self):
-        import torch
-        from transformers import AutoModelForCausalLM
-
         from trainer.data import conversations
         from trainer.export import verify
 
@@ -141,9 +205,8 @@ class Export:
         if not golden:
             raise ExportError(f"data.{split} has no usable conversation to verify the export on")
         self.golden = golden
-        model = AutoModelForCausalLM.from_pretrained(self.merged.path, dtype=torch.float32)
-        ref = verify.reference(model, self.merged.tokenizer, golden)
-        del model
+        ref = verify.reference(self.hf_model(), self.merged.tokenizer, golden)
+        self._hf = None
         files = []
         for q, f in self.files.items():
             gate = self.cfg.verify.gate(q)
@@ -189,6 +252,7 @@ class Export:
     def register(self) -> list[Any]:
         from trainer.export import register
         from trainer.export.gguf import sha256
+        from trainer.export.quants import QUANTS
 
         reg = self.cfg.register
         if reg is None:
@@ -208,6 +272,7 @@ class Export:
             items.append(register.Item(q, self.gguf_dirs[q], sha256(f.path), {
                 "kubetune.quant": q, "kubetune.file": f.path.name, "kubetune.verify.passed": str(r.passed).lower(),
                 "kubetune.verify.top1": f"{r.top1:.4f}", "kubetune.verify.kl": f"{r.kl:.6f}",
+                **({"kubetune.imatrix": self.imatrix_note} if QUANTS[q].step == "quantize" else {}),
             }))
         done = [registry.register(item, lineage) for item in items]
         for d in done:
@@ -224,6 +289,7 @@ class Export:
         if self.cfg.register is not None and self.cfg.register.register_merged and passed:
             shutil.copytree(self.merged.path, self.out / "merged")
         target = storage.join(self.output, "export")
+        storage.remove_tree(target)  # a re-export replaces the last one: no stale GGUFs of other types stay
         storage.publish_dir(self.out, target)
         marker = {"passed": passed, "run_id": self.marker.get("run_id"), "llama_cpp": self.llama_cpp,
                   "files": {q: f.path.name for q, f in self.files.items()},
@@ -263,6 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer.quiet import quiet_libraries
+
+    quiet_libraries()
     args = parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)

@@ -40,6 +40,20 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
+kubetune.dev/job: {{ include "kubetune.specName" . | quote }}
+kubetune.dev/submission: {{ include "kubetune.fullname" . | quote }}
+{{- with .Values.job.matrixGroup }}
+kubetune.dev/matrix: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The spec's `name` (the `kubetune.dev/job` label that groups the submissions of one spec):
+`job.specName` (launch sets it), else read from the spec itself.
+*/}}
+{{- define "kubetune.specName" -}}
+{{- $fromSpec := (fromYaml (.Values.spec | default "")).name | default "" | toString }}
+{{- default $fromSpec .Values.job.specName | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{/*
@@ -65,7 +79,20 @@ Create the name of the service account to use
 Address of the rank-0 pod: `<job>-0.<service>` (Indexed Job hostname + pod subdomain).
 */}}
 {{- define "kubetune.masterAddr" -}}
-{{- printf "%s-0.%s" (include "kubetune.fullname" .) (include "kubetune.fullname" .) }}
+{{- $fullname := include "kubetune.fullname" . }}
+{{- if .Values.jobset.enabled }}
+{{- /* JobSet names pod i `<jobset>-<replicatedJob>-<job index>-<i>` in the subdomain `<jobset>` */}}
+{{- printf "%s-%s-0-0.%s" $fullname (include "kubetune.jobsetReplicatedJob" .) $fullname }}
+{{- else }}
+{{- printf "%s-0.%s" $fullname $fullname }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the JobSet's one replicated Job (its pods are `<jobset>-node-0-<rank>`).
+*/}}
+{{- define "kubetune.jobsetReplicatedJob" -}}
+node
 {{- end }}
 
 {{/*

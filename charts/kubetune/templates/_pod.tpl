@@ -1,0 +1,116 @@
+{{/*
+What every pod of the chart shares: the Pod Security Standards "restricted" contexts, and
+placement (GPU node affinity, tolerations, the scheduler) merged with the platform's values.
+*/}}
+
+{{/*
+Pod securityContext ("restricted": runAsNonRoot, seccomp RuntimeDefault or Localhost).
+values.schema.json refuses values that break the profile, so this renders them as given.
+*/}}
+{{- define "kubetune.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext }}
+{{- end }}
+
+{{/*
+Container securityContext of every container, init containers included ("restricted": no
+privilege escalation, all capabilities dropped; the root filesystem read-only by default).
+*/}}
+{{- define "kubetune.containerSecurityContext" -}}
+{{- toYaml .Values.securityContext }}
+{{- end }}
+
+{{/*
+True ("true") when the training pods ask for GPUs.
+*/}}
+{{- define "kubetune.gpu" -}}
+{{- if ne .Values.gpu.type "none" }}true{{ end }}
+{{- end }}
+
+{{/*
+Node affinity of the training pods: the platform's `affinity`, with the GPU product term
+(`gpu.productLabel` In `gpu.products.<type>`) added to EVERY required node selector term, so
+that each alternative the platform allows is also of the requested GPU type.
+*/}}
+{{- define "kubetune.trainingAffinity" -}}
+{{- $affinity := deepCopy (.Values.affinity | default dict) }}
+{{- $type := .Values.gpu.type }}
+{{- if or (eq $type "h100") (eq $type "a100") }}
+{{- $products := index (.Values.gpu.products | default dict) $type | default list }}
+{{- if not $products }}
+{{- fail (printf "gpu.products.%s is empty: list the %s values of your %s nodes (kubectl get nodes -L %s)" $type .Values.gpu.productLabel (upper $type) .Values.gpu.productLabel) }}
+{{- end }}
+{{- $term := dict "key" .Values.gpu.productLabel "operator" "In" "values" $products }}
+{{- $node := $affinity.nodeAffinity | default dict }}
+{{- $required := $node.requiredDuringSchedulingIgnoredDuringExecution | default dict }}
+{{- $terms := $required.nodeSelectorTerms | default (list dict) }}
+{{- $merged := list }}
+{{- range $terms }}
+{{- $t := deepCopy . }}
+{{- $_ := set $t "matchExpressions" (append ($t.matchExpressions | default list) $term) }}
+{{- $merged = append $merged $t }}
+{{- end }}
+{{- $_ := set $required "nodeSelectorTerms" $merged }}
+{{- $_ = set $node "requiredDuringSchedulingIgnoredDuringExecution" $required }}
+{{- $_ = set $affinity "nodeAffinity" $node }}
+{{- end }}
+{{- if $affinity }}
+{{- toYaml $affinity }}
+{{- end }}
+{{- end }}
+
+{{/*
+Tolerations of the training pods: `gpu.tolerations` for a GPU job, then the platform's
+`tolerations` (an entry equal to one of ours is not repeated).
+*/}}
+{{- define "kubetune.trainingTolerations" -}}
+{{- $all := list }}
+{{- if include "kubetune.gpu" . }}
+{{- $all = concat $all (.Values.gpu.tolerations | default list) }}
+{{- end }}
+{{- range .Values.tolerations }}
+{{- if not (has . $all) }}
+{{- $all = append $all . }}
+{{- end }}
+{{- end }}
+{{- if $all }}
+{{- toYaml $all }}
+{{- end }}
+{{- end }}
+
+{{/*
+Scheduling fields of a pod spec, shared by all pods: scheduler, priority, node selector.
+*/}}
+{{- define "kubetune.podScheduling" -}}
+{{- with .Values.scheduling.schedulerName }}
+schedulerName: {{ . }}
+{{- end }}
+{{- with .Values.scheduling.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of a Job (or JobSet) object beyond the common ones: the Kueue queue.
+*/}}
+{{- define "kubetune.queueLabels" -}}
+{{- with .Values.scheduling.queueName }}
+kueue.x-k8s.io/queue-name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod annotations from scheduling values: the Volcano queue.
+*/}}
+{{- define "kubetune.schedulingPodAnnotations" -}}
+{{- $volcano := .Values.scheduling.volcano | default dict }}
+{{- if and $volcano.queue (ne .Values.scheduling.schedulerName "volcano") }}
+{{- fail (printf "scheduling.volcano.queue is %q but scheduling.schedulerName is %q: Volcano only reads it for pods it schedules; set scheduling.schedulerName: volcano, or remove the queue" $volcano.queue .Values.scheduling.schedulerName) }}
+{{- end }}
+{{- with $volcano.queue }}
+scheduling.volcano.sh/queue-name: {{ . }}
+{{- end }}
+{{- end }}

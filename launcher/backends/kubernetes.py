@@ -1,0 +1,185 @@
+"""The `kubernetes` backend: the API calls `launch` makes, through the official client.
+
+Objects go in and come out as plain dicts in the API's own camelCase (what `helm template`
+renders and `kubectl get -o json` shows): responses are read with `_preload_content=False`
+and parsed as JSON, so nothing is lost to, or reshaped by, the client's models. Every call
+goes through `Cluster._call`, which turns failures into one-line UserErrors (kube_errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.backends.kube_errors import ApiError, Call, api_error, body_error, connection_error
+from launcher.backends.kubeconfig import Target
+
+TIMEOUT = (10, 60)  # seconds: connect, read (log streams: no read timeout)
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    api_version: str
+    plural: str
+    method: str  # the typed API's name for it (`config_map`); "" for a custom resource
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    @property
+    def resource(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+KINDS = {
+    k.kind: k
+    for k in (
+        Kind("ServiceAccount", "v1", "serviceaccounts", "service_account"),
+        Kind("Secret", "v1", "secrets", "secret"),
+        Kind("ConfigMap", "v1", "configmaps", "config_map"),
+        Kind("Service", "v1", "services", "service"),
+        Kind("Pod", "v1", "pods", "pod"),
+        Kind("Job", "batch/v1", "jobs", "job"),
+        Kind("JobSet", "jobset.x-k8s.io/v1alpha2", "jobsets", ""),
+    )
+}
+
+
+POD_LOG = Kind("Pod", "v1", "pods/log", "pod")  # the log subresource, as RBAC names it
+
+
+def kind_of(kind: str) -> Kind:
+    return KINDS[kind]
+
+
+class Cluster:
+    """One namespace of one cluster, as the kubeconfig context (or the pod's ServiceAccount) sees it."""
+
+    def __init__(self, target: Target):
+        from kubernetes import client
+
+        self.target = target
+        self.namespace = target.namespace
+        self.core = client.CoreV1Api(target.api)
+        self.batch = client.BatchV1Api(target.api)
+        self.custom = client.CustomObjectsApi(target.api)
+
+    def _what(self, verb: str, kind: Kind, name: str | None = None, all_namespaces: bool = False) -> Call:
+        ns = "(all namespaces)" if all_namespaces else self.namespace
+        return Call(verb, kind.resource, ns, name, self.target.server, self.target.context)
+
+    def _call(self, call: Call, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run one API call: the raw urllib3 response, or a UserError naming the object and the cause."""
+        import urllib3
+        from kubernetes.client.exceptions import ApiException
+        from pydantic import ValidationError
+
+        kw.setdefault("_request_timeout", TIMEOUT)
+        try:
+            return fn(*args, _preload_content=False, **kw)
+        except ApiException as e:
+            raise api_error(e.status or 0, e.reason or "", e.body, call) from None
+        except ValidationError as e:
+            raise body_error(e, call) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise connection_error(e, call) from None
+
+    def _json(self, call: Call, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        data = self._call(call, fn, *args, **kw).data
+        return json.loads(data) if data else {}
+
+    def _typed(self, kind: Kind, verb: str) -> Callable[..., Any]:
+        api = self.batch if kind.group == "batch" else self.core
+        return getattr(api, f"{verb}_namespaced_{kind.method}")
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        kind = kind_of(body["kind"])
+        call = self._what("create", kind, body["metadata"]["name"])
+        if kind.method:
+            return self._json(call, self._typed(kind, "create"), self.namespace, body)
+        fn = self.custom.create_namespaced_custom_object
+        return self._json(call, fn, kind.group, kind.version, self.namespace, kind.plural, body)
+
+    def get(self, kind_name: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        kind = kind_of(kind_name)
+        call = self._what("get", kind, name)
+        try:
+            if kind.method:
+                return self._json(call, self._typed(kind, "read"), name, self.namespace)
+            fn = self.custom.get_namespaced_custom_object
+            return self._json(call, fn, kind.group, kind.version, self.namespace, kind.plural, name)
+        except ApiError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def list(self, kind_name: str, selector: str = "", all_namespaces: bool = False) -> list[dict[str, Any]]:
+        """Objects matching the label selector, in this namespace or in all; a custom kind whose CRD is missing: []."""
+        kind = kind_of(kind_name)
+        call = self._what("list", kind, all_namespaces=all_namespaces)
+        api = self.batch if kind.group == "batch" else self.core
+        if kind.method and all_namespaces:
+            fn, args = getattr(api, f"list_{kind.method}_for_all_namespaces"), ()
+        elif kind.method:
+            fn, args = self._typed(kind, "list"), (self.namespace,)
+        elif all_namespaces:
+            fn, args = self.custom.list_cluster_custom_object, (kind.group, kind.version, kind.plural)
+        else:
+            fn = self.custom.list_namespaced_custom_object
+            args = (kind.group, kind.version, self.namespace, kind.plural)
+        try:
+            return self._json(call, fn, *args, label_selector=selector)["items"]
+        except ApiError as e:
+            if e.code == 404 and not kind.method:
+                return []
+            raise
+
+    def patch(self, kind_name: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        kind = kind_of(kind_name)
+        call = self._what("patch", kind, name)
+        if kind.method:  # a dict body goes as a strategic merge patch
+            return self._json(call, self._typed(kind, "patch"), name, self.namespace, patch)
+        fn = self.custom.patch_namespaced_custom_object
+        return self._json(call, fn, kind.group, kind.version, self.namespace, kind.plural, name, patch,
+                          _content_type="application/merge-patch+json")  # custom resources take no strategic merge
+
+    def delete(self, kind_name: str, name: str, propagation: str = "Foreground") -> bool:
+        """Delete it and (Foreground, Background) what it owns; False when it did not exist."""
+        kind = kind_of(kind_name)
+        call = self._what("delete", kind, name)
+        if kind.method:
+            fn, args = self._typed(kind, "delete"), (name, self.namespace)
+        else:
+            fn = self.custom.delete_namespaced_custom_object
+            args = (kind.group, kind.version, self.namespace, kind.plural, name)
+        try:
+            self._call(call, fn, *args, propagation_policy=propagation)
+        except ApiError as e:
+            if e.code == 404:
+                return False
+            raise
+        return True
+
+    def log(self, pod: str, container: str, follow: bool = False, tail: int | None = None) -> Iterator[str]:
+        """The container's log as text chunks; with `follow`, until the container ends."""
+        import urllib3
+
+        call = self._what("get", POD_LOG, pod)
+        resp = self._call(call, self.core.read_namespaced_pod_log, pod, self.namespace, container=container,
+                          follow=follow, tail_lines=tail, _request_timeout=None if follow else TIMEOUT)
+        try:
+            for chunk in resp.stream(decode_content=True):
+                yield chunk.decode("utf-8", errors="replace")
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise connection_error(e, call) from None
+        finally:
+            resp.release_conn()

@@ -1,0 +1,160 @@
+"""Running a planned local Job: the pods' processes (init containers first), their logs, and stopping them.
+
+Logs stream prefixed with the rank (`[rank 1]`, `[rank 1 preflight]` for an init container). The
+first process that fails stops the others (SIGTERM to each process group, SIGKILL after a grace
+period); SIGINT / SIGTERM are forwarded the same way. `launcher.backends.local.plan` makes the pods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from launcher.backends.local import ERROR_MARK, PodProcess, process_env
+from launcher.errors import UserError
+
+
+@dataclass
+class Outcome:
+    codes: list[int | None]
+    first_failure: int | None  # rank of the first pod that exited non-zero
+    signal: int | None  # the signal that stopped the run, if any
+    stopped: list[int] = field(default_factory=list)  # ranks still running when the run was stopped
+    errors: dict[int, str] = field(default_factory=dict)  # rank -> its last `[kubetune] error:` line
+    label: str = "rank"  # how the pods are named in logs and messages: `rank 0`, or `export`
+    container: str = ""  # the init container the outcome is about; empty: the pods' own container
+
+    def who(self, rank: int) -> str:
+        pod = f"rank {rank}" if self.label == "rank" else self.label
+        return f"{pod} (init container {self.container})" if self.container else pod
+
+    @property
+    def ok(self) -> bool:
+        return self.first_failure is None and self.signal is None and all(c == 0 for c in self.codes)
+
+
+class LocalRun:
+    """Starts the pods' processes (init containers first), streams their logs, stops them all when one fails."""
+
+    def __init__(
+        self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank"
+    ):
+        self.pods = pods
+        self.label = label
+        self.out = out or sys.stdout
+        self.grace = grace
+        self.procs: list[subprocess.Popen[bytes]] = []  # those of the current phase
+        self._lock = threading.Lock()
+        self._signal: int | None = None
+        self.errors: dict[int, str] = {}
+
+    def _start(self, pod: PodProcess) -> subprocess.Popen[bytes]:
+        env = process_env(pod)
+        exe = shutil.which(pod.argv[0], path=env["PATH"])
+        if exe is None:
+            raise UserError(
+                f"pod {pod.rank}: `{pod.argv[0]}` is not installed here; install the trainer: pip install -e '.[trainer]'"
+            )
+        return subprocess.Popen(
+            [exe, *pod.argv[1:]],
+            env=env,
+            cwd=pod.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _pump(self, pod: PodProcess, stream: IO[bytes]) -> None:
+        prefix = f"rank {pod.rank}" if self.label == "rank" else self.label
+        prefix = f"{prefix} {pod.container}" if pod.container else prefix
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
+                self.errors[pod.rank] = line[mark.end():].strip()
+            with self._lock:
+                self.out.write(f"[{prefix}] {line}\n")
+                self.out.flush()
+        stream.close()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._signal = signum
+
+    def _signal_all(self, signum: int) -> None:
+        """Signal each pod's whole process group: accelerate's workers too, even if the launcher is gone."""
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signum)
+
+    def _stop(self, signum: int) -> None:
+        self._signal_all(signum)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            time.sleep(0.05)
+        self._signal_all(signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait()
+
+    def phases(self) -> list[list[PodProcess]]:
+        """The i-th init container of every pod, for each i, then the pods' containers."""
+        depth = max((len(pod.init) for pod in self.pods), default=0)
+        return [[pod.init[i] for pod in self.pods if i < len(pod.init)] for i in range(depth)] + [self.pods]
+
+    def run(self) -> Outcome:
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for phase in self.phases():
+                outcome = self._run_phase(phase)
+                if not outcome.ok:
+                    break
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return outcome
+
+    def _run_phase(self, processes: list[PodProcess]) -> Outcome:
+        """Runs one process per pod until all succeed, one fails (the others are stopped) or a signal comes."""
+        self.procs, self.errors = [], {}
+        pumps: list[threading.Thread] = []
+        first_failure: int | None = None
+        stopped: list[int] = []
+        try:
+            for pod in processes:
+                if self._signal is not None:
+                    break
+                proc = self._start(pod)
+                self.procs.append(proc)
+                assert proc.stdout is not None
+                pump = threading.Thread(target=self._pump, args=(pod, proc.stdout), daemon=True)
+                pump.start()
+                pumps.append(pump)
+            while True:
+                codes = [p.poll() for p in self.procs]
+                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+                if failed and first_failure is None:
+                    first_failure = processes[failed[0]].rank
+                if failed or self._signal is not None:
+                    stopped = [pod.rank for pod, c in zip(processes, codes, strict=False) if c is None]
+                    self._stop(self._signal or signal.SIGTERM)
+                    break
+                if all(c == 0 for c in codes):
+                    break
+                time.sleep(0.1)
+        finally:
+            if any(p.poll() is None for p in self.procs):
+                self._stop(signal.SIGTERM)
+        for pump in pumps:
+            pump.join(timeout=5)
+        codes = [p.returncode for p in self.procs]
+        container = processes[0].container if processes else ""
+        return Outcome(codes, first_failure, self._signal, stopped, dict(self.errors), self.label, container)

@@ -1,0 +1,200 @@
+"""`launch list | status | logs | cancel`: submissions in a cluster, and the cluster half of `submit`.
+
+Cluster and namespace are found like kubectl finds them (launcher/backends/kubeconfig.py):
+`--kubeconfig`, `--context`, `-n`. Kept light: click at import, the kubernetes client only
+inside the commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launcher.errors import PodFailed, UserError
+from launcher.output import Say, emit, output_option
+
+
+def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--kubeconfig", metavar="FILE", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).")(f)
+    return click.option("--context", metavar="NAME", help="kubeconfig context (default: the current context).")(f)
+
+
+def namespace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-n", "--namespace", metavar="NS",
+        help="Kubernetes namespace (default: the kubeconfig context's namespace, else `default`; "
+        "`render` and `submit --dry-run` use `default`).",
+    )(f)
+
+
+def mlflow_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--mlflow-uri", metavar="URL",
+        help="Reach the job's MLflow server here instead of at the spec's tracking.mlflow_uri (e.g. a port-forward).",
+    )(f)
+
+
+def _cluster(context: str | None, kubeconfig: str | None, namespace: str | None) -> Any:
+    from launcher.backends.kubeconfig import connect
+    from launcher.backends.kubernetes import Cluster
+
+    return Cluster(connect(context, kubeconfig, namespace))
+
+
+def submit_to_cluster(
+    subs: list[Any], values_files: tuple[Path, ...], *, context: str | None, kubeconfig: str | None,
+    namespace: str | None, wait: bool, output: str, mlflow_uri: str | None,
+) -> None:
+    """The cluster branch of `launch submit`: plan and create every job (a matrix spec has several), then with
+    --wait follow each to its end (exit 1 when one failed). `-o json|yaml` prints one object per job (a list
+    for a matrix)."""
+    from launcher import client
+    from launcher.backends.kubeconfig import connect
+    from launcher.backends.kubernetes import Cluster
+
+    say = Say(output)
+    target = connect(context, kubeconfig, namespace)
+    kube = Cluster(target)
+    ns = target.namespace
+    created = {}
+    for sub in subs:
+        created[sub.name] = client.submit_cluster(sub, target, values_files, say)
+        say(f"submitted {sub.name} to namespace {ns}: `launch status {sub.name} -n {ns}`, "
+            f"`launch logs {sub.name} -f -n {ns}`")
+    results = [_follow(kube, target, sub, created[sub.name], say, wait, mlflow_uri) for sub in subs]
+    if output != "table":
+        emit(results[0] if len(results) == 1 else results, output, [])
+    failed = [r["name"] for r in results if r.get("status") == "failed"]
+    if failed:
+        raise PodFailed(f"job {', '.join(f'{ns}/{name}' for name in failed)} failed" if len(failed) == 1
+                        else f"{len(failed)} of {len(subs)} jobs failed: {', '.join(failed)}")
+
+
+def _follow(kube: Any, target: Any, sub: Any, created: list[Any], say: Say, wait: bool,
+            mlflow_uri: str | None) -> dict[str, Any]:
+    """One submitted job's result: as it is now, or (--wait) once it has ended."""
+    from launcher import cluster
+    from launcher.status import gather
+
+    ns = target.namespace
+    tracking = cluster.Tracking.of(sub.spec, mlflow_uri)
+    if not wait:
+        data = cluster.result(gather(kube, sub.name), target, None, None)
+        data["objects"] = [{"kind": c.kind, "name": c.name, "note": c.note} for c in created]
+        return data
+    snap = cluster.follow(kube, sub.name, say, tracking)
+    found, note = tracking.progress(sub.name)
+    if snap.status == "failed":
+        for line in cluster.diagnosis(kube, snap):
+            say(line)
+    if found:
+        say(f"MLflow run {found.run_id} ({found.tracking_uri}): {cluster.progress_line(found)}")
+        if found.registered_model:
+            say(f"registered: {found.registered_model}")
+    elif note:
+        say(f"MLflow: {note}")
+    data = cluster.result(snap, target, found, note)
+    data["objects"] = [{"kind": c.kind, "name": c.name, "note": c.note} for c in created]
+    if snap.status != "failed":
+        say(f"job {ns}/{sub.name} succeeded")
+    return data
+
+
+@click.command("list")
+@cluster_options
+@namespace_option
+@click.option("-A", "--all-namespaces", is_flag=True, help="Submissions in every namespace.")
+@output_option
+def list_jobs(context: str | None, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
+              output: str) -> None:
+    """Kubetune submissions, grouped by spec (or matrix), newest first."""
+    from launcher import views
+
+    kube = _cluster(context, kubeconfig, namespace)
+    groups = views.groups(kube, all_namespaces)
+    emit({"groups": groups}, output, views.list_table(groups, all_namespaces, kube.namespace))
+
+
+@click.command()
+@click.argument("name")
+@cluster_options
+@namespace_option
+@mlflow_option
+@output_option
+def status(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, mlflow_uri: str | None,
+           output: str) -> None:
+    """Where submission NAME is: per-rank pods (phase, restarts, node, last termination), export, MLflow progress."""
+    from launcher import cluster, views
+    from launcher.status import gather
+
+    kube = _cluster(context, kubeconfig, namespace)
+    snap = gather(kube, name)
+    try:
+        tracking = cluster.Tracking.of(cluster.spec_of(kube, name), mlflow_uri)
+        found, note = tracking.progress(name)
+    except UserError as e:
+        found, note = None, e.message
+    data = cluster.result(snap, kube.target, found, note)
+    emit(data, output, views.status_table(snap, found, note))
+
+
+@click.command()
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the container ends (waits for it to start).")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="The training pod of this rank (default 0).")
+@click.option("--export", "export", is_flag=True, help="The export Job's pod instead of a training rank.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+@cluster_options
+@namespace_option
+def logs(name: str, follow: bool, rank: int | None, export: bool, tail: int | None, context: str | None,
+         kubeconfig: str | None, namespace: str | None) -> None:
+    """The log of submission NAME's rank-0 pod (or --rank N, or --export)."""
+    from launcher.cluster import poll_seconds
+    from launcher.status import main_container, pod, pod_for
+
+    if export and rank is not None:
+        raise UserError("--rank and --export: pick one (the export Job has a single pod)")
+    kube = _cluster(context, kubeconfig, namespace)
+    obj = pod_for(kube, name, "export" if export else "training", rank or 0)
+    waiting = False
+    while obj["status"].get("phase") == "Pending":
+        why = pod(obj).reason or "Pending"
+        if not follow:
+            flags = " --export" if export else f" --rank {rank}" if rank else ""
+            raise UserError(f"pod {kube.namespace}/{obj['metadata']['name']} has not started ({why}): no log yet; "
+                            f"`launch logs {name}{flags} -f` waits for it")
+        if not waiting:
+            click.echo(f"waiting for pod {obj['metadata']['name']} to start ({why}) ...", err=True)
+            waiting = True
+        time.sleep(poll_seconds())
+        obj = kube.get("Pod", obj["metadata"]["name"]) or obj
+    for chunk in kube.log(obj["metadata"]["name"], main_container(obj), follow=follow, tail=tail):
+        click.echo(chunk, nl=False)
+
+
+@click.command()
+@click.argument("name")
+@cluster_options
+@namespace_option
+@output_option
+def cancel(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, output: str) -> None:
+    """Delete submission NAME: its Job(s), and with them their pods, ConfigMap, Service and Secret."""
+    from launcher.status import workload
+
+    kube = _cluster(context, kubeconfig, namespace)
+    owner = workload(kube, name)
+    deleted = []
+    if kube.delete("Job", f"{name}-export", propagation="Foreground"):
+        deleted.append({"kind": "Job", "name": f"{name}-export"})
+    if kube.delete(owner["kind"], name, propagation="Foreground"):
+        deleted.append({"kind": owner["kind"], "name": name})
+    what = ", ".join(f"{d['kind']} {kube.namespace}/{d['name']}" for d in deleted)
+    emit({"name": name, "namespace": kube.namespace, "status": "cancelled", "deleted": deleted}, output,
+         [f"cancelled {name}: deleted {what}, with their pods and the objects they own"])
+
+
+COMMANDS = (list_jobs, status, logs, cancel)

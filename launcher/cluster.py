@@ -1,0 +1,217 @@
+"""`launch` against a cluster, above the API calls: the plan printed before submitting, following a
+job to its end (`--wait`), the failure diagnosis, and where its MLflow run is.
+
+Polling, every KUBETUNE_POLL_SECONDS (default 5): a line for each change of a pod's phase or
+reason and of the job's state, and every PROGRESS_EVERY polls a training progress line from MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from launcher.errors import PodFailed, UserError
+from launcher.status import QUEUE, Snapshot, gather, labels, main_container
+from launcher.tracking_rest import Progress, TrackingUnreachable, progress
+
+if TYPE_CHECKING:
+    from launcher.backends.kubeconfig import Target
+    from launcher.backends.kubernetes import Cluster
+    from launcher.client import Submission
+    from trainer.spec import JobSpec
+
+POLL_SECONDS = 5.0
+PROGRESS_EVERY = 6
+LOG_TAIL = 200  # lines of a failed pod's log searched for the trainer's own diagnosis
+SHOWN_LOG_LINES = 10
+
+
+def poll_seconds() -> float:
+    raw = os.environ.get("KUBETUNE_POLL_SECONDS")
+    if raw is None:
+        return POLL_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise UserError(f"KUBETUNE_POLL_SECONDS={raw!r}: seconds between status polls, a number above 0")
+    return value
+
+
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    spec = workload["spec"]
+    if workload["kind"] == "JobSet":
+        spec = spec["replicatedJobs"][0]["template"]["spec"]
+    return spec["template"]
+
+
+def plan_lines(sub: Submission, manifests: list[dict[str, Any]], target: Target) -> list[str]:
+    from launcher.backends.kube_submit import owner_of
+
+    spec, res = sub.spec, sub.spec.resources
+    owner = owner_of(manifests, sub.name)
+    template = pod_template(owner)
+    image = next(c["image"] for c in template["spec"]["containers"] if c["name"] == main_container(template))
+    gpus = "none (CPU only)" if res.gpu == "none" else (
+        f"{res.gpu} x {res.gpus_per_node} per node x {res.nodes} node(s) = {res.gpus_per_node * res.nodes}")
+    queue = labels(owner).get(QUEUE)
+    export = next((m for m in manifests if m["kind"] == "Job" and m["metadata"]["name"] == f"{sub.name}-export"), None)
+    return [
+        f"plan for {sub.name} (spec {spec.name}):",
+        f"  GPUs:       {gpus}",
+        f"  strategy:   {spec.training.strategy}",
+        f"  nodes:      {res.nodes} pod(s) of {owner['kind']} {sub.name}, {res.processes_per_node} process(es) each",
+        f"  queue:      {queue + ' (Kueue LocalQueue)' if queue else 'none: starts when the scheduler places the pods'}",
+        f"  namespace:  {target.namespace} (context {target.context}, {target.server})",
+        f"  image:      {image}",
+        f"  export:     {'Job ' + export['metadata']['name'] if export else 'none (no export section in the spec)'}",
+    ]
+
+
+@dataclass
+class Tracking:
+    """Where a submission's MLflow run is: its spec's tracking server (or --mlflow-uri), experiment, length."""
+
+    uri: str | None
+    experiment: str
+    max_steps: int | None
+    epochs: float | None
+    output: str | None
+
+    @classmethod
+    def of(cls, spec: JobSpec, override: str | None = None) -> Tracking:
+        t = spec.training
+        return cls(override or spec.tracking.mlflow_uri, spec.experiment, t.max_steps, t.epochs, spec.output.uri)
+
+    def progress(self, run_name: str) -> tuple[Progress | None, str | None]:
+        """(progress, None), or (None, why there is none) in one line."""
+        if not self.uri:
+            return None, (f"no tracking.mlflow_uri in the spec: the pods keep the run in a local store, copied to "
+                          f"{(self.output or '<output.uri>').rstrip('/')}/mlflow when training ends")
+        try:
+            found = progress(self.uri, self.experiment, run_name, self.max_steps, self.epochs)
+        except TrackingUnreachable as e:
+            return None, f"{e}; pass --mlflow-uri (e.g. through `kubectl port-forward`)"
+        return found, None if found else f"no MLflow run {run_name} in experiment {self.experiment} yet"
+
+
+def spec_of(cluster: Cluster, name: str) -> JobSpec:
+    """The resolved spec the pods read (the `spec.yaml` key of the submission's ConfigMap)."""
+    from pydantic import ValidationError
+
+    from trainer.spec import JobSpec
+
+    cm = cluster.get("ConfigMap", name)
+    if cm is None or "spec.yaml" not in (cm.get("data") or {}):
+        raise UserError(f"configmaps {cluster.namespace}/{name}: missing, or without spec.yaml")
+    try:
+        return JobSpec.model_validate(yaml.safe_load(cm["data"]["spec.yaml"]))
+    except (ValidationError, yaml.YAMLError) as e:
+        raise UserError(f"configmaps {cluster.namespace}/{name}: its spec.yaml is not a spec this launch reads: "
+                        f"{str(e).splitlines()[0]}") from None
+
+
+def progress_line(p: Progress) -> str:
+    from launcher.status import duration
+
+    parts = []
+    if p.done is not None and p.total:
+        done = f"{int(p.done)}" if p.unit == "steps" else f"{p.done:.2f}"
+        parts.append(f"{p.unit[:-1]} {done}/{p.total:g} ({100 * (p.fraction or 0):.0f}%)")
+    m = p.metrics
+    for key, label, fmt in (("loss", "loss", ".4f"), ("eval_loss", "eval loss", ".4f"),
+                            ("learning_rate", "lr", ".2e"), ("tokens_per_second", "tokens/s", ",.0f")):
+        if key in m:
+            parts.append(f"{label} {m[key]:{fmt}}")
+    if p.eta_seconds is not None:
+        parts.append(f"ETA {duration(p.eta_seconds)}")
+    return ", ".join(parts) or f"run {p.run_id}: no metrics yet"
+
+
+def _describe(snap: Snapshot) -> dict[str, str]:
+    seen = {"job": f"job {snap.name}: {snap.status}"}
+    for p in snap.pods:
+        who = f"rank {p.rank}" if p.component == "training" else p.component
+        seen[p.name] = f"{who} ({p.name}): {p.phase}" + (f" on {p.node}" if p.node != "-" else "") + (
+            f": {p.reason}" if p.reason else "")
+    return seen
+
+
+def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tracking | None) -> Snapshot:
+    """Poll until the submission succeeded or failed, saying what changes; Ctrl-C leaves it running."""
+    interval, seen, polls, last_progress = poll_seconds(), {}, 0, ""
+    try:
+        while True:
+            snap = gather(cluster, name)
+            now = _describe(snap)
+            for key, line in now.items():
+                if seen.get(key) != line:
+                    say(line)
+            seen = now
+            if snap.done:
+                return snap
+            if tracking and snap.training == "running" and polls % PROGRESS_EVERY == 0:
+                found, _ = tracking.progress(name)
+                line = progress_line(found) if found else ""
+                if line and line != last_progress:
+                    say(f"training: {line}")
+                    last_progress = line
+            polls += 1
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        ns = cluster.namespace
+        raise PodFailed(f"stopped waiting; job {ns}/{name} keeps running: `launch status {name} -n {ns}`, "
+                        f"`launch logs {name} -f -n {ns}`, `launch cancel {name} -n {ns}`", exit_code=130) from None
+
+
+def diagnosis(cluster: Cluster, snap: Snapshot) -> list[str]:
+    """For a failed submission: each failed pod's reason and its own `[kubetune] error:` lines (or its log's end)."""
+    from launcher.backends.local import ERROR_MARK
+
+    lines = []
+    for p in snap.pods:
+        if p.phase != "Failed":
+            continue
+        who = f"rank {p.rank}" if p.component == "training" else p.component
+        lines.append(f"{who} ({p.name}) failed: {p.reason or 'no reason given'}")
+        obj = cluster.get("Pod", p.name)
+        if obj is None:
+            continue
+        try:
+            text = "".join(cluster.log(p.name, main_container(obj), tail=LOG_TAIL))
+        except UserError as e:
+            lines.append(f"  (no log: {e.message})")
+            continue
+        errors = [line[m.end():].strip() for line in text.splitlines() if (m := ERROR_MARK.search(line))]
+        shown = errors or text.splitlines()[-SHOWN_LOG_LINES:]
+        lines += [f"  {line}" for line in shown]
+        flag = "--export" if p.component == "export" else f"--rank {p.rank}"
+        lines.append(f"  the whole log: launch logs {snap.name} {flag} -n {snap.namespace}")
+    if snap.training == "failed" and snap.export not in (None, "succeeded", "failed"):
+        lines.append(f"the export Job waits for training's _SUCCESS marker until its deadline: "
+                     f"`launch cancel {snap.name} -n {snap.namespace}` stops it")
+    return lines
+
+
+def result(snap: Snapshot, target: Target, found: Progress | None, note: str | None) -> dict[str, Any]:
+    """The one document `-o json|yaml` prints; `name namespace status mlflow_run_id registered_model` are a contract
+    (the GitHub Actions workflow reads them)."""
+    data = {"name": snap.name, "namespace": snap.namespace, "status": snap.status,
+            "mlflow_run_id": found.run_id if found else None,
+            "registered_model": found.registered_model if found else None,
+            "context": target.context, "spec_name": snap.spec_name, "training": snap.training,
+            "export": snap.export, "completions": snap.completions}
+    if found:
+        data["mlflow"] = {"tracking_uri": found.tracking_uri, "run_status": found.run_status,
+                          "metrics": found.metrics, "progress": found.fraction, "eta_seconds": found.eta_seconds,
+                          "registered_versions": found.registered}
+    elif note:
+        data["mlflow"] = {"unavailable": note}
+    data["pods"] = snap.to_dict()["pods"]
+    return data

@@ -1,0 +1,231 @@
+"""What a submission looks like in the cluster: its state, its pods rank by rank, its export Job.
+
+Plain functions over the API's own dicts (what `kubectl get -o json` shows). A submission is the
+training Job named after it (or a JobSet, when the chart rendered one), an optional `<name>-export`
+Job, and their pods, all labelled `kubetune.dev/submission=<name>` by the chart. States, the same
+words in tables and in JSON: pending, queued (suspended by Kueue), suspended, running, succeeded,
+failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from launcher.backends.kube_errors import ApiError
+from launcher.errors import UserError
+
+if TYPE_CHECKING:
+    from launcher.backends.kubernetes import Cluster
+
+PART_OF = "app.kubernetes.io/part-of=kubetune"
+SUBMISSION = "kubetune.dev/submission"
+SPEC_NAME = "kubetune.dev/job"
+MATRIX = "kubetune.dev/matrix"
+COMPONENT = "app.kubernetes.io/component"
+QUEUE = "kueue.x-k8s.io/queue-name"
+INDEX = "batch.kubernetes.io/job-completion-index"
+DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
+DONE = ("succeeded", "failed")
+
+
+def labels(obj: dict[str, Any]) -> dict[str, str]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def state(obj: dict[str, Any]) -> str:
+    """The state of a Job or a JobSet."""
+    status = obj.get("status") or {}
+    true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if true & {"Complete", "Completed"}:
+        return "succeeded"
+    if "Failed" in true:
+        return "failed"
+    if (obj.get("spec") or {}).get("suspend"):
+        return "queued" if QUEUE in labels(obj) else "suspended"
+    jobs = status.get("replicatedJobsStatus") or [status]  # a JobSet counts per replicated Job
+    if any(int(j.get("ready") or 0) > 0 for j in jobs):
+        return "running"
+    return "pending"
+
+
+def completions(obj: dict[str, Any]) -> str:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if obj.get("kind") == "JobSet" or "replicatedJobs" in spec:
+        total = sum(int(r.get("replicas", 1)) for r in spec.get("replicatedJobs") or [])
+        done = sum(int(r.get("succeeded") or 0) for r in status.get("replicatedJobsStatus") or [])
+        return f"{done}/{total} jobs"
+    return f"{int(status.get('succeeded') or 0)}/{int(spec.get('completions') or 1)}"
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    if not timestamp:
+        return "-"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return duration(((now or datetime.now(UTC)) - then).total_seconds())
+
+
+def duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 3600 * 2:
+        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
+    if s < 86400 * 2:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600}h"
+
+
+@dataclass
+class Pod:
+    name: str
+    component: str  # training | export
+    rank: int | None  # training pods only: the completion index
+    phase: str
+    restarts: int
+    node: str
+    reason: str  # why it is where it is: the last termination (OOMKilled!), a waiting reason, unschedulable
+
+
+def _terminated(t: dict[str, Any]) -> str:
+    return f"{t.get('reason') or 'Terminated'} (exit {t.get('exitCode')})"
+
+
+def _reason(pod: dict[str, Any], container: str) -> str:
+    status = pod.get("status") or {}
+    for init in status.get("initContainerStatuses") or []:
+        st = init.get("state") or {}
+        if "terminated" in st and st["terminated"].get("exitCode"):
+            return f"init container {init['name']}: {_terminated(st['terminated'])}"
+        if "running" in st or "waiting" in st:
+            return f"init container {init['name']}: " + ("running" if "running" in st else st["waiting"].get("reason", "waiting"))
+    cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == container), None)
+    if cs:
+        st, last = cs.get("state") or {}, (cs.get("lastState") or {}).get("terminated")
+        if "terminated" in st:
+            return _terminated(st["terminated"])
+        if "waiting" in st:
+            waiting = st["waiting"]
+            return ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
+        if last:
+            return f"restarted after {_terminated(last)}"
+    if status.get("reason"):
+        return ": ".join(x for x in (status["reason"], status.get("message")) if x)
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return ": ".join(x for x in (cond.get("reason"), cond.get("message")) if x)
+    return ""
+
+
+def main_container(obj: dict[str, Any]) -> str:
+    """The container `kubectl logs` picks for a pod (or pod template): the default-container annotation, else the first."""
+    containers = [c["name"] for c in (obj.get("spec") or {}).get("containers") or []]
+    annotated = ((obj.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CONTAINER)
+    return annotated or (containers[0] if containers else "")
+
+
+def pod(obj: dict[str, Any]) -> Pod:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    container = main_container(obj)
+    cs = next((c for c in status.get("containerStatuses") or [] if c.get("name") == container), {})
+    component, index = labels(obj).get(COMPONENT, "training"), labels(obj).get(INDEX)
+    rank = int(index) if index is not None and component == "training" else None
+    return Pod(meta["name"], component, rank,
+               status.get("phase", "Unknown"), int(cs.get("restartCount") or 0), spec.get("nodeName") or "-",
+               _reason(obj, container))
+
+
+@dataclass
+class Snapshot:
+    name: str
+    namespace: str
+    spec_name: str
+    created: str
+    training: str  # the training workload's state
+    completions: str
+    export: str | None  # the export Job's state; None when the spec has no export
+    pods: list[Pod] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """The submission's state: failed as soon as either part failed, succeeded when both did."""
+        if "failed" in (self.training, self.export):
+            return "failed"
+        if self.training == "succeeded":
+            return "succeeded" if self.export in (None, "succeeded") else "running"
+        return self.training
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "namespace": self.namespace, "status": self.status, "spec_name": self.spec_name,
+                "created": self.created, "training": self.training, "completions": self.completions,
+                "export": self.export, "pods": [asdict(p) for p in self.pods]}
+
+
+def not_found(cluster: Cluster, name: str) -> UserError:
+    others = cluster.list("Job", f"{SPEC_NAME}={name},{COMPONENT}=training")
+    if others:
+        names = ", ".join(sorted(j["metadata"]["name"] for j in others))
+        return UserError(f"no submission {name} in namespace {cluster.namespace}: {name} is a spec name; "
+                         f"its submissions there: {names}")
+    return UserError(f"no kubetune job {name} in namespace {cluster.namespace} (it may have finished more than its "
+                     f"TTL ago, or be in another namespace): `launch list -n {cluster.namespace}` shows what is there")
+
+
+def workload(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The submission's training Job, or its JobSet; a UserError saying what exists when neither does."""
+    found = cluster.get("Job", name) or jobset(cluster, name)
+    if found is None:
+        raise not_found(cluster, name)
+    return found
+
+
+def jobset(cluster: Cluster, name: str) -> dict[str, Any] | None:
+    """The JobSet `name`; None also when the user may not read JobSets (then launch cannot have made one)."""
+    try:
+        return cluster.get("JobSet", name)
+    except ApiError as e:
+        if e.code == 403:
+            return None
+        raise
+
+
+def gather(cluster: Cluster, name: str) -> Snapshot:
+    owner = workload(cluster, name)
+    export = cluster.get("Job", f"{name}-export")
+    pods = sorted((pod(p) for p in cluster.list("Pod", f"{SUBMISSION}={name}")),
+                  key=lambda p: (p.component != "training", p.rank if p.rank is not None else -1, p.name))
+    meta = owner["metadata"]
+    return Snapshot(name, cluster.namespace, labels(owner).get(SPEC_NAME, ""), meta.get("creationTimestamp", ""),
+                    state(owner), completions(owner), state(export) if export else None, pods)
+
+
+def pod_for(cluster: Cluster, name: str, component: str, rank: int) -> dict[str, Any]:
+    """The newest pod of the submission's rank (training) or of its export Job: what `launch logs` reads."""
+    owner = workload(cluster, name)
+    found = cluster.list("Pod", f"{SUBMISSION}={name},{COMPONENT}={component}")
+    if component == "training":
+        found = [p for p in found if labels(p).get(INDEX) == str(rank)]
+    if found:
+        return max(found, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    where = f"{cluster.namespace}/{name}"
+    if component == "export":
+        if cluster.get("Job", f"{name}-export") is None:
+            raise UserError(f"submission {where} has no export Job (its spec has no export section)")
+        raise UserError(f"the export Job of {where} has no pod (yet): `launch status {name}` shows why")
+    nodes = int((owner.get("spec") or {}).get("completions") or 0)
+    if owner.get("kind") == "Job" and nodes and rank >= nodes:
+        raise UserError(f"--rank {rank}: submission {where} has ranks 0 to {nodes - 1}")
+    raise _no_pod(owner, where, name, rank)
+
+
+def _no_pod(owner: dict[str, Any], where: str, name: str, rank: int) -> UserError:
+    st = state(owner)
+    if st in ("queued", "suspended"):
+        return UserError(f"submission {where} is {st}: no pods yet")
+    return UserError(f"submission {where} ({st}) has no pod for rank {rank} (pods are deleted with the Job after its "
+                    f"TTL): `launch status {name}` shows what is left")

@@ -1,0 +1,87 @@
+"""What `launch list` and `launch status` print: submissions grouped by spec (or matrix), one in detail."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from launcher.backends.kube_errors import ApiError
+from launcher.output import columns
+from launcher.status import (
+    COMPONENT,
+    MATRIX,
+    PART_OF,
+    SPEC_NAME,
+    SUBMISSION,
+    Snapshot,
+    age,
+    completions,
+    labels,
+    state,
+)
+
+if TYPE_CHECKING:
+    from launcher.backends.kubernetes import Cluster
+    from launcher.tracking_rest import Progress
+
+
+def _owned_by_jobset(job: dict[str, Any]) -> bool:
+    return any(o.get("kind") == "JobSet" for o in job["metadata"].get("ownerReferences") or [])
+
+
+def groups(cluster: Cluster, all_namespaces: bool) -> list[dict[str, Any]]:
+    """Submissions (training Job or JobSet) grouped by their matrix label, else their spec name; newest first."""
+    training = f"{PART_OF},{COMPONENT}=training"
+    workloads = [j for j in cluster.list("Job", training, all_namespaces) if not _owned_by_jobset(j)]
+    try:
+        workloads += cluster.list("JobSet", training, all_namespaces)
+    except ApiError as e:  # no right to read JobSets: then launch cannot have created any for this user
+        if e.code != 403:
+            raise
+    exports = {(j["metadata"]["namespace"], labels(j).get(SUBMISSION)): state(j)
+               for j in cluster.list("Job", f"{PART_OF},{COMPONENT}=export", all_namespaces)}
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for w in workloads:
+        meta, lab = w["metadata"], labels(w)
+        name, ns = meta["name"], meta.get("namespace", cluster.namespace)
+        snap = Snapshot(name, ns, lab.get(SPEC_NAME, ""), meta.get("creationTimestamp", ""), state(w),
+                        completions(w), exports.get((ns, lab.get(SUBMISSION, name))))
+        key = ("matrix", lab[MATRIX]) if lab.get(MATRIX) else ("spec", snap.spec_name or name)
+        found.setdefault(key, []).append({
+            "name": name, "namespace": ns, "status": snap.status, "training": snap.training,
+            "export": snap.export, "completions": snap.completions, "created": snap.created, "age": age(snap.created)})
+    return [{"group": group, "by": by,
+             "submissions": sorted(rows, key=lambda r: r["created"], reverse=True)}
+            for (by, group), rows in sorted(found.items(), key=lambda kv: kv[0][1])]
+
+
+def list_table(found: list[dict[str, Any]], all_namespaces: bool, namespace: str) -> list[str]:
+    if not found:
+        return [f"no kubetune jobs {'in any namespace' if all_namespaces else f'in namespace {namespace}'}"]
+    headers = [*(["NAMESPACE"] if all_namespaces else []), "GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "AGE"]
+    rows = []
+    for g in found:
+        group = f"{g['group']} (matrix)" if g["by"] == "matrix" else g["group"]
+        for s in g["submissions"]:
+            rows.append([*([s["namespace"]] if all_namespaces else []), group, s["name"], s["status"],
+                         s["completions"], s["export"] or "none", s["age"]])
+    return columns(headers, rows)
+
+
+def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> list[str]:
+    from launcher.cluster import progress_line
+
+    parts = f"training {snap.training} {snap.completions}" + (f", export {snap.export}" if snap.export else "")
+    lines = [f"name:       {snap.name}", f"namespace:  {snap.namespace}", f"spec:       {snap.spec_name or '-'}",
+             f"status:     {snap.status} ({parts})", f"age:        {age(snap.created)}", ""]
+    rows = [[p.rank if p.component == "training" else p.component, p.name, p.phase, p.restarts, p.node, p.reason]
+            for p in snap.pods]
+    lines += columns(["RANK", "POD", "PHASE", "RESTARTS", "NODE", "REASON"], rows) if rows else ["no pods"]
+    lines.append("")
+    if found:
+        lines += [f"MLflow run {found.run_id} ({found.run_status}) at {found.tracking_uri}",
+                  f"  {progress_line(found)}"]
+        if found.registered_model:
+            lines.append(f"  registered: {found.registered_model}")
+    else:
+        lines.append(f"MLflow: {note}")
+    return lines

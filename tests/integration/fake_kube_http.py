@@ -1,0 +1,110 @@
+"""The fake API server's HTTP side: Status replies, label selectors, merge patches, chunked log streams."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+
+class Reply(Exception):
+    """An HTTP answer other than success: carries the Status object."""
+
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None):
+        self.code = code
+        self.status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": reason, "details": details or {}, "code": code}
+
+
+def matches(labels: dict[str, str], selector: str) -> bool:
+    """Equality (`a=b`, `a!=b`), set (`a in (x,y)`, `a notin (x)`) and existence (`a`, `!a`) requirements."""
+    for req in _split(selector):
+        req = req.strip()
+        if " in " in req or " notin " in req:
+            key, op, rest = req.split(None, 2)
+            values = {v.strip() for v in rest.strip("() ").split(",")}
+            if (labels.get(key) in values) != (op == "in"):
+                return False
+        elif "!=" in req:
+            key, value = req.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in req:
+            key, value = req.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif req.startswith("!"):
+            if req[1:] in labels:
+                return False
+        elif req and req not in labels:
+            return False
+    return True
+
+
+def _split(selector: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in selector:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [*parts, cur] if cur else parts
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also what a strategic merge patch does to maps and scalars)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: Any  # the FakeKube this server answers for
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _serve(self) -> None:
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                raise Reply(400, "BadRequest", "the request body is not JSON") from None
+            code, answer = self.fake.handle(self.command, url.path, query, self.headers, body)
+        except Reply as r:
+            code, answer = r.code, r.status
+        if isinstance(answer, Iterator):
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for chunk in answer:
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain" if isinstance(answer, str) else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve

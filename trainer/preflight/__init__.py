@@ -1,0 +1,35 @@
+"""The rendezvous preflight: the chart's `preflight` init container, run by every pod of a multi-node
+job before `accelerate launch`, so that a rendezvous problem fails in seconds with a diagnosis
+instead of hanging until the c10d/NCCL timeout (30 minutes by default).
+
+`python -m trainer.preflight --rank R --nodes N --addr HOST --port P --timeout T ...`, in order:
+
+1. every rank resolves rank 0's address, retrying DNS until the deadline (the rank-0 pod's
+   record appears only once the pod has an IP: jobset#504);
+2. rank 0 checks that the address is its own and listens on the port; the other ranks connect
+   (a short timeout per attempt, retried until the deadline) and say hello with their rank, so
+   rank 0 knows which ranks never came (`rendezvous.py`, no torch);
+3. all ranks join a torch.distributed process group on that address and port (gloo; nccl too
+   when the pod sees a GPU), all-reduce a known tensor, check the sum, measure the all-reduce
+   bandwidth, then destroy the group (`collective.py`);
+4. rank 0 checks that the port can be bound again, for accelerate.
+
+A problem is printed as one `[kubetune] error: preflight: ...` line naming what to check, and
+the process exits with 1 (2 for bad arguments).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+class PreflightError(Exception):
+    """A diagnosis: what failed, at which address and rank, and what to check."""
+
+
+def say(message: str) -> None:
+    print(f"[kubetune] preflight: {message}", flush=True)
+
+
+def report(error: PreflightError) -> None:
+    print(f"[kubetune] error: preflight: {error}", file=sys.stderr, flush=True)
