@@ -7,7 +7,8 @@
             then one `llama_model_quantize` per quantized type, straight from the f16 file
   ours      trainer.export.gguf.convert + quantize on the same model (the export job's steps)
 
-Target: ours / by-hand <= 1.2. Agreement is the gate's measure (trainer/export/verify.py): top-1
+Each quantized type is also made with an importance matrix computed from the model's training
+conversations (export.imatrix), shown as `<type>+imatrix`. Target: ours / by-hand <= 1.2. Agreement is the gate's measure (trainer/export/verify.py): top-1
 agreement and mean KL of llama.cpp's next-token distribution against the HF model's, at every
 position of held-out chat conversations (target: q8_0 top-1 >= 99%). The tiny random model
 (tests.models) first gets a LoRA trained for `--train-steps` on other conversations of the same
@@ -102,14 +103,16 @@ def main() -> int:
     ap.add_argument("--types", nargs="+", default=["f16", "q8_0", "q6_k", "q4_k_m"])
     ap.add_argument("--golden", type=int, default=8, help="chat conversations to compare on")
     ap.add_argument("--train-steps", type=int, default=20, help="LoRA steps before export (0: the random model)")
+    ap.add_argument("--no-imatrix", dest="imatrix", action="store_false",
+                    help="skip the quantizations weighted by an importance matrix (export.imatrix)")
     args = ap.parse_args()
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.models import chat_rows, tiny_model
-    from trainer.export import verify
-    from trainer.export.merge import end_of_turn
+    from trainer.data.render import end_of_turn
+    from trainer.export import gguf, imatrix, verify
     from trainer.export.quants import QUANTS
 
     base = tiny_model(args.arch)  # Phi-3 comes with the tokenizer.model llama.cpp's converter reads
@@ -125,11 +128,22 @@ def main() -> int:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         golden = verify.reference(model, tok, [r["messages"] for r in chat_rows(args.golden, seed=11)])
         eos = [t for t in (tok.eos_token, end_of_turn(tok)) if t]
+        rows = [tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False).input_ids
+                for r in chat_rows(32, seed=100)]  # the training conversations, as export.imatrix uses them
+        started = time.perf_counter()
+        weights, _ = imatrix.compute(model, rows, files["f16"], "bench: training conversations")
+        weighted = {f"{q}+imatrix": gguf.quantize(files["f16"], out / f"ours-{q}-imatrix.gguf", q,
+                                                  imatrix=weights).path
+                    for q in args.types if QUANTS[q].step == "quantize"} if args.imatrix else {}
+        if weighted:
+            print(f"  importance matrix on 32 training conversations and its quantizations: "
+                  f"{time.perf_counter() - started:.1f}s")
         print(f"\nagreement with the HF model on {args.golden} conversations ({sum(map(len, golden.ids))} positions)")
-        print(f"  {'type':8} {'top-1':>8} {'mean KL':>10} {'size MiB':>9}  gate")
-        for q in args.types:
-            r = verify.verify_file(files[q], q, tok, eos, golden, QUANTS[q].min_top1, QUANTS[q].max_kl)
-            print(f"  {q:8} {r.top1:>8.2%} {r.kl:>10.5f} {files[q].stat().st_size / 2**20:>9.1f}  "
+        print(f"  {'type':16} {'top-1':>8} {'mean KL':>10} {'size MiB':>9}  gate")
+        for name, path in {**{q: files[q] for q in args.types}, **weighted}.items():
+            q = name.split("+")[0]
+            r = verify.verify_file(path, q, tok, eos, golden, QUANTS[q].min_top1, QUANTS[q].max_kl)
+            print(f"  {name:16} {r.top1:>8.2%} {r.kl:>10.5f} {path.stat().st_size / 2**20:>9.1f}  "
                   + ("pass" if r.passed else "FAIL: " + "; ".join(c.name for c in r.failures())))
     return 0
 

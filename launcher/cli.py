@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from launcher.cli_cluster import COMMANDS, cluster_options, mlflow_option, namespace_option
+from launcher.cli_data import data as data_group
 from launcher.cli_plan import plan as plan_command
 from launcher.errors import PodFailed, UserError
 from launcher.output import output_option
@@ -127,6 +128,8 @@ def render(
               "the ladder `launch plan` prints (shorter sequences, lower rank, ...) that make it fit, and say so.")
 @cluster_options
 @click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed); --local always waits.")
+@click.option("--resume", "resume", metavar="JOB", help="With --local: run JOB (an earlier submission's name, e.g. "
+              "support-bot-v3-x7k2p) again; it continues from its latest checkpoint in output.uri.")
 @mlflow_option
 @output_option
 def submit(
@@ -140,6 +143,7 @@ def submit(
     context: str | None,
     kubeconfig: str | None,
     wait: bool,
+    resume: str | None,
     mlflow_uri: str | None,
     output: str,
 ) -> None:
@@ -150,12 +154,15 @@ def submit(
     if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
         why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
         raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
+    if resume and not local:
+        raise UserError("--resume: for --local runs; on a cluster, Kubernetes restarts a preempted job's pods and "
+                        "they resume by themselves (docs/operations.md)")
     if dry_run:
         _render(spec, overrides, local, namespace, values_files, auto_fit)
         return
     from launcher import client
 
-    subs = client.prepare_all(spec, overrides, local=local, auto_fit=auto_fit)
+    subs = client.prepare_all(spec, overrides, local=local, auto_fit=auto_fit, resume=resume)
     if len(subs) > 1:
         click.echo(f"{spec}: a matrix of {len(subs)} jobs: {', '.join(s.spec.name for s in subs)}", err=True)
     for sub in subs:
@@ -182,6 +189,7 @@ def submit(
 for command in COMMANDS:
     main.add_command(command)
 main.add_command(plan_command)
+main.add_command(data_group)
 
 if __name__ == "__main__":
     main(prog_name="launch")

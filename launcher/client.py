@@ -6,6 +6,7 @@ The CLI is a thin layer over this module; tests and notebooks call it directly.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
@@ -22,6 +23,7 @@ from launcher.errors import PodFailed, UserError
 from launcher.values import DEFAULT_PORT, chart_values
 from trainer import strategy
 from trainer.matrix import group
+from trainer.preemption import EXIT_PREEMPTED
 from trainer.spec import JobSpec
 from trainer.spec_io import SpecError, apply_overrides, load_raw, load_spec, load_specs
 
@@ -100,17 +102,49 @@ def matrix_label(spec_path: str | Path, overrides: Iterable[str] = ()) -> str:
 
 def prepare_all(
     spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
-    auto_fit: bool = False,
+    auto_fit: bool = False, resume: str | None = None,
 ) -> list[Submission]:
-    """`prepare` for every job of the spec file: one, or one per combination of a matrix spec's values."""
+    """`prepare` for every job of the spec file: one, or one per combination of a matrix spec's values.
+
+    `resume`: the name of an earlier local submission of one of these jobs, run again under that name."""
     specs = load_all(spec_path, overrides)
     label = matrix_label(spec_path, overrides)
-    return [prepare(spec_path, overrides, local, dry_run, auto_fit, spec=s, matrix_group=label) for s in specs]
+    if resume is not None:
+        names = [s.name for s in specs]
+        specs = [s for s in specs if resume.rsplit("-", 1)[0] == s.name and len(resume) == len(s.name) + 6]
+        if not specs:
+            raise UserError(f"--resume {resume}: not a submission of {spec_path}, whose jobs are named "
+                            f"<name>-<5 characters> with name {' or '.join(names)} (launch printed it: `job <name>: ...`)")
+    return [prepare(spec_path, overrides, local, dry_run, auto_fit, spec=s, matrix_group=label, name=resume)
+            for s in specs]
+
+
+def resume_problems(name: str, output: str) -> list[str]:
+    """Why job `name` cannot resume from a local `output` (empty when its checkpoints are there)."""
+    if resolve.is_remote(output):
+        return []  # the trainer reads it (this launcher may not have the S3 client)
+    import json
+
+    from trainer.checkpoint import FOLDER, MANIFEST
+
+    manifest = Path(output) / FOLDER / MANIFEST
+    if not manifest.is_file():
+        return [f"{manifest.parent} holds no checkpoint, so job {name} cannot resume; submit without --resume to "
+                "start afresh"]
+    try:
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        job, step = saved["job_name"], saved["entries"][-1]["step"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return [f"{manifest} is not a kubetune checkpoint manifest; delete {manifest.parent} and submit afresh"]
+    if job != name:
+        return [f"the checkpoints in {manifest.parent} are job {job}'s (step {step}), not {name}'s: "
+                f"--resume {job} continues that one"]
+    return []
 
 
 def prepare(
     spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
-    auto_fit: bool = False, spec: JobSpec | None = None, matrix_group: str = "",
+    auto_fit: bool = False, spec: JobSpec | None = None, matrix_group: str = "", name: str | None = None,
 ) -> Submission:
     """Validate, resolve paths for the target, name the submission and derive the chart values.
 
@@ -118,6 +152,7 @@ def prepare(
     A cluster GPU job must fit its GPUs' memory (launcher/plan/gate.py): refused with the ladder,
     a warning in a dry run, or changed by the ladder's first fitting rungs with `auto_fit`.
     `spec`: one job of the file, already loaded (prepare_all); `matrix_group`: its matrix's label.
+    `name`: run under this name (a local job resuming from its checkpoints) instead of a new one.
     """
     spec = spec or load(spec_path, overrides)
     warnings: list[str] = []
@@ -128,6 +163,8 @@ def prepare(
         if problems:
             raise _problems(str(spec_path), problems)
         spec = resolve.for_local(spec, spec_dir)
+        if name is not None and (problems := resume_problems(name, spec.output.uri or "")):
+            raise _problems(str(spec_path), problems)
         port = free_port()  # the pods share this machine's ports, unlike pods on a cluster
     else:
         if problems := resolve.cluster_problems(spec, spec_dir):
@@ -142,7 +179,7 @@ def prepare(
             spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
     if auto_fit and (local or spec.resources.gpu == "none"):
         notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
-    name = unique_name(spec.name)
+    name = name or unique_name(spec.name)
     values = chart_values(spec, name, port, matrix_group)
     if local:  # all pods share this machine's cores; each would otherwise take them all
         values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
@@ -171,14 +208,31 @@ def submit_cluster(
     return kube_submit.create(Cluster(target), manifests, sub.name, say)
 
 
+def local_preemption() -> tuple[int, re.Pattern[str]] | None:
+    """`KUBETUNE_LOCAL_SIGTERM=RANK:REGEX`: SIGTERM to pod RANK when its log matches REGEX (a simulated
+    preemption, for tests and for trying out resuming; launcher/backends/local_run.py)."""
+    value = os.environ.get("KUBETUNE_LOCAL_SIGTERM")
+    if not value:
+        return None
+    rank, sep, pattern = value.partition(":")
+    try:
+        if not (sep and rank.isdigit()):
+            raise ValueError("not RANK:REGEX")
+        return int(rank), re.compile(pattern)
+    except (ValueError, re.error) as e:
+        raise UserError(f"KUBETUNE_LOCAL_SIGTERM={value!r}: {e}; write RANK:REGEX, e.g. 0:\\[train\\] step 7/") from None
+
+
 def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
     """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
     from launcher.backends.local import plan
     from launcher.backends.local_run import LocalRun
 
     manifests = helm.parse_manifests(render(sub, extra_values))
+    preempt = local_preemption()
     with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
-        outcome = LocalRun(plan(manifests, Path(tmp) / "training", cwd=Path.cwd()), out=out or sys.stdout).run()
+        pods = plan(manifests, Path(tmp) / "training", cwd=Path.cwd())
+        outcome = LocalRun(pods, out=out or sys.stdout, preempt=preempt).run()
         _raise_on_failure(sub, outcome, "")
         if sub.spec.export is not None:  # on a cluster it runs beside training, waiting for _SUCCESS
             pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
@@ -190,6 +244,12 @@ def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequenc
 def _raise_on_failure(sub: Submission, outcome: Outcome, report: str) -> None:
     if outcome.signal is not None:
         raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
+    if outcome.first_failure is not None and outcome.codes[outcome.first_failure] == EXIT_PREEMPTED:
+        raise PodFailed(
+            f"job {sub.name}: stopped after SIGTERM at a step boundary, with a checkpoint in "
+            f"{sub.spec.output.uri}/checkpoints; continue it with: launch submit --local --resume {sub.name} "
+            f"{sub.spec_path}", exit_code=EXIT_PREEMPTED,
+        )
     if outcome.first_failure is not None:
         rank = outcome.first_failure
         stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""

@@ -4,22 +4,74 @@ S3 endpoints and credentials come from the usual AWS environment (`AWS_ENDPOINT_
 `AWS_ACCESS_KEY_ID`, ... or the pod's workload identity); nothing here names a provider.
 Writes are staged in a local folder first and published file by file, so a reader that
 waits for a marker written last never sees half a result.
+
+S3 faults. Every S3 filesystem made here (`filesystem`) carries botocore's own retry
+configuration: `adaptive` mode (exponential backoff with jitter, plus client-side rate limiting
+once the server throttles) for 5xx answers, `SlowDown` / throttling, timeouts and dropped
+connections, up to `S3_RETRIES["max_attempts"]` retries per request. `AWS_RETRY_MODE` /
+`AWS_MAX_ATTEMPTS` in the environment replace these two settings. A connection cut in the middle
+of a body is covered by s3fs: it reads files in byte ranges and fetches a range again when its
+body breaks off (`S3_RETRYABLE_ERRORS`), so reading resumes at the offset it had reached.
+Permanent errors (403 AccessDenied, NoSuchBucket, NoSuchKey) are not retried: they surface at
+once, and `describe_error` words them for the message that names the URI.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+
+S3_PROTOCOLS = ("s3", "s3a")
+S3_RETRIES = {"mode": "adaptive", "max_attempts": 10}
+S3_TIMEOUTS = {"connect_timeout": 10, "read_timeout": 60}  # seconds; a read that stalls longer is retried
+S3_BLOCK = 16 * 2**20  # bytes per ranged GET when reading (s3fs fetches a range again when its body breaks off)
 
 
 def is_remote(uri: str) -> bool:
     """True for `s3://...` and other fsspec URLs; False for local paths and `file://`."""
     scheme, sep, _ = uri.partition("://")
     return bool(sep) and scheme not in ("file", "local")
+
+
+def options(uri: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for `uri`: for S3, botocore's retry and timeout configuration and the read
+    block size, under `extra` (which wins key by key, `config_kwargs` included)."""
+    extra = dict(extra or {})
+    if uri.partition("://")[0] not in S3_PROTOCOLS:
+        return extra
+    config: dict[str, Any] = dict(S3_TIMEOUTS)
+    if not ({"AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS"} & os.environ.keys()):
+        config["retries"] = dict(S3_RETRIES)
+    extra["config_kwargs"] = config | dict(extra.get("config_kwargs") or {})
+    extra.setdefault("default_block_size", S3_BLOCK)
+    return extra
+
+
+def filesystem(uri: str, extra: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and path of `uri`, with the retry configuration of `options`."""
+    return url_to_fs(uri, **options(uri, extra))
+
+
+def describe_error(e: BaseException) -> str:
+    """What an S3 / filesystem error means, in words: `access denied (403)`, `no such bucket` ..."""
+    cause = e.__cause__ if e.__cause__ is not None else e
+    code = (getattr(cause, "response", None) or {}).get("Error", {}).get("Code")
+    if isinstance(e, PermissionError):
+        return "access denied (403): the credentials may not read or write it"
+    if code == "NoSuchBucket":
+        return "no such bucket (NoSuchBucket)"
+    if code == "NoSuchKey":
+        return "no such object (NoSuchKey)"
+    if isinstance(e, FileNotFoundError):
+        return "not found (404)"
+    text = str(e) or type(e).__name__
+    return f"{text} (the storage kept failing after retries)" if code or isinstance(e, TimeoutError) else text
 
 
 def join(uri: str, *parts: str) -> str:
@@ -30,30 +82,31 @@ def join(uri: str, *parts: str) -> str:
 
 
 def exists(uri: str) -> bool:
-    fs, path = url_to_fs(uri)
+    fs, path = filesystem(uri)
     return fs.exists(path)
 
 
 def remove(uri: str) -> None:
-    fs, path = url_to_fs(uri)
+    fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path)
 
 
 def remove_tree(uri: str) -> None:
     """Delete a folder (or S3 prefix) and everything under it; nothing happens when it does not exist."""
-    fs, path = url_to_fs(uri)
+    fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)
 
 
 def read_text(uri: str) -> str:
-    with fsspec.open(uri, "r", encoding="utf-8") as f:
+    fs, path = filesystem(uri)
+    with fs.open(path, "r", encoding="utf-8") as f:
         return f.read()
 
 
 def write_text(uri: str, text: str) -> None:
-    fs, path = url_to_fs(uri)
+    fs, path = filesystem(uri)
     if not is_remote(uri):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     with fs.open(path, "w", encoding="utf-8") as f:
@@ -70,7 +123,7 @@ def fetch(uri: str, cache_root: Path) -> Path:
     done = cache_root / f"{key}-{name}.complete"
     if done.exists():
         return target
-    fs, path = url_to_fs(uri)
+    fs, path = filesystem(uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"{uri} does not exist: check the URI and that the S3 credentials can read it")
     if target.exists():
@@ -92,7 +145,7 @@ def fetch(uri: str, cache_root: Path) -> Path:
 
 def publish_dir(local_dir: Path, uri: str, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy every file under `local_dir` to `uri` (same relative layout); returns the relative paths."""
-    fs, root = url_to_fs(uri)
+    fs, root = filesystem(uri)
     written: list[str] = []
     for src in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         rel = src.relative_to(local_dir).as_posix()

@@ -4,6 +4,8 @@ MLflow store: `tracking.mlflow_uri`, else a local `sqlite:///` store — `<outpu
 when the output is a local folder, or `<staging>/mlflow/` when it is `s3://` (copied next to
 the outputs at the end). Params are the resolved spec flattened; metrics come from the
 Trainer's logs plus the data statistics; artifacts are added by train.py when it saves.
+Metrics are sent by a background thread that keeps them while MLflow is unreachable
+(trainer/mlflow_outbox.py); a resumed job reattaches to its run.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import Trainer, TrainerCallback
 
+from trainer.mlflow_outbox import Outbox
 from trainer.spec import JobSpec
 from trainer.spec_io import dump_spec, flatten, spec_hash
 
@@ -45,62 +49,136 @@ def mlflow_params(spec: JobSpec) -> tuple[dict[str, str], list[str]]:
 
 
 class Tracker:
-    """One MLflow run, written from rank 0; every method is a no-op on other ranks."""
+    """One MLflow run, written from rank 0 only; every method is a no-op on other ranks.
 
-    def __init__(self, spec: JobSpec, store_dir: Path, active: bool):
+    Metrics go through an `Outbox` (trainer/mlflow_outbox.py): training never waits for MLflow and
+    never fails because of it. `run_id` given: a resumed job reattaches to its run (params and
+    spec are there already; metrics it already has are not logged twice)."""
+
+    def __init__(self, spec: JobSpec, store_dir: Path, active: bool, run_id: str | None = None,
+                 resumed_step: int | None = None):
         self.active = active
-        self.run_id: str | None = None
+        self.spec = spec
+        self.run_id = run_id
+        self.resumed_step = resumed_step
         self.note = ""
+        self._fresh = run_id is None  # a new run: its params and spec are logged once it exists
         if spec.tracking.mlflow_uri:
-            self.uri, artifacts = spec.tracking.mlflow_uri, None
+            self.uri, self.artifacts = spec.tracking.mlflow_uri, None
         else:
-            self.uri, artifacts = f"sqlite:///{store_dir.resolve() / 'mlflow.db'}", (store_dir / "mlartifacts")
+            self.uri, self.artifacts = f"sqlite:///{store_dir.resolve() / 'mlflow.db'}", (store_dir / "mlartifacts")
             self.note = f"local MLflow store {store_dir} (no tracking.mlflow_uri in the spec)"
         if not active:
             return
         store_dir.mkdir(parents=True, exist_ok=True)
+        if self.uri.startswith(("http://", "https://")):
+            # The outbox retries for as long as it takes; MLflow's own 7 retries (minutes) would only delay that.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         self.client = MlflowClient(self.uri)
-        exp = self.client.get_experiment_by_name(spec.experiment)
-        if exp is None:
-            location = artifacts.resolve().as_uri() if artifacts else None
-            exp_id = self.client.create_experiment(spec.experiment, artifact_location=location)
+        self.outbox = Outbox(self.client, self._open, say, self.uri)
+        try:
+            opened = self._open()
+        except Exception as e:
+            if not self.uri.startswith(("http://", "https://")):
+                raise  # a local store that cannot be written is a real problem
+            say(f"MLflow at {self.uri} unreachable ({str(e).splitlines()[0][:200]}): training starts anyway; the run "
+                "is created, and the metrics sent, when it answers")
+            self.outbox.start()
         else:
-            exp_id = exp.experiment_id
-        tags = {"kubetune.spec_hash": spec_hash(spec), "kubetune.base_model": spec.base_model,
-                "kubetune.spec_name": spec.name}
-        run = self.client.create_run(exp_id, run_name=job_name(spec), tags=tags)
-        self.run_id = run.info.run_id
-        params, cut = mlflow_params(spec)
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + BATCH])
-        if cut:
-            self.client.log_batch(self.run_id, tags=[RunTag("kubetune.truncated_params", ",".join(cut))])
-        self.client.log_text(self.run_id, dump_spec(spec), "spec.yaml")
+            self.outbox.start(*opened)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def _open(self) -> tuple[str, dict[str, int]]:
+        """Create the run (experiment, tags, params, spec.yaml), or reattach to it; -> (run id, last steps)."""
+        spec, client = self.spec, self.client
+        if self.run_id is None:
+            exp = client.get_experiment_by_name(spec.experiment)
+            if exp is None:
+                location = self.artifacts.resolve().as_uri() if self.artifacts else None
+                exp_id = client.create_experiment(spec.experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            tags = {"kubetune.spec_hash": spec_hash(spec), "kubetune.base_model": spec.base_model,
+                    "kubetune.spec_name": spec.name}
+            self.run_id = client.create_run(exp_id, run_name=job_name(spec), tags=tags).info.run_id
+        if self._fresh:  # retried as a whole when MLflow failed in the middle: nothing of it is lost
+            params, cut = mlflow_params(spec)
+            items = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(items), BATCH):
+                client.log_batch(self.run_id, params=items[i : i + BATCH])
+            if cut:
+                client.log_batch(self.run_id, tags=[RunTag("kubetune.truncated_params", ",".join(cut))])
+            client.log_text(self.run_id, dump_spec(spec), "spec.yaml")
+            self._fresh = False
+            return self.run_id, {}
+        try:
+            run = client.get_run(self.run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            say(f"MLflow run {self.run_id} of this job is gone from {self.uri}: logging to a new run")
+            self._fresh, self.run_id = True, None
+            return self._open()
+        if run.info.status != "RUNNING":
+            client.update_run(self.run_id, status="RUNNING")
+        if self.resumed_step is not None:
+            client.set_tag(self.run_id, "kubetune.resumed_from_step", str(self.resumed_step))
+        logged = {key: max(m.step for m in client.get_metric_history(self.run_id, key)) for key in run.data.metrics}
+        return self.run_id, logged
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         if not self.active or not metrics:
             return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))]
-        self.client.log_batch(self.run_id, metrics=batch)
+        now = timestamp_ms or int(time.time() * 1000)
+        self.outbox.put([Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))])
+
+    def requeue(self, metrics: list[dict[str, Any]]) -> None:
+        """Metrics a previous attempt of this job had not sent yet (from its checkpoint)."""
+        if self.active and metrics:
+            self.outbox.put([Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics])
+
+    def unsent(self) -> list[dict[str, Any]]:
+        return [metric_dict(m) for m in self.outbox.unsent()] if self.active else []
+
+    def _artifact(self, what: str, log: Any) -> None:
+        if not self.active or self.run_id is None:
+            return
+        try:
+            log()
+        except Exception as e:  # the outputs are complete without it: say so, go on
+            say(f"MLflow: could not log {what} to run {self.run_id} ({str(e).splitlines()[0][:200]}); "
+                "it is in the job's output")
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        if self.active:
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._artifact(artifact_path or local_dir.name,
+                       lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
 
     def log_artifact(self, path: Path) -> None:
-        if self.active:
-            self.client.log_artifact(self.run_id, str(path))
+        self._artifact(path.name, lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def log_table(self, table: dict[str, list[str]], name: str) -> None:
-        if self.active:
-            self.client.log_table(self.run_id, data=table, artifact_file=name)
+        self._artifact(name, lambda: self.client.log_table(self.run_id, data=table, artifact_file=name))
 
-    def end(self, ok: bool) -> None:
-        if self.active and self.run_id:
-            status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
-            self.client.set_terminated(self.run_id, status=status)
+    def end(self, status: str = "FINISHED", timeout: float | None = None) -> list[dict[str, Any]]:
+        """Send what is queued (waiting up to `tracking.flush_timeout`), mark the run; returns the unsent metrics."""
+        if not self.active:
+            return []
+        left = self.outbox.close(self.spec.tracking.flush_timeout if timeout is None else timeout)
+        if self.run_id is not None:
+            try:
+                self.client.set_terminated(self.run_id, status=status)
+            except Exception as e:
+                say(f"MLflow: could not mark run {self.run_id} {status} ({str(e).splitlines()[0][:200]})")
+        if left:
+            say(f"MLflow: {len(left)} metric(s) could not be sent to {self.uri}")
+        return [metric_dict(m) for m in left]
+
+
+def metric_dict(m: Metric) -> dict[str, Any]:
+    return {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step}
+
+
+def say(message: str) -> None:
+    print(f"[kubetune] {message}", flush=True)
 
 
 def numeric(logs: dict[str, Any]) -> dict[str, float]:

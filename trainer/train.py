@@ -6,6 +6,11 @@
 Every rank runs this file; rank 0 alone prints, tracks and writes. Results land in `output.uri`
 (a folder or `s3://` prefix): `adapter/`, `tokenizer/`, `spec.yaml`, `data_stats.json`,
 `samples.json`, and `_SUCCESS` last — a reader that sees the marker sees everything.
+
+Checkpoints go to `output.uri/checkpoints/` every `training.save_steps` and when SIGTERM arrives
+(then every rank stops at the same step and the process exits 75: trainer/preemption.py). A job
+started again under the same name (`KUBETUNE_JOB_NAME`) resumes from the latest one: weights,
+optimizer, scheduler, RNG, data position and MLflow run (trainer/resume.py, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -21,25 +26,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainingArguments
+from transformers import PrinterCallback, TrainingArguments, set_seed
 
+from trainer import checkpoint, preemption, resume, storage
 from trainer import model as models
 from trainer import samples as sampling
-from trainer import storage
 from trainer.data import Collator, DataError, build_dataset
+from trainer.data.stream import TrainStream
 from trainer.quiet import quiet_libraries
 from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, dump_spec, load_spec, spec_hash
-from trainer.tracking import MeteredTrainer, MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
+from trainer.spec_io import SpecError, dump_spec, flatten, load_spec, spec_hash
+from trainer.tracking import MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
+
+USER_ERRORS = (DataError, models.ModelError, resume.ResumeError, checkpoint.CheckpointError)
 
 
 class FineTune:
-    def __init__(self, spec: JobSpec, base_dir: Path):
+    def __init__(self, spec: JobSpec, base_dir: Path, signals: preemption.Signals | None = None):
         self.spec = spec
         self.base_dir = base_dir
         self.rank = int(os.environ.get("RANK", "0"))
         self.name = job_name(spec)
         self.tracker: Tracker | None = None
+        self.signals = signals or preemption.Signals()
+        self.resume: resume.Resume | None = None
+        self.preempted = False
 
     def say(self, message: str) -> None:
         if self.rank == 0:
@@ -65,10 +76,33 @@ class FineTune:
             for marker in ("_SUCCESS", "_FAILED"):
                 if storage.exists(storage.join(self.output, marker)):
                     storage.remove(storage.join(self.output, marker))
+        self._find_checkpoint()
         remote = storage.is_remote(self.output)
-        self.tracker = Tracker(spec, self.work / "mlflow" if remote else Path(self.output), active=self.main)
+        run_id = self.resume.state.get("run_id") if self.resume else None
+        self.tracker = Tracker(spec, self.work / "mlflow" if remote else Path(self.output), active=self.main,
+                               run_id=run_id, resumed_step=self.resume.step if self.resume else None)
         note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
         self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
+
+    def _find_checkpoint(self) -> None:
+        """Resume when the output's checkpoints are this job's; fetch the latest good one to every node."""
+        manifest = checkpoint.read_manifest(self.output)
+        world = self.args.world_size
+        chosen = resume.plan(manifest, self.name, flatten(self.spec), world, self.spec.training.strategy)
+        if chosen is None:
+            if manifest is not None and manifest.latest is not None:
+                self.say(f"{checkpoint.folder(self.output)} holds checkpoints of job {manifest.job_name} (step "
+                         f"{manifest.latest.step}), not of this job {self.name}: training starts at step 0 and replaces "
+                         f"them at its first checkpoint (launch submit --local --resume {manifest.job_name} resumes it)")
+            return
+        with self.args.main_process_first(local=True, desc="fetch the checkpoint"):
+            entry, local = checkpoint.fetch_latest(self.output, chosen, self.work / "resume", say=self.say)
+        if len(set(resume.gather(entry.step))) != 1:
+            raise checkpoint.CheckpointError(f"the nodes fetched different checkpoints from {self.output}; start again")
+        state = json.loads((local / checkpoint.STATE).read_text(encoding="utf-8"))
+        self.resume = resume.Resume(chosen, entry, local, state)
+        self.say(f"resuming job {self.name} from {entry.name} ({entry.world_size} rank(s) then, {world} now), "
+                 f"MLflow run {state.get('run_id')}")
 
     def _training_arguments(self, cpu: bool) -> TrainingArguments:
         t, has_eval = self.spec.training, self.spec.data.eval is not None
@@ -83,7 +117,8 @@ class FineTune:
             per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
             gradient_accumulation_steps=t.grad_accum, seed=t.seed, data_seed=t.seed,
             logging_steps=t.logging_steps, logging_first_step=True,
-            save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500, save_only_model=True,
+            save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,  # + on SIGTERM
+            save_only_model=False, ignore_data_skip=True,  # the data position is the stream's (trainer/datastate.py)
             eval_strategy="steps" if has_eval and t.eval_steps else "no", eval_steps=t.eval_steps,
             bf16=gpu_dtype == "bfloat16", fp16=gpu_dtype == "float16",
             use_cpu=cpu and not deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu (strategy.py)
@@ -98,8 +133,13 @@ class FineTune:
         with self.args.main_process_first(local=True, desc="fetch the base model"):
             self.ref = models.resolve_base_model(self.spec.base_model, self.base_dir)
         self.tokenizer = models.load_tokenizer(self.ref, self.spec, self.base_dir)
-        self.train_items, self.train_stats = build_dataset(self.spec, self.tokenizer, "train", base_dir=self.base_dir)
-        self.say(self.train_stats.report())
+        # Each rank streams its own share of data.train at flat memory (trainer/data/stream.py).
+        self.train_items = TrainStream(self.spec, self.tokenizer, base_dir=self.base_dir,
+                                       rank=self.args.process_index, world_size=self.args.world_size)
+        if self.spec.training.max_steps is None:  # epochs -> steps: one pass counts the packed rows first
+            self.say("counted one pass before training (training.epochs without max_steps):\n"
+                     + self.train_items.count_pass().report())
+        self.train_stats = self.train_items.stats()  # nothing read yet; the counts come in at the end
         self.eval_items, self.eval_stats = None, None
         if self.spec.data.eval is not None:
             self.eval_items, self.eval_stats = build_dataset(self.spec, self.tokenizer, "eval", base_dir=self.base_dir)
@@ -110,6 +150,7 @@ class FineTune:
     # -- model ---------------------------------------------------------------------------
     def load_model(self) -> None:
         started = time.perf_counter()
+        set_seed(self.spec.training.seed)  # the adapter's initial weights: the same in every run of this spec
         base = models.load_base_model(self.ref, self.spec)
         self.model = models.add_adapter(base, self.spec, self.ref)
         self.load_seconds = time.perf_counter() - started
@@ -120,27 +161,78 @@ class FineTune:
             models.save_initial_adapter(self.model, self.pissa_init)
 
     # -- train ---------------------------------------------------------------------------
+    def _stream(self) -> TrainStream:
+        """This rank's training stream, at the checkpoint's position when resuming; sets the step budget."""
+        stream = self.train_items
+        if self.resume is not None:
+            stream.load_state_dict(self.resume.state["data"])  # re-sharded when the world size changed
+        self.args.max_steps = self.spec.training.max_steps or self._epoch_steps(stream)
+        if self.resume is not None and self.resume.step >= self.args.max_steps:
+            raise resume.ResumeError(
+                f"checkpoint {self.resume.entry.name} of job {self.name} is at step {self.resume.step}, and the job "
+                f"has {self.args.max_steps} steps on {self.args.world_size} rank(s): nothing is left to train. Its "
+                f"weights are in {checkpoint.folder(self.output)}; to train again, use another output.uri"
+            )
+        return stream
+
+    def _epoch_steps(self, stream: TrainStream) -> int:
+        """Optimizer steps of `training.epochs` passes: the steps done (a resumed job's) + the stream's steps left,
+        counted from the rows all ranks trained, so that this also holds on another world size (collective)."""
+        left = stream.steps_left()
+        assert left is not None  # None only with training.max_steps
+        return (self.resume.step if self.resume else 0) + left
+
+    def _checkpoint_extra(self) -> dict:
+        """What rank 0 adds to each checkpoint besides the Trainer's files and the data position."""
+        assert self.tracker is not None
+        resumes = list(self.resume.state.get("resumes", [])) if self.resume else []
+        if self.resume is not None:
+            resumes.append({"step": self.resume.step, "world_size_before": self.resume.entry.world_size,
+                            "world_size": self.args.world_size})
+        return {"run_id": self.tracker.run_id, "samples_before": [s.answers.get("before") for s in self.samples],
+                "unsent_metrics": self.tracker.unsent(), "resumes": resumes}
+
     def train(self) -> None:
         spec, tracker = self.spec, self.tracker
         assert tracker is not None
-        self.trainer = MeteredTrainer(
-            model=self.model, args=self.args, train_dataset=self.train_items, eval_dataset=self.eval_items,
-            data_collator=Collator.for_spec(spec, self.tokenizer),
-            callbacks=[MlflowCallback(tracker), ProgressPrinter()],
+        checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
+                                           self._checkpoint_extra, self.say)
+        self.stop = resume.StopOnSignal(self.signals)
+        self.trainer = resume.ResumableTrainer(
+            model=self.model, args=self.args, train_dataset=self._stream(), eval_dataset=self.eval_items,
+            data_collator=Collator.for_spec(spec, self.tokenizer), checkpointer=checkpointer,
+            callbacks=[MlflowCallback(tracker), ProgressPrinter(), self.stop],
         )
         self.trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
         data_metrics = self.train_stats.as_metrics("data/")
         if self.eval_stats is not None:
             data_metrics |= self.eval_stats.as_metrics("data/eval/")
-        tracker.log_metrics(data_metrics, step=0)
+        tracker.log_metrics(data_metrics, step=0)  # a reattached run has them: the tracker skips them
         tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
-        if spec.training.strategy == "zero3":
+        before = self.resume.state.get("samples_before") if self.resume else None
+        if before is not None and len(before) == len(self.samples):
+            for sample, answer in zip(self.samples, before, strict=True):
+                if answer is not None:
+                    sample.answers["before"] = answer  # as the first attempt answered, not again
+        elif spec.training.strategy == "zero3":
             self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
         else:
             self._sample("before")
+        if self.resume is not None:
+            self.trainer.tokens_trained = int(self.resume.state.get("tokens_trained", 0))
+            self.trainer.rows_before = int(self.resume.state.get("rows_trained", 0))
+            tracker.requeue(self.resume.state.get("unsent_metrics", []))
         started = time.perf_counter()
-        self.result = self.trainer.train()
+        self.result = self.trainer.train(resume_from_checkpoint=str(self.resume.local_dir) if self.resume else None)
+        if self.stop.stopped_early(self.args.max_steps):
+            self.preempted = True
+            self.say(f"stopped at step {self.stop.stopped_at}/{self.args.max_steps} after SIGTERM; checkpoint "
+                     f"{checkpoint.step_name(self.stop.stopped_at)} written: the job resumes from it when restarted")
+            return
         self.say(f"trained {self.trainer.state.global_step} steps in {time.perf_counter() - started:.1f}s")
+        self.train_stats = self.train_items.finish()  # every rank: rows read, used, skipped, summed over ranks
+        self.say(self.train_stats.report())
+        tracker.log_metrics(self.train_stats.as_metrics("data/"), step=self.trainer.state.global_step)
         if self.eval_items is not None:
             metrics = self.trainer.evaluate()
             self.say(f"eval loss {metrics['eval_loss']:.4f}")
@@ -163,6 +255,7 @@ class FineTune:
         if main:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
+        rows_trained = self.trainer.rows_so_far()  # a collective: every rank
         self.trainer.accelerator.wait_for_everyone()
         if self.pissa_init is not None:  # only ddp / zero2 (check_hardware): the whole adapter is on rank 0
             if main:
@@ -187,9 +280,14 @@ class FineTune:
             "spec_hash": spec_hash(self.spec), "base_model": self.spec.base_model,
             "steps": self.trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_loss": self.result.training_loss, "tokens_trained": self.trainer.tokens_trained,
+            "rows_trained": rows_trained, "resumes": self._checkpoint_extra()["resumes"],
             "files": files, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        tracker.end(ok=True)
+        tracker.log_metrics({"data/rows_trained": rows_trained}, step=self.trainer.state.global_step)
+        if unsent := tracker.end("FINISHED"):
+            target = storage.join(self.output, "mlflow-unsent.jsonl")
+            storage.write_text(target, "".join(json.dumps(m) + "\n" for m in unsent))
+            self.say(f"{len(unsent)} metric(s) MLflow did not take are in {target}")
         if storage.is_remote(self.output) and not self.spec.tracking.mlflow_uri:
             storage.publish_dir(self.work / "mlflow", storage.join(self.output, "mlflow"))
         storage.write_text(storage.join(self.output, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
@@ -199,11 +297,14 @@ class FineTune:
 
     # -- cleanup -------------------------------------------------------------------------
     def cleanup(self, ok: bool, error: str | None = None) -> None:
+        """`ok`: finished or stopped for a restart (preempted); otherwise failed: `_FAILED` for the export job."""
         if self.tracker is not None and not ok:
-            self.tracker.end(ok=False)
+            self.tracker.end("FAILED", timeout=min(30, self.spec.tracking.flush_timeout))
+        elif self.tracker is not None and self.preempted:  # unsent metrics are in the checkpoint
+            self.tracker.end("KILLED", timeout=min(10, self.spec.tracking.flush_timeout))
         if not ok and getattr(self, "output", None):
             self.mark_failed(error)
-        if ok and self.rank == 0:
+        if ok and int(os.environ.get("LOCAL_RANK", "0")) == 0 and getattr(self, "work", None):
             shutil.rmtree(self.work, ignore_errors=True)
 
     def mark_failed(self, error: str | None) -> None:
@@ -227,32 +328,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
+    signals = preemption.Signals().install()
     args = parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
         print(e.render(), file=sys.stderr)
-        return 2
-    job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent))
-    ok = False
-    error = None
+        preemption.report_exit(preemption.EXIT_USER_ERROR)
+        return preemption.EXIT_USER_ERROR
+    job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
+    ok, code, error = False, 1, None
     try:
         job.setup()
         job.load_data()
         job.load_model()
         job.train()
-        job.save()
-        ok = True
-    except (DataError, models.ModelError) as e:
-        error = str(e)
+        if not job.preempted:
+            job.save()
+        ok, code = True, preemption.EXIT_PREEMPTED if job.preempted else 0
+    except USER_ERRORS as e:
+        error, code = str(e), preemption.EXIT_USER_ERROR
         print(f"[kubetune] error: {e}", file=sys.stderr)
-        return 2
     except BaseException as e:
-        error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-        raise
+        if not preemption.peer_lost(e):
+            error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            raise
+        # Another rank is gone (its node lost or its pod killed): a restart resumes from the last checkpoint.
+        job.preempted, ok, code = True, True, preemption.EXIT_PREEMPTED
+        print(f"[kubetune] error: another rank is gone ({str(e).splitlines()[0][:300]}); stopping so that the job "
+              "restarts from its last checkpoint", file=sys.stderr)
     finally:
         job.cleanup(ok, None if ok else error)
-    return 0
+        if ok or code == preemption.EXIT_USER_ERROR:
+            preemption.report_exit(code)
+    return code
 
 
 if __name__ == "__main__":

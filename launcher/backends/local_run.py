@@ -3,12 +3,17 @@
 Logs stream prefixed with the rank (`[rank 1]`, `[rank 1 preflight]` for an init container). The
 first process that fails stops the others (SIGTERM to each process group, SIGKILL after a grace
 period); SIGINT / SIGTERM are forwarded the same way. `launcher.backends.local.plan` makes the pods.
+
+A simulated preemption (`preempt`, or `KUBETUNE_LOCAL_SIGTERM=RANK:REGEX` through `launch submit
+--local`): when a log line of pod RANK's container matches REGEX, that pod's first process gets
+SIGTERM, as kubelet sends it to a container's PID 1; the trainer then checkpoints and exits 75.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,13 +50,17 @@ class LocalRun:
     """Starts the pods' processes (init containers first), streams their logs, stops them all when one fails."""
 
     def __init__(
-        self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank"
+        self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank",
+        preempt: tuple[int, re.Pattern[str]] | None = None,
     ):
         self.pods = pods
         self.label = label
         self.out = out or sys.stdout
         self.grace = grace
+        self.preempt = preempt  # (rank, pattern): SIGTERM to that pod once its log matches (see the docstring)
+        self.preempted: int | None = None  # the rank that got it
         self.procs: list[subprocess.Popen[bytes]] = []  # those of the current phase
+        self._by_rank: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._signal: int | None = None
         self.errors: dict[int, str] = {}
@@ -80,10 +89,22 @@ class LocalRun:
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
                 self.errors[pod.rank] = line[mark.end():].strip()
+            if self.preempt and not pod.container and self.preempted is None and pod.rank == self.preempt[0] \
+                    and self.preempt[1].search(line):
+                self._preempt(pod.rank)
             with self._lock:
                 self.out.write(f"[{prefix}] {line}\n")
                 self.out.flush()
         stream.close()
+
+    def _preempt(self, rank: int) -> None:
+        """SIGTERM to the pod's first process only, as kubelet sends it to a container's PID 1."""
+        self.preempted = rank
+        with self._lock:
+            self.out.write(f"[local runner] SIGTERM to rank {rank} (a simulated preemption)\n")
+            self.out.flush()
+        with contextlib.suppress(ProcessLookupError, KeyError):
+            self._by_rank[rank].send_signal(signal.SIGTERM)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signal = signum
@@ -134,6 +155,7 @@ class LocalRun:
                     break
                 proc = self._start(pod)
                 self.procs.append(proc)
+                self._by_rank[pod.rank] = proc
                 assert proc.stdout is not None
                 pump = threading.Thread(target=self._pump, args=(pod, proc.stdout), daemon=True)
                 pump.start()

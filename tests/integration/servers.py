@@ -72,8 +72,9 @@ def moto_s3() -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str | None = None,
-                  timeout: float = 180) -> Iterator[str]:
-    """`mlflow server` with a sqlite backend in `root`; yields its URL.
+                  timeout: float = 180, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` with a sqlite backend in `root`; yields its URL. `port`: the one of a server stopped
+    before, to start it again with the same URL and store (an MLflow outage); default: a free one.
 
     Artifacts are proxied to `root/artifacts`, or to `artifacts` = `s3://bucket/prefix` on the S3
     server at `s3_endpoint` (dummy credentials, see `s3_env`). The server's environment drops every
@@ -83,7 +84,7 @@ def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str 
     if artifacts.startswith("s3://") != (s3_endpoint is not None):
         raise ValueError("an s3:// artifacts destination needs s3_endpoint, and s3_endpoint needs one")
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", artifacts]
@@ -91,7 +92,7 @@ def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str 
     if s3_endpoint is not None:
         env |= s3_env(s3_endpoint) | {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
     log_path = root / "server.log"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -12,6 +12,7 @@ import yaml
 
 from launcher import client, helm
 from launcher.values import chart_values
+from trainer.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR
 from trainer.spec_io import dump_spec, spec_from_dict
 from trainer.strategy import accelerate_config_yaml
 
@@ -85,7 +86,11 @@ def test_render_indexed_job(nodes: int, tmp_path: Path) -> None:
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == nodes
-    assert spec["backoffLimit"] == 0
+    assert spec["backoffLimit"] == 0  # preemptions (DisruptionTarget, exit 75) are replaced without counting
+    rules = spec["podFailurePolicy"]["rules"]
+    assert [r["action"] for r in rules] == ["Ignore", "Ignore", "FailJob"]
+    assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    assert rules[1]["onExitCodes"]["values"] == [EXIT_PREEMPTED] and rules[2]["onExitCodes"]["values"] == [EXIT_USER_ERROR]
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == svc["metadata"]["name"]
     assert pod["restartPolicy"] == "Never"
@@ -96,7 +101,7 @@ def test_render_indexed_job(nodes: int, tmp_path: Path) -> None:
     assert svc["spec"]["selector"].items() <= pod_labels.items()
 
     (container,) = pod["containers"]
-    assert container["command"] == ["accelerate", "launch"]
+    assert container["command"] == ["python", "-m", "trainer.supervise", "accelerate", "launch"]
     assert container["args"] == [
         "--config_file", "/etc/kubetune/accelerate.yaml",
         "--num_machines", str(nodes),

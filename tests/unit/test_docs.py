@@ -248,6 +248,11 @@ def launch_problem(argv: list[str], complete: bool) -> str | None:
     cmd = main.commands.get(head)
     if cmd is None:
         return f"no subcommand {head!r}; `launch` has: {', '.join(sorted(main.commands))}"
+    while isinstance(cmd, click.Group) and rest and not rest[0].startswith("-"):  # `launch data validate ...`
+        sub, *rest = rest
+        if sub not in cmd.commands:
+            return f"`launch {head}` has no subcommand {sub!r}; it has: {', '.join(sorted(cmd.commands))}"
+        head, cmd = f"{head} {sub}", cmd.commands[sub]
     known = option_names(cmd) | {"-h", "--help"}
     unknown = [a.split("=", 1)[0] for a in rest if a.startswith("-") and a != "-" and a.split("=", 1)[0] not in known]
     if unknown:

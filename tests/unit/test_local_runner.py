@@ -106,7 +106,7 @@ def test_plan_translates_each_rendered_pod(tmp_path: Path) -> None:
     for pod in pods:
         config = pod.dirs["config"]
         assert pod.argv == [
-            "accelerate", "launch",
+            "python", "-m", "trainer.supervise", "accelerate", "launch",
             "--config_file", f"{config}/accelerate.yaml",
             "--num_machines", "2", "--num_processes", "2",
             "--machine_rank", str(pod.rank),

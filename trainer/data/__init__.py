@@ -3,8 +3,11 @@
     items, stats = build_dataset(spec, tokenizer, "train")
     loader = DataLoader(items, batch_size=..., collate_fn=Collator(tokenizer, spec.data.packing))
 
-Torch is imported only when `Collator` builds tensors; `sources` and `formats` are light enough
-for the launcher.
+Training streams instead (`trainer.data.stream.TrainStream`: the same steps, a bounded window at
+a time, split across ranks, with a data position for checkpoints); `build_dataset` prepares the
+eval split and checks data. TrainStream is not imported here: it needs torch, and `sources` and
+`formats` stay light enough for the launcher (torch is imported only when `Collator` builds
+tensors).
 """
 
 from trainer.data.builder import build_dataset, conversations

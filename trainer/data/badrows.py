@@ -30,7 +30,7 @@ class BadRowLog:
         """Record one bad row; with `policy: fail` this raises at once."""
         self.counts[bad.reason] += 1
         line = f"{location}: {bad.reason} — {bad.message}"
-        if len(self.examples) < MAX_EXAMPLES:
+        if len(self.examples) < MAX_EXAMPLES and line not in self.examples:  # a row read again in a later pass
             self.examples.append(line)
         if self.spec.policy == "fail":
             raise DataError(

@@ -8,15 +8,15 @@ from typing import Any, Literal
 
 from trainer.data import packing as pk
 from trainer.data.badrows import BadRowLog
+from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
-from trainer.data.formats import Message, to_messages
+from trainer.data.formats import Message
 from trainer.data.render import ChatRenderer, Sample
 from trainer.data.sources import Record, SourceFile, expand, read_records
 from trainer.data.stats import DataStats
 from trainer.spec import JobSpec
 
 Split = Literal["train", "eval"]
-CHUNK = 256  # conversations tokenized per Rust call
 
 
 def _files(
@@ -30,16 +30,9 @@ def _files(
     return expand(uris, storage_options, base_dir, field=f"data.{split}")
 
 
-def _conversations(records: Iterator[Record], spec: JobSpec) -> Iterator[tuple[str, list[Message] | BadRow]]:
+def _conversations(records: Iterator[Record], spec: JobSpec) -> Iterator[Located]:
     for rec in records:
-        if rec.error is not None:
-            yield rec.location, rec.error
-            continue
-        assert rec.row is not None
-        try:
-            yield rec.location, to_messages(rec.row, spec.data)
-        except BadRow as bad:
-            yield rec.location, bad
+        yield rec.location, conversation(rec, spec.data)
 
 
 def build_dataset(
@@ -61,24 +54,17 @@ def build_dataset(
     log = BadRowLog(data.bad_rows, split)
     samples: list[Sample] = []
     rows_read = 0
-    pending: list[tuple[str, list[Message] | BadRow]] = []
+    pending: list[Located] = []
 
     def flush() -> None:
-        located = [(loc, c) for loc, c in pending if not isinstance(c, BadRow)]
-        try:
-            encoded = iter(renderer.encode_many([c for _, c in located]))
-        except DataError as e:
-            where = located[e.index][0] if isinstance(getattr(e, "index", None), int) else f"data.{split}"
-            raise DataError(f"{where}: {e}") from None
-        for location, conv in pending:  # in file order, so `policy: fail` names the first bad row
-            result = conv if isinstance(conv, BadRow) else next(encoded)
+        for (location, _), result in zip(pending, encode_chunk(renderer, pending, split), strict=True):
             if isinstance(result, BadRow):
-                log.add(location, result)
+                log.add(location, result)  # in file order, so `policy: fail` names the first bad row
             else:
                 samples.append(result)
         pending.clear()
 
-    for location, conv in _conversations(read_records(files), spec):
+    for location, conv in _conversations(read_records(files, f"data.{split}"), spec):
         rows_read += 1
         pending.append((location, conv))
         if len(pending) >= CHUNK:
@@ -129,7 +115,7 @@ def conversations(
     out: list[list[Message]] = []
     if limit <= 0:
         return out
-    for _, conv in _conversations(read_records(_files(spec, split, base_dir, storage_options)), spec):
+    for _, conv in _conversations(read_records(_files(spec, split, base_dir, storage_options), f"data.{split}"), spec):
         if not isinstance(conv, BadRow):
             out.append(conv)
             if len(out) >= limit:

@@ -8,6 +8,13 @@ block-diagonal causal mask when no `attention_mask` is passed (sdpa, eager, flex
 attends to another. Flash-attention reads packed sequences from position ids only for batch
 size 1, which is what `Collator(padding_free=True)` produces.
 
+Streaming (`TrainStream`) packs a bounded window at a time (`pack_window`): the samples of about
+`WINDOW_ROWS` rows' worth of tokens go through best-fit-decreasing together and the resulting rows
+leave in a seeded random order. Memory is bounded by the window, not the dataset; the price is
+that a sample can only share a row with samples of its own window, so the window's last rows are
+less full than a global best fit over all samples would leave them (measured by
+`python bench/streaming.py`; see docs/data.md, "Data at scale").
+
 Packing efficiency (DataStats.packing_efficiency) = real tokens / (rows x max_seq_len): the share
 of the row budget that holds sample tokens. The collator pads each micro-batch only to its
 longest row, so the padded layout actually computed on is at least this efficient; the
@@ -16,6 +23,7 @@ collator counts its own real / padded tokens (`Collator.efficiency`).
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 
@@ -69,6 +77,13 @@ def row(samples: Sequence[Sample]) -> Item:
 def pack(samples: Sequence[Sample], max_seq_len: int) -> list[Item]:
     bins = best_fit_decreasing([len(s.input_ids) for s in samples], max_seq_len)
     return [row([samples[i] for i in b]) for b in bins]
+
+
+def pack_window(lengths: Sequence[int], capacity: int, packing: bool, rng: random.Random) -> list[list[int]]:
+    """One window's rows as lists of sample indices (best fit, or one sample each), in `rng`'s order."""
+    bins = best_fit_decreasing(lengths, capacity) if packing else [[i] for i in range(len(lengths))]
+    rng.shuffle(bins)
+    return bins
 
 
 def unpacked(samples: Sequence[Sample]) -> list[Item]:

@@ -4,33 +4,42 @@ Everything goes through fsspec, so any fsspec protocol works. For S3 (s3fs), cre
 endpoint come from the standard AWS environment that botocore honours: `AWS_ACCESS_KEY_ID` /
 `AWS_SECRET_ACCESS_KEY` (or a profile / IRSA), and `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`
 for an S3-compatible server (MinIO, moto, Ceph). `storage_options` passes extra keyword
-arguments to the filesystem (e.g. `{"endpoint_url": ..., "anon": True}`).
+arguments to the filesystem (e.g. `{"endpoint_url": ..., "anon": True}`); S3 filesystems also
+get the retry configuration of `trainer.storage.options`.
 
 Rows stream: a JSONL file is read line by line and a Parquet file batch by batch, so memory
 does not grow with the file. Every row carries where it came from: the 1-based line number of
 a JSONL file, or the 0-based row index of a Parquet file (as pandas / pyarrow count). Blank
 JSONL lines are not rows. A line that is not a JSON object is a bad row (`invalid_json`), never
 a crash. No torch here: the launcher imports this module to validate data.
+
+Positions. `scan` numbers the rows of one pass over a list of files 0, 1, 2 ... and gives each
+row the `Cursor` where it starts (file, byte offset of its line or Parquet row index, line);
+reading can start again at any cursor (`scan(files, cursor)`) and single rows can be read back by
+their cursors (`fetch`), which is how a stream resumes without reading its files from the start.
+Rows the caller does not want (`mine`) are counted but not parsed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
-from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
+from trainer import storage
 from trainer.data.errors import BadRow, DataError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 PARQUET_BATCH_ROWS = 1024
+LINE_BUFFER = 256 * 2**10  # local read buffer in front of a remote file, so lines are split in C
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,32 @@ class Record:
     @property
     def location(self) -> str:
         return f"{self.uri}:row {self.line}" if self.kind == "parquet" else f"{self.uri}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where row `row` of a pass starts: `files[file]` at byte `offset` (JSONL, uncompressed bytes)
+    on 1-based `line`, or at row index `offset` (Parquet). A cursor may also point at blank lines
+    or the end of a file before the row: reading from it finds the row."""
+
+    row: int = 0
+    file: int = 0
+    offset: int = 0
+    line: int = 1
+
+    def to_list(self) -> list[int]:
+        return [self.row, self.file, self.offset, self.line]
+
+    @classmethod
+    def from_list(cls, value: Sequence[int]) -> Cursor:
+        row, file, offset, line = (int(v) for v in value)
+        return cls(row, file, offset, line)
+
+
+class Row(NamedTuple):
+    at: Cursor  # where the row starts
+    after: Cursor  # where the next row is looked for
+    record: Record | None  # None: not wanted, not parsed
 
 
 def file_kind(uri: str) -> str | None:
@@ -82,6 +117,18 @@ def _absolute(uri: str, base_dir: str | os.PathLike[str] | None) -> str:
     return os.path.join(os.fspath(base_dir), uri)
 
 
+def _missing(fs: fsspec.AbstractFileSystem, path: str, raw: str, field: str) -> DataError:
+    """Why `raw` is neither a file nor a folder: the storage's own answer when it has one."""
+    try:
+        fs.info(path)
+    except FileNotFoundError as e:
+        if storage.describe_error(e) != "not found (404)":
+            return DataError(f"{field}: {raw}: {storage.describe_error(e)}")
+    except OSError as e:
+        return DataError(f"{field}: {raw}: {storage.describe_error(e)}")
+    return DataError(f"{field}: {raw!r} not found; give an existing file, folder, glob or s3:// URI")
+
+
 def expand(
     uris: str | Sequence[str],
     storage_options: dict[str, Any] | None = None,
@@ -101,7 +148,7 @@ def expand(
     for raw in items:
         uri = _absolute(raw, base_dir)
         try:
-            fs, path = url_to_fs(uri, **(storage_options or {}))
+            fs, path = storage.filesystem(uri, storage_options)
         except (ImportError, ValueError) as e:
             raise DataError(f"{field}: cannot open {raw!r}: {e}") from None
         try:
@@ -116,9 +163,11 @@ def expand(
             elif fs.isfile(path):
                 paths = [path]
             else:
-                raise DataError(f"{field}: {raw!r} not found; give an existing file, folder, glob or s3:// URI")
-        except (PermissionError, OSError) as e:
-            raise DataError(f"{field}: cannot list {raw!r}: {e} (check the credentials / endpoint for it)") from None
+                raise _missing(fs, path, raw, field)
+        except OSError as e:  # PermissionError, FileNotFoundError of a bucket, retries exhausted
+            raise DataError(
+                f"{field}: cannot list {raw}: {storage.describe_error(e)} (check the credentials / endpoint for it)"
+            ) from None
         for p in paths:
             shown = _display(fs, p)
             kind = file_kind(p)
@@ -133,41 +182,147 @@ def expand(
     return out
 
 
-def _jsonl(src: SourceFile) -> Iterator[Record]:
-    with src.fs.open(src.path, "rb", compression=infer_compression(src.path)) as f:
-        for n, raw in enumerate(f, start=1):
+# -- JSON Lines ------------------------------------------------------------------------------
+def _parse(src: SourceFile, line: int, raw: bytes) -> Record:
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Record(src.uri, line, "jsonl", error=BadRow("invalid_json", f"not UTF-8 text ({e.reason})"))
+    except json.JSONDecodeError as e:
+        return Record(src.uri, line, "jsonl", error=BadRow("invalid_json", f"{e.msg} at column {e.colno}"))
+    if not isinstance(value, dict):
+        msg = f"expected a JSON object per line, got {type(value).__name__}"
+        return Record(src.uri, line, "jsonl", error=BadRow("invalid_json", msg))
+    return Record(src.uri, line, "jsonl", row=value)
+
+
+def _open_jsonl(src: SourceFile) -> io.IOBase:
+    compression = infer_compression(src.path)
+    f = src.fs.open(src.path, "rb", compression=compression)
+    if compression is None and not isinstance(f, io.BufferedIOBase) and not hasattr(f, "f"):
+        size = min(LINE_BUFFER, getattr(f, "blocksize", LINE_BUFFER))  # one remote block at most per read
+        return io.BufferedReader(f, buffer_size=size)  # type: ignore[arg-type]  # fsspec files have readinto
+    return f
+
+
+def _jsonl(src: SourceFile, start: Cursor, mine: Callable[[int], bool]) -> Iterator[Row]:
+    row, offset, line = start.row, start.offset, start.line
+    with _open_jsonl(src) as f:
+        if offset:
+            f.seek(offset)
+        for raw in f:
+            at_offset, at_line = offset, line
+            offset += len(raw)
+            line += 1
             if not raw.strip():
                 continue
-            try:
-                value = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield Record(src.uri, n, "jsonl", error=BadRow("invalid_json", f"not UTF-8 text ({e.reason})"))
-                continue
-            except json.JSONDecodeError as e:
-                yield Record(src.uri, n, "jsonl", error=BadRow("invalid_json", f"{e.msg} at column {e.colno}"))
-                continue
-            if not isinstance(value, dict):
-                msg = f"expected a JSON object per line, got {type(value).__name__}"
-                yield Record(src.uri, n, "jsonl", error=BadRow("invalid_json", msg))
-                continue
-            yield Record(src.uri, n, "jsonl", row=value)
+            at = Cursor(row, start.file, at_offset, at_line)
+            after = Cursor(row + 1, start.file, offset, line)
+            yield Row(at, after, _parse(src, at_line, raw) if mine(row) else None)
+            row += 1
 
 
-def _parquet(src: SourceFile) -> Iterator[Record]:
+# -- Parquet ---------------------------------------------------------------------------------
+def _groups(pf: Any) -> list[int]:
+    """First row index of each row group, plus the total."""
+    starts = [0]
+    for i in range(pf.metadata.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(i).num_rows)
+    return starts
+
+
+def _group_of(starts: list[int], index: int) -> int:
+    """The row group holding row `index` (len(starts) - 1 past the end)."""
+    return next((g for g in range(len(starts) - 1) if index < starts[g + 1]), len(starts) - 1)
+
+
+def _parquet(src: SourceFile, start: Cursor, mine: Callable[[int], bool]) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with src.fs.open(src.path, "rb") as f:
-        index = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                yield Record(src.uri, index, "parquet", row=row)
-                index += 1
+        pf = pq.ParquetFile(f)
+        starts = _groups(pf)
+        first = _group_of(starts, start.offset)
+        groups = list(range(first, len(starts) - 1))
+        if not groups:
+            return
+        index = starts[first]  # file row index of the batch's first row
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=groups):
+            skip = max(0, start.offset - index)
+            row = start.row + index + skip - start.offset  # the pass's number of the batch's row `skip`
+            wanted = [i for i in range(skip, batch.num_rows) if mine(row + i - skip)]
+            rows = batch.take(pa.array(wanted, type=pa.int64())).to_pylist() if wanted else []
+            got = dict(zip(wanted, rows, strict=True))
+            for i in range(skip, batch.num_rows):
+                n = row + i - skip
+                rec = Record(src.uri, index + i, "parquet", row=got[i]) if i in got else None
+                yield Row(Cursor(n, start.file, index + i, 0), Cursor(n + 1, start.file, index + i + 1, 0), rec)
+            index += batch.num_rows
 
 
-def read_records(files: Sequence[SourceFile]) -> Iterator[Record]:
-    """Every row of every file, in order."""
-    for src in files:
+# -- reading ---------------------------------------------------------------------------------
+def _read_error(src: SourceFile, e: Exception, field: str) -> DataError:
+    return DataError(f"{field}: cannot read {src.uri}: {storage.describe_error(e)}")
+
+
+def scan(
+    files: Sequence[SourceFile],
+    start: Cursor = Cursor(),
+    mine: Callable[[int], bool] = lambda row: True,
+    *,
+    field: str = "data.train",
+) -> Iterator[Row]:
+    """Every row of every file from `start` on, in order, numbered across the files; parsed only
+    where `mine(row)`. Unreadable files raise DataError naming `field`, the URI and the cause."""
+    cursor = start
+    for index in range(start.file, len(files)):
+        src = files[index]
+        if index != start.file:
+            cursor = Cursor(cursor.row, index, 0, 1)
         try:
-            yield from _jsonl(src) if src.kind == "jsonl" else _parquet(src)
-        except (OSError, ValueError) as e:  # unreadable file, broken Parquet (ArrowInvalid)
-            raise DataError(f"cannot read {src.uri}: {e}") from None
+            for item in _jsonl(src, cursor, mine) if src.kind == "jsonl" else _parquet(src, cursor, mine):
+                cursor = item.after
+                yield item
+        except (OSError, ValueError) as e:  # unreadable file, broken Parquet (ArrowInvalid), S3 errors
+            raise _read_error(src, e, field) from None
+
+
+def read_records(files: Sequence[SourceFile], field: str = "data.train") -> Iterator[Record]:
+    """Every row of every file, in order."""
+    for item in scan(files, field=field):
+        assert item.record is not None
+        yield item.record
+
+
+def fetch(files: Sequence[SourceFile], cursors: Sequence[Cursor], *, field: str = "data.train") -> list[Record]:
+    """The rows that start at `cursors` (as `scan` gave them), read directly, in the given order."""
+    import pyarrow.parquet as pq
+
+    out: dict[Cursor, Record] = {}
+    by_file: dict[int, list[Cursor]] = {}
+    for c in cursors:
+        by_file.setdefault(c.file, []).append(c)
+    for index, wanted in sorted(by_file.items()):
+        src = files[index]
+        try:
+            if src.kind == "jsonl":
+                with _open_jsonl(src) as f:
+                    for c in sorted(set(wanted), key=lambda c: c.offset):
+                        f.seek(c.offset)
+                        out[c] = _parse(src, c.line, f.readline())
+            else:
+                with src.fs.open(src.path, "rb") as f:
+                    pf = pq.ParquetFile(f)
+                    starts = _groups(pf)
+                    group, table = -1, None
+                    for c in sorted(set(wanted), key=lambda c: c.offset):
+                        if _group_of(starts, c.offset) != group:
+                            group = _group_of(starts, c.offset)
+                            table = pf.read_row_group(group)
+                        assert table is not None
+                        row = table.slice(c.offset - starts[group], 1).to_pylist()[0]
+                        out[c] = Record(src.uri, c.offset, "parquet", row=row)
+        except (OSError, ValueError, IndexError) as e:
+            raise _read_error(src, e, field) from None
+    return [out[c] for c in cursors]

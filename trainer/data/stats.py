@@ -1,4 +1,9 @@
-"""What building a split did: rows in, rows used, bad rows per reason, tokens and packing."""
+"""What reading a split did: rows in, rows used, bad rows per reason, tokens and packing.
+
+For the training stream (`TrainStream.stats`), every row read is accounted for:
+`rows_read == rows_used + bad_total + rows_unreached` (`rows_skipped` = the last two), summed
+over ranks, with each rank's own counts in `per_rank`. A row read in two passes counts twice.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,16 @@ class DataStats:
     packing: bool = True
     files: list[str] = field(default_factory=list)
     truncated: int = 0  # samples cut to max_seq_len (`data.too_long: truncate`): used, but not whole
+    rows_unreached: int = 0  # read and packed, but training stopped (max_steps) before their row came up
+    per_rank: list[dict[str, int]] = field(default_factory=list)  # each rank's counts (training stream)
 
     @property
     def bad_total(self) -> int:
         return sum(self.bad_rows.values())
+
+    @property
+    def rows_skipped(self) -> int:
+        return self.bad_total + self.rows_unreached
 
     def as_metrics(self, prefix: str = "data/") -> dict[str, float]:
         out = {
@@ -37,8 +48,14 @@ class DataStats:
             f"{prefix}tokens_trained": float(self.tokens_trained),
             f"{prefix}packing_efficiency": float(self.packing_efficiency),
             f"{prefix}truncated": float(self.truncated),
+            f"{prefix}rows_skipped": float(self.rows_skipped),
+            f"{prefix}rows_unreached": float(self.rows_unreached),
         }
         out.update({f"{prefix}bad_rows/{reason}": float(n) for reason, n in sorted(self.bad_rows.items())})
+        if len(self.per_rank) > 1:
+            for r in self.per_rank:
+                for key in ("rows_read", "rows_used", "rows_skipped"):
+                    out[f"{prefix}rank{r['rank']}/{key}"] = float(r[key])
         return out
 
     def report(self) -> str:
@@ -47,6 +64,12 @@ class DataStats:
             f"data.{self.split}: {len(self.files)} file(s), {self.rows_read} rows read, {self.rows_used} used, "
             f"{self.bad_total} bad" + (f" ({bad})" if bad else ""),
         ]
+        if self.rows_unreached:
+            lines.append(f"  not reached: {self.rows_unreached} row(s) read and packed, but training stopped "
+                         "(training.max_steps) before their packed row came up")
+        if len(self.per_rank) > 1:
+            lines += [f"  rank {r['rank']}: {r['rows_read']} read, {r['rows_used']} used, {r['rows_skipped']} skipped"
+                      for r in self.per_rank]
         lines += [f"  bad: {e}" for e in self.bad_examples[:3]]
         if self.truncated:
             lines.append(f"  truncated to {self.max_seq_len} tokens: {self.truncated} sample(s) (data.too_long: truncate)")

@@ -1,0 +1,163 @@
+"""Peak memory of streaming training data: 10 MB against about 1 GB of chat rows from S3.
+
+    python bench/streaming.py            # 10 MB and 1 GB (about 15 minutes on 2 CPU cores)
+    python bench/streaming.py --quick    # 10 MB and 100 MB (about 2 minutes)
+
+Generated multi-turn chat rows (`messages`, log-normal lengths) are written once to a moto S3
+server this script starts on loopback (from a temporary folder; nothing is kept). Then, for each
+size, a fresh child process streams one whole pass of `s3://bench/<size>/` through `TrainStream`
+— read, format, render with the real Qwen2.5 chat template, tokenize, pack best-fit into rows of
+`--max-seq-len` — and reports its peak resident memory (VmHWM: each child has its own
+high-water mark) and its rows/s. The target: peak RSS at 1 GB / peak RSS at 10 MB <= 1.1.
+
+A named baseline for both numbers: `build_dataset` (every sample in memory, one global best fit
+over all of them, what training used before streaming) on the 10 MB data — its peak RSS shows
+what materialising costs, and its packing efficiency is what the stream's bounded packing window
+gives up (printed as `fill`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ["the", "model", "learns", "to", "answer", "questions", "about", "kubernetes", "clusters", "gpus", "nodes",
+         "pods", "jobs", "data", "sets", "tokens", "adapters", "weights", "gradients", "batches", "steps", "loss",
+         "rate", "memory", "storage", "network", "latency", "stream", "shard", "rank", "window", "pack"]
+MB = 2**20
+SHARD = 128 * MB  # bytes per file: a large data set comes as several files
+
+
+def rows(rng: random.Random) -> Any:
+    """Endless chats of one to three turns; turn lengths log-normal (many short, a long tail)."""
+
+    def text(median: float, cap: int) -> str:
+        k = max(1, min(cap, int(rng.lognormvariate(math.log(median), 0.9))))
+        return " ".join(rng.choices(WORDS, k=k)).capitalize() + "."
+
+    while True:
+        messages = []
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            messages += [{"role": "user", "content": text(25, 200)}, {"role": "assistant", "content": text(60, 600)}]
+        yield {"messages": messages}
+
+
+def upload(client: Any, bucket: str, prefix: str, size: int, folder: Path, seed: int) -> int:
+    """About `size` bytes of JSONL in files of at most SHARD bytes under s3://bucket/prefix/; returns rows."""
+    gen, n, written, part = rows(random.Random(seed)), 0, 0, 0
+    while written < size:
+        path = folder / f"{prefix}-{part:03d}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            here = 0
+            while here < min(SHARD, size - written):
+                line = json.dumps(next(gen)) + "\n"
+                f.write(line)
+                here += len(line)
+                n += 1
+        client.upload_file(str(path), bucket, f"{prefix}/train-{part:03d}.jsonl")
+        written += here
+        path.unlink()
+        part += 1
+    return n
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def child(uri: str, mode: str, max_seq_len: int) -> None:
+    """One measurement in this (fresh) process; prints one JSON line."""
+    from tests.resources import tokenizer_for
+    from trainer.data import build_dataset
+    from trainer.data.stream import TrainStream
+    from trainer.spec import JobSpec
+
+    tok = tokenizer_for("qwen2")
+    spec = JobSpec.model_validate({"name": "bench", "base_model": "m", "training": {"max_steps": 1},
+                                   "data": {"train": uri, "max_seq_len": max_seq_len, "too_long": "truncate"}})
+    before = peak_rss_mb()
+    started = time.perf_counter()
+    if mode == "stream":
+        stream = TrainStream(spec, tok, passes=1)
+        for _ in stream:
+            pass
+        stats = stream.finish()
+    else:
+        _, stats = build_dataset(spec, tok)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"rows": stats.rows_read, "packed": stats.packed_rows, "tokens": stats.tokens_total,
+                      "fill": stats.packing_efficiency, "seconds": seconds, "rss_start": before,
+                      "rss_peak": peak_rss_mb()}))
+
+
+def measure(uri: str, mode: str, max_seq_len: int, env: dict[str, str]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", uri, "--mode", mode, "--max-seq-len", str(max_seq_len)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="100 MB instead of 1 GB as the large size")
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="stream", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args.child, args.mode, args.max_seq_len)
+
+    import logging
+
+    import boto3
+
+    from tests.integration.servers import moto_s3, s3_env
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server: no line per request
+
+    sizes = {"10 MB": 10 * MB, "100 MB" if args.quick else "1 GB": (100 if args.quick else 1024) * MB}
+    with moto_s3() as endpoint, tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
+        env = {**os.environ, **s3_env(endpoint), "PYTHONPATH": str(ROOT)}
+        os.environ.update(s3_env(endpoint))
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="bench")
+        uris = {}
+        for i, (name, size) in enumerate(sizes.items()):
+            started = time.perf_counter()
+            prefix = name.replace(" ", "").lower()
+            n = upload(client, "bench", prefix, size, Path(tmp), seed=i)
+            uris[name] = f"s3://bench/{prefix}/"
+            print(f"wrote {name}: {n:,} rows to {uris[name]} in {time.perf_counter() - started:.0f}s", flush=True)
+        results = {}
+        for name, uri in uris.items():
+            results[name] = r = measure(uri, "stream", args.max_seq_len, env)
+            print(f"stream {name:>6}: peak RSS {r['rss_peak']:7.0f} MB (at start {r['rss_start']:.0f} MB), "
+                  f"{r['rows'] / r['seconds']:,.0f} rows/s, {r['tokens'] / r['seconds']:,.0f} tokens/s, "
+                  f"{r['rows']:,} rows -> {r['packed']:,} rows of {args.max_seq_len}, fill {r['fill']:.2%}", flush=True)
+        small, large = list(sizes)
+        base = measure(uris[small], "build_dataset", args.max_seq_len, env)
+        print(f"baseline build_dataset {small}: peak RSS {base['rss_peak']:.0f} MB, "
+              f"{base['rows'] / base['seconds']:,.0f} rows/s, fill {base['fill']:.2%} (one best fit over all samples)")
+        ratio = results[large]["rss_peak"] / results[small]["rss_peak"]
+        print(f"peak RSS ratio {large} / {small}: {ratio:.3f} (target <= 1.1)")
+        print(f"packing fill, window / global best fit ({small}): {results[small]['fill']:.2%} / {base['fill']:.2%}")
+
+
+if __name__ == "__main__":
+    main()

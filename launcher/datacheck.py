@@ -1,0 +1,246 @@
+"""`launch data validate`: what a spec's data turns into, before any GPU time is spent.
+
+Rows are read through the spec's own sources, format, chat template and tokenizer (the trainer's
+`trainer.data` steps, the same ones `build_dataset` chains), and the report says: rows read, used
+and bad by reason with examples (file:line), the token length distribution of the samples, the
+share of tokens that will be trained and how full packed rows will be. A split fails (exit 2)
+when it is empty, when every row is bad, or when bad rows break `data.bad_rows`.
+
+`precheck` is the cheap part, run by `launch submit --local` before anything starts: rows
+through the format only (no tokenizer), on the first PRECHECK_ROWS rows of each local split.
+
+The tokenizer (transformers) is imported only by `validate`; this module itself stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from launcher.errors import UserError
+from trainer import storage
+from trainer.data.badrows import BadRowLog
+from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
+from trainer.data.errors import BadRow, DataError
+from trainer.data.sources import expand, read_records
+from trainer.spec import BadRowsSpec, JobSpec
+
+PRECHECK_ROWS = 1000
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass
+class SplitReport:
+    split: str
+    files: list[str]
+    rows_read: int
+    rows_used: int
+    sampled: bool  # stopped after `--sample` rows: the file(s) hold more
+    bad_rows: dict[str, int]
+    bad_examples: list[str]
+    lengths: dict[str, int]  # min, p50, p90, p99, max tokens per sample
+    max_seq_len: int
+    tokens_total: int
+    tokens_trained: int
+    truncated: int
+    packing: bool
+    packed_rows: int
+    packing_efficiency: float
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def trained_share(self) -> float:
+        return self.tokens_trained / self.tokens_total if self.tokens_total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "trained_share": round(self.trained_share, 4),
+                "packing_efficiency": round(self.packing_efficiency, 4)}
+
+    def lines(self) -> list[str]:
+        bad = sum(self.bad_rows.values())
+        head = f"data.{self.split}: {len(self.files)} file(s), {self.rows_read} rows read"
+        head += " (--sample: the first rows only)" if self.sampled else ""
+        out = [f"{head}, {self.rows_used} used, {bad} bad"]
+        if bad:
+            out.append("  bad rows: " + ", ".join(f"{r} {n}" for r, n in sorted(self.bad_rows.items(), key=lambda x: -x[1])))
+            out += [f"    {e}" for e in self.bad_examples]
+        if self.rows_used:
+            dist = "  ".join(f"{k} {v}" for k, v in self.lengths.items())
+            out.append(f"  tokens per sample: {dist}  (data.max_seq_len {self.max_seq_len})")
+            if self.truncated:
+                out.append(f"  truncated to data.max_seq_len: {self.truncated} sample(s)")
+            out.append(f"  trained tokens: {self.tokens_trained} of {self.tokens_total} ({self.trained_share:.1%})")
+            layout = (f"{self.rows_used} samples into {self.packed_rows} packed rows of {self.max_seq_len}"
+                      if self.packing else f"{self.rows_used} samples, one per row of up to {self.max_seq_len}")
+            out.append(f"  packing: {layout}, {self.packing_efficiency:.1%} of the row budget holds tokens")
+        out += [f"  problem: {p}" for p in self.problems]
+        return out
+
+
+def percentile(sorted_values: list[int], p: float) -> int:
+    """Nearest-rank percentile of a sorted, non-empty list."""
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+def distribution(lengths: list[int]) -> dict[str, int]:
+    if not lengths:
+        return {}
+    s = sorted(lengths)
+    return {"min": s[0], **{f"p{p}": percentile(s, p) for p in PERCENTILES}, "max": s[-1]}
+
+
+def policy_problems(split: str, rows_read: int, bad: int, spec: BadRowsSpec, names: str) -> list[str]:
+    """Why this split would stop the job: empty, all bad, or more bad rows than `data.bad_rows` allows."""
+    if rows_read == 0:
+        return [f"data.{split} is empty: no rows in {names}; write the data first, or point data.{split} at it"]
+    if bad == rows_read:
+        return [f"data.{split}: every one of the {rows_read} rows is bad; check data.format (and data.columns / "
+                "data.template) against the rows shown above"]
+    if bad and spec.policy == "fail":
+        return [f"data.{split}: {bad} bad row(s) and data.bad_rows.policy is fail: the first stops the job; fix them "
+                "or set data.bad_rows.policy: skip"]
+    if bad / rows_read > spec.max_bad_fraction:
+        return [f"data.{split}: {bad} of {rows_read} rows are bad ({bad / rows_read:.2%}), more than "
+                f"data.bad_rows.max_bad_fraction = {spec.max_bad_fraction:g}; fix the rows, or raise the fraction "
+                "if losing them is acceptable"]
+    return []
+
+
+def _names(files: list[Any]) -> str:
+    return ", ".join(f.uri for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+def _files(spec: JobSpec, split: str, spec_dir: Path) -> list[Any]:
+    try:
+        return expand(getattr(spec.data, split), None, spec_dir, field=f"data.{split}")
+    except DataError as e:
+        raise UserError(str(e)) from None
+
+
+def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, sample: int | None) -> SplitReport:
+    """Read `sample` rows (None: all) of one split through format, template and tokenizer."""
+    from trainer.data import packing as pk
+    from trainer.data.render import ChatRenderer
+
+    data = spec.data
+    files = _files(spec, split, spec_dir)
+    try:
+        renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long)
+    except DataError as e:
+        raise UserError(f"{spec.base_model}: {e}") from None
+    log = BadRowLog(BadRowsSpec(policy="skip", max_bad_fraction=1.0), split)  # count all; the policy is judged below
+    lengths: list[int] = []
+    trained = truncated = rows = 0
+    records = read_records(files, f"data.{split}")
+    limited = islice(records, sample) if sample else records
+    pending: list[Located] = []
+
+    def flush() -> None:
+        nonlocal trained, truncated
+        try:
+            results = encode_chunk(renderer, pending, split)
+        except DataError as e:
+            raise UserError(str(e)) from None
+        for (location, _), result in zip(pending, results, strict=True):
+            if isinstance(result, BadRow):
+                log.add(location, result)
+            else:
+                lengths.append(len(result.input_ids))
+                trained += result.trained
+                truncated += result.truncated
+        pending.clear()
+
+    try:
+        for rec in limited:
+            rows += 1
+            pending.append((rec.location, conversation(rec, data)))
+            if len(pending) >= CHUNK:
+                flush()
+        flush()
+        sampled = bool(sample) and rows == sample and next(records, None) is not None
+    except DataError as e:
+        raise UserError(str(e)) from None
+    bins = pk.best_fit_decreasing(lengths, data.max_seq_len) if data.packing else [[i] for i in range(len(lengths))]
+    return SplitReport(
+        split=split, files=[f.uri for f in files], rows_read=rows, rows_used=len(lengths), sampled=sampled,
+        bad_rows=dict(log.counts), bad_examples=list(log.examples), lengths=distribution(lengths),
+        max_seq_len=data.max_seq_len, tokens_total=sum(lengths), tokens_trained=trained, truncated=truncated,
+        packing=data.packing, packed_rows=len(bins), packing_efficiency=pk.efficiency(sum(lengths), len(bins),
+                                                                                     data.max_seq_len),
+        problems=policy_problems(split, rows, log.total, data.bad_rows, _names(files)),
+    )
+
+
+def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -> Any:
+    """The base model's tokenizer (or `--tokenizer PATH`'s), with `model.chat_template` applied."""
+    from transformers import AutoTokenizer
+
+    source = override or spec.base_model
+    where = "--tokenizer" if override else "base_model"
+    path = Path(source).expanduser()
+    if not path.is_absolute() and not storage.is_remote(source):
+        path = (Path.cwd() if override else spec_dir) / path
+    try:
+        if storage.is_remote(source):
+            raise UserError(f"{where} {source}: validating reads the tokenizer from this machine; pass --tokenizer "
+                            "PATH (a local model folder or .gguf with the same tokenizer)")
+        if source.lower().endswith(".gguf"):
+            if not path.is_file():
+                raise UserError(f"{where} {source}: no such file ({path})")
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        elif path.is_dir():
+            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.model.trust_remote_code)
+        elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+            try:
+                tok = AutoTokenizer.from_pretrained(source, local_files_only=True,
+                                                    trust_remote_code=spec.model.trust_remote_code)
+            except OSError:
+                raise UserError(f"base_model {source}: its tokenizer is not in this machine's Hugging Face cache; "
+                                "pass --tokenizer PATH (a local model folder or .gguf with the same tokenizer), or "
+                                f"download it first (`hf download {source}`)") from None
+        else:
+            raise UserError(f"{where} {source}: no such folder or .gguf file ({path})")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where} {source}: cannot load a tokenizer from it: {e}") from None
+    if spec.model.chat_template:
+        uri = spec.model.chat_template
+        if not storage.is_remote(uri) and not Path(uri).expanduser().is_absolute():
+            uri = str(spec_dir / uri)
+        try:
+            tok.chat_template = storage.read_text(uri)
+        except (FileNotFoundError, IsADirectoryError) as e:
+            raise UserError(f"model.chat_template: cannot read {uri} ({e}); give a Jinja template file") from None
+    return tok
+
+
+def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[SplitReport]:
+    tok = load_tokenizer(spec, spec_dir, tokenizer)
+    splits = ["train"] + (["eval"] if spec.data.eval is not None else [])
+    return [split_report(spec, s, tok, spec_dir, sample) for s in splits]
+
+
+def precheck(spec: JobSpec, spec_dir: Path) -> list[str]:
+    """Cheap checks of the local data before a job starts: the first PRECHECK_ROWS rows of each split
+    through the format (no tokenizer). Remote data is left to the trainer."""
+    problems: list[str] = []
+    for split in ("train", "eval"):
+        uris = getattr(spec.data, split)
+        if uris is None or any(storage.is_remote(u) for u in ([uris] if isinstance(uris, str) else uris)):
+            continue
+        files = _files(spec, split, spec_dir)
+        rows = bad = 0
+        try:
+            for rec in islice(read_records(files, f"data.{split}"), PRECHECK_ROWS):
+                rows += 1
+                bad += isinstance(conversation(rec, spec.data), BadRow)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        found = policy_problems(split, rows, bad, spec.data.bad_rows, _names(files))
+        if found and rows == PRECHECK_ROWS:
+            found = [f"{p} (in its first {PRECHECK_ROWS} rows)" for p in found]
+        problems += [f"{p}; `launch data validate` shows the rows" for p in found]
+    return problems

@@ -1,0 +1,357 @@
+"""TrainStream: `data.train` as an endless stream of packed rows at flat memory, split across
+ranks and DataLoader workers, with an exact position for checkpoints.
+
+Pipeline, per rank: the files of `data.train` (local, `s3://`, globs; JSONL, Parquet, gz) are
+read row by row (`sources.scan`); the rows of this rank's share (row g of a pass belongs to rank
+g mod world size, `shards`) are formatted, rendered and tokenized `encode.CHUNK` at a time; the
+samples of about `WINDOW_ROWS` rows' worth of tokens are packed best-fit together and the
+window's packed rows leave in a seeded random order (`packing.pack_window`). Nothing else is
+kept, so memory does not grow with the data. Each pass (epoch) reads the files in a seeded
+order; when a pass ends the next one begins, so the stream never ends: `training.max_steps`
+ends training (without it, `count_pass` measures a pass first and `steps_left` turns
+`training.epochs` into optimizer steps).
+Every row of a pass is read by exactly one (rank, DataLoader worker); deterministic for a
+given seed, data and world size.
+
+The data position contract (checkpoints rely on it):
+
+- `state_dict() -> dict`: JSON-serialisable; the position right after the last packed row this
+  stream yielded, including the packed rows already read but not yet yielded (as the cursors of
+  their rows: file, offset, line), the rows left of each pass it is in, and the row accounting.
+  Take it where the yielded rows have been trained, not where a loader fetched them: accelerate's
+  prepared loaders iterate a batch ahead. trainer/datastate.py attaches it to the last row of
+  each micro-batch, and the Trainer keeps the one of the last batch it trained.
+- `load_state_dict(state)`: before iterating, restores a position so the next packed row is
+  exactly the one the uninterrupted run would have yielded next. `state` is
+  `{"ranks": [rank 0's state_dict(), ..., rank N-1's]}` (or one rank's own state_dict() when the
+  world size is unchanged). From N ranks to M != N the rows not yet trained are re-sharded
+  (`position.reshard`): none is lost or repeated, the batches differ. The Trainer must not skip
+  batches itself on resume (`TrainingArguments(ignore_data_skip=True)`): the stream continues.
+- The state holds digests of the file list, the files' sizes and the data settings, and the
+  seed; loading it with other data raises DataError (resuming would lose or repeat rows).
+- Positions cover iteration in the main process (`num_workers=0`, as training runs it: the HF
+  Trainer's default). DataLoader workers split the rows among themselves as well, but their
+  positions and counts stay in the worker processes: don't checkpoint such a loader.
+
+`iter()` continues from the current position (it does not restart), so the Trainer's epochs
+simply take the next rows. `stats()` / `finish()` sum the accounting over ranks (collective).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from trainer.data import accounting
+from trainer.data import packing as pk
+from trainer.data.badrows import BadRowLog
+from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
+from trainer.data.errors import BadRow, DataError
+from trainer.data.position import STATE_FORMAT, Bin, Work, reshard
+from trainer.data.render import ChatRenderer, Sample
+from trainer.data.shards import fresh, split
+from trainer.data.sources import Cursor, SourceFile, expand, fetch, scan
+from trainer.data.stats import DataStats
+from trainer.spec import JobSpec
+
+WINDOW_ROWS = 64  # a packing window holds about this many rows' worth of tokens (x data.max_seq_len)
+FIELD = "data.train"
+
+
+class TrainStream(IterableDataset):
+    def __init__(
+        self,
+        spec: JobSpec,
+        tokenizer: Any,
+        *,
+        base_dir: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        passes: int | None = None,
+        window_rows: int = WINDOW_ROWS,
+    ):
+        data = spec.data
+        self.data, self.training = data, spec.training
+        self.seed = spec.training.seed
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} of world size {self.world_size}")
+        self.passes = passes  # None: endless
+        self.window_tokens = window_rows * data.max_seq_len
+        self.files = expand(data.train, storage_options, base_dir, field=FIELD)
+        self.renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
+                                     too_long=data.too_long)
+        self.fingerprint = self._fingerprint(spec)
+        self._pass_rows: int | None = None  # packed rows of one pass over all ranks (count_pass)
+        self._generation = 0
+        self._worker: tuple[int, int] | None = None  # (worker id, workers) inside a DataLoader worker
+        self._start()
+
+    def _start(self) -> None:
+        self._work: list[Work] = []
+        self._next_epoch = 0
+        self.counts = dict.fromkeys(accounting.FIELDS, 0)
+        self.log = BadRowLog(self.data.bad_rows, "train")
+
+    def _fingerprint(self, spec: JobSpec) -> dict[str, Any]:
+        """What a saved position depends on, as short digests (a state stays small with many files)."""
+
+        def digest(value: Any) -> str:
+            return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+        settings = spec.data.model_dump(mode="json", exclude={"eval", "bad_rows"})
+        settings |= {"base_model": spec.base_model, "chat_template": spec.model.chat_template}
+        return {"files": digest([f.uri for f in self.files]), "sizes": digest([f.fs.size(f.path) for f in self.files]),
+                "seed": self.seed, "settings": digest(settings)}
+
+    # -- length ---------------------------------------------------------------------------
+    def count_pass(self) -> DataStats:
+        """Read one whole pass (the first, as training will) without keeping it, to learn how many
+        packed rows a pass makes (collective: every rank calls it). Bad data fails here, before
+        training. Returns the pass's accounting over all ranks."""
+        probe = copy.copy(self)
+        probe._start()
+        probe.passes = 1
+        error = None
+        try:
+            for _ in probe:
+                pass
+        except DataError as e:  # every rank hears of it: none is left waiting for the others
+            error = str(e)
+        per_rank = self._gather(probe._rank_counts() | {"error": error})
+        errors = [r["error"] for r in per_rank if r["error"]]
+        if errors:
+            raise DataError(errors[0])
+        stats = self._stats(per_rank)
+        self._check_bad_fraction(stats)
+        self._pass_rows = stats.packed_rows
+        return stats
+
+    def steps_left(self) -> int | None:
+        """Optimizer steps until `training.epochs` passes are trained, counted from the rows all
+        ranks have trained so far (collective); None with `training.max_steps` (it decides)."""
+        t = self.training
+        if t.max_steps:
+            return None
+        if self._pass_rows is None:
+            self.count_pass()
+        assert self._pass_rows is not None
+        step_rows = self.world_size * t.per_device_batch_size * t.grad_accum
+        done = sum(r["packed_rows"] for r in self._gather(dict(self.counts)))
+        return max(0, math.ceil(t.epochs * self._pass_rows / step_rows) - done // step_rows)
+
+    # -- iteration ------------------------------------------------------------------------
+    def _order(self, epoch: int) -> list[SourceFile]:
+        files = list(self.files)
+        random.Random(f"{self.seed}/files/{epoch}").shuffle(files)
+        return files
+
+    def _fresh(self, epoch: int) -> Work:
+        share = fresh(self.rank, self.world_size)
+        if self._worker is not None:
+            share = split([share], *self._worker)
+        return Work(epoch, share)
+
+    def _as_worker(self, worker: int, workers: int) -> None:
+        """In DataLoader worker `worker` (a copy of the stream): its part of every pass."""
+        self._worker = (worker, workers)
+        for w in self._work:
+            w.share = split([w.share.after(w.cursor.row)], worker, workers)
+            w.bins = w.bins[worker::workers]
+
+    def __iter__(self) -> Iterator[dict[str, list[int]]]:
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1 and self._worker is None:
+            self._as_worker(info.id, info.num_workers)
+        self._generation += 1
+        gen = self._generation
+        while self._generation == gen:
+            if not self._work:
+                if self.passes is not None and self._next_epoch >= self.passes:
+                    return
+                self._work.append(self._fresh(self._next_epoch))
+                self._next_epoch += 1
+            item = self._work[0]
+            self._materialize(item)
+            while True:
+                while item.bins:
+                    yield self._hand_out(item)
+                    if self._generation != gen:  # a newer iterator (or a loaded state) owns the position
+                        return
+                if item.finished:
+                    break
+                self._read_window(item)
+            self._end_pass(item)
+
+    def _hand_out(self, item: Work) -> dict[str, list[int]]:
+        b = item.bins.pop(0)
+        assert b.samples is not None
+        row = pk.row(b.samples)
+        c = self.counts
+        c["rows_used"] += len(b.samples)
+        c["packed_rows"] += 1
+        c["tokens_total"] += len(row["input_ids"])
+        c["tokens_trained"] += sum(s.trained for s in b.samples)
+        c["truncated"] += sum(s.truncated for s in b.samples)
+        item.yielded += 1
+        return row
+
+    def _encode(self, chunk: list[tuple[Cursor, Located]], window: list[tuple[Cursor, Sample]]) -> int:
+        located = [loc for _, loc in chunk]
+        tokens = 0
+        for (at, (where, _)), result in zip(chunk, encode_chunk(self.renderer, located, "train"), strict=True):
+            if isinstance(result, BadRow):
+                self.log.add(where, result)  # `policy: fail` raises here, naming the row
+            else:
+                window.append((at, result))
+                tokens += len(result.input_ids)
+        return tokens
+
+    def _read_window(self, item: Work) -> None:
+        """Read, tokenize and pack the next window of `item` into its bins (`finished` at the pass's end)."""
+        if item.scanner is None:
+            item.scanner = scan(self._order(item.epoch), item.cursor, item.share.__contains__, field=FIELD)
+        window: list[tuple[Cursor, Sample]] = []
+        chunk: list[tuple[Cursor, Located]] = []
+        tokens = 0
+        while tokens < self.window_tokens:
+            row = next(item.scanner, None)
+            if row is None:
+                item.finished, item.scanner = True, None
+                break
+            item.cursor = row.after
+            if row.record is None:
+                continue
+            self.counts["rows_read"] += 1
+            chunk.append((row.at, (row.record.location, conversation(row.record, self.data))))
+            if len(chunk) >= CHUNK:
+                tokens += self._encode(chunk, window)
+                chunk = []
+        if chunk:
+            self._encode(chunk, window)
+        if window:
+            rng = random.Random(f"{self.seed}/{item.epoch}/{window[0][0].row}")
+            lengths = [len(s.input_ids) for _, s in window]
+            bins = pk.pack_window(lengths, self.data.max_seq_len, self.data.packing, rng)
+            item.bins = [Bin([window[i][0] for i in b], [window[i][1] for i in b]) for b in bins]
+
+    def _end_pass(self, item: Work) -> None:
+        self._work.pop(0)
+        self.counts["passes"] += 1
+        read = self.counts["rows_read"]
+        if item.fresh and item.yielded == 0:
+            where = f"rank {self.rank} of {self.world_size}" if self.world_size > 1 else "the data"
+            names = ", ".join(f.uri for f in self.files[:3]) + (" ..." if len(self.files) > 3 else "")
+            if read == 0:
+                raise DataError(f"{FIELD}: no rows at all for {where} in {names}: the files are empty"
+                                + (" or hold fewer rows than there are ranks" if self.world_size > 1 else ""))
+            raise DataError(f"{FIELD}: none of the {read} rows {where} read in {names} is usable "
+                            f"(data.format is `{self.data.format}`).\n{self.log.summary()}")
+        if self.passes is None:  # training: this rank's rows so far (count_pass checks all ranks at once)
+            self.log.check(read)
+
+    def _materialize(self, item: Work) -> None:
+        """Read the rows of bins loaded from a state again; they must give the same samples."""
+        todo = [b for b in item.bins if b.samples is None]
+        if not todo:
+            return
+        records = fetch(self._order(item.epoch), [c for b in todo for c in b.refs], field=FIELD)
+        located = [(r.location, conversation(r, self.data)) for r in records]
+        results = iter(zip(located, encode_chunk(self.renderer, located, "train"), strict=True))
+        for b in todo:
+            b.samples = []
+            for (where, _), result in (next(results) for _ in b.refs):
+                if isinstance(result, BadRow):
+                    raise DataError(f"{FIELD}: {where} is not the row it was when the checkpoint was written "
+                                    f"({result.reason}): the data changed; resuming would not train the same rows")
+                b.samples.append(result)
+
+    # -- position -------------------------------------------------------------------------
+    def _rank_counts(self) -> dict[str, Any]:
+        return self.counts | {"bad_rows": dict(self.log.counts), "bad_examples": list(self.log.examples),
+                              "rows_pending": sum(w.pending_rows for w in self._work), "rank": self.rank}
+
+    def state_dict(self) -> dict[str, Any]:
+        counts = self._rank_counts()
+        accounting.check(counts)
+        del counts["rows_pending"], counts["rank"]
+        return {"format": STATE_FORMAT, "rank": self.rank, "world_size": self.world_size,
+                "fingerprint": self.fingerprint, "next_epoch": self._next_epoch,
+                "work": [w.to_dict() for w in self._work], "counts": counts}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        states = state.get("ranks", [state])
+        self._check(states)
+        saved = int(states[0]["world_size"])
+        if saved == self.world_size and len(states) == 1 and int(states[0]["rank"]) != self.rank:
+            raise DataError(f"{FIELD}: rank {self.rank} was given rank {states[0]['rank']}'s data position; "
+                            "load every rank's state as {'ranks': [...]}")
+        if saved == self.world_size:
+            own = states[self.rank] if len(states) > 1 else states[0]
+            work, next_epoch, counts = [Work.from_dict(w) for w in own["work"]], int(own["next_epoch"]), own["counts"]
+        else:
+            if len(states) != saved:
+                raise DataError(f"{FIELD}: the checkpoint was written by {saved} ranks; resuming on {self.world_size} "
+                                f"needs all {saved} data positions, got {len(states)}")
+            work, next_epoch, counts = reshard(states, self.rank, self.world_size)
+        self._start()
+        self._work, self._next_epoch = work, next_epoch
+        self.counts = {k: int(counts[k]) for k in accounting.FIELDS}
+        self.log.counts.update(counts["bad_rows"])
+        self.log.examples = list(counts["bad_examples"])
+        self._generation += 1  # an iterator made before this does not continue
+
+    def _check(self, states: list[dict[str, Any]]) -> None:
+        for s in states:
+            if s.get("format") != STATE_FORMAT:
+                raise DataError(f"{FIELD}: not a data position of this kubetune version: {s.get('format')!r}")
+        before, now = states[0]["fingerprint"], self.fingerprint
+        changes = [k for k in ("files", "sizes", "seed", "settings") if before[k] != now[k]]
+        if changes:
+            what = {"files": "the list of files", "sizes": "the files' contents (sizes)",
+                    "seed": "training.seed", "settings": "the data settings or base model"}
+            raise DataError(f"{FIELD}: {', '.join(what[c] for c in changes)} changed since the checkpoint was "
+                            "written, so resuming would lose or repeat rows. Restore them, or train afresh "
+                            "into a new output.uri.")
+
+    # -- accounting -----------------------------------------------------------------------
+    def _gather(self, value: dict[str, Any]) -> list[dict[str, Any]]:
+        import torch.distributed as dist
+
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            out: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(out, value)
+            return out
+        return [value]
+
+    def _stats(self, per_rank: list[dict[str, Any]]) -> DataStats:
+        return accounting.data_stats(per_rank, files=[f.uri for f in self.files], max_seq_len=self.data.max_seq_len,
+                                     packing=self.data.packing)
+
+    def stats(self) -> DataStats:
+        """Rows read, used (trained) and skipped so far, summed over ranks (collective)."""
+        return self._stats(self._gather(self._rank_counts()))
+
+    def finish(self) -> DataStats:
+        """At the end of training: the accounting over all ranks; fails (DataError) when more than
+        data.bad_rows.max_bad_fraction of the rows read were bad (collective)."""
+        accounting.check(self._rank_counts())
+        stats = self.stats()
+        self._check_bad_fraction(stats)
+        return stats
+
+    def _check_bad_fraction(self, stats: DataStats) -> None:
+        log = BadRowLog(self.data.bad_rows, "train")
+        log.counts.update(stats.bad_rows)
+        log.examples = list(stats.bad_examples)
+        log.check(stats.rows_read)

@@ -1,0 +1,61 @@
+"""Stopping at a step boundary on SIGTERM, the same step on every rank, and telling the pod how it ended.
+
+Kubernetes sends SIGTERM to a pod it preempts, evicts or drains, and SIGKILL after
+`terminationGracePeriodSeconds`. Each rank's handler only raises a flag; `StopOnSignal` all-reduces
+the flag after every optimizer step, so all ranks see the stop at the same step even when only one
+pod was signalled (`trainer.resume.StopOnSignal`). The Trainer then writes a checkpoint and returns,
+and the process exits with `EXIT_PREEMPTED`. Light (no torch at import): `trainer.supervise` uses it.
+
+The exit code reaches Kubernetes through `trainer.supervise` (the container's PID 1): `accelerate
+launch` and torchrun turn a worker's exit code into 1, so each rank also writes its code into
+`$KUBETUNE_EXIT_DIR/rank-<RANK>`, and the supervisor exits with it. The chart's podFailurePolicy
+restarts pods that exit with `EXIT_PREEMPTED` without counting a failure, and fails the Job at once
+on `EXIT_USER_ERROR`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+EXIT_USER_ERROR = 2  # bad spec, data or model: a retry cannot help
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after writing a checkpoint; a restart resumes
+EXIT_DIR = "KUBETUNE_EXIT_DIR"
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class Signals:
+    """Remembers that SIGTERM arrived; training looks at it between steps."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> Signals:
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is None:
+            print(f"[kubetune] {signal.Signals(signum).name}: stopping after this step, with a checkpoint",
+                  flush=True)
+        self.received = signum
+
+
+def peer_lost(error: BaseException) -> bool:
+    """A collective failed because another rank is gone (its node lost, its pod killed): retriable."""
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # torch built without distributed
+        DistError = ()  # noqa: N806
+    return isinstance(error, DistError) or any(m in str(error) for m in PEER_LOST)
+
+
+def report_exit(code: int) -> None:
+    """Tell the supervisor this rank's exit code (accelerate launch would turn it into 1)."""
+    folder = os.environ.get(EXIT_DIR)
+    if folder:
+        path = Path(folder) / f"rank-{os.environ.get('RANK', '0')}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{code}\n", encoding="utf-8")

@@ -1,0 +1,211 @@
+"""The Trainer side of checkpoints: what goes into one, when, and how a restarted job continues from it.
+
+- `ResumableTrainer` feeds the Trainer each rank's own data stream (trainer/datastate.py), takes
+  the stream position off each trained batch, and after the Trainer wrote a checkpoint locally
+  (adapter, optimizer, scheduler, RNG states, trainer_state.json; DeepSpeed and FSDP through
+  their own state saving) adds `kubetune_state.json` and publishes it to `output.uri`
+  (trainer/checkpoint.py): node by node, then the manifest, last, from rank 0.
+- `StopOnSignal` turns a SIGTERM on any rank into a checkpoint and a stop at the same step on all.
+- `plan` decides at start-up: the output's manifest names this job (same `KUBETUNE_JOB_NAME`)
+  -> resume from its latest checkpoint, once the spec is checked to train the same thing;
+  another job or none -> start at step 0.
+
+What resumes exactly (same weights as an uninterrupted run): `ddp` on the same world size (the RNG
+state of each rank is restored). On another world size `ddp` resumes with the full optimizer state
+and the data position re-sharded (no row lost or repeated), but the batches are cut differently
+from there on. `zero2`/`zero3`/`fsdp` save sharded states through DeepSpeed / torch DCP and
+resume on the same world size only: a different one is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+
+from trainer import checkpoint
+from trainer.datastate import TAG, Tagged, TaggedCollator
+from trainer.preemption import Signals
+from trainer.tracking import MeteredTrainer
+
+# Spec fields a resumed job may change: where and how it runs, not what it trains.
+MAY_CHANGE = ("resources.", "tracking.", "eval.", "export", "matrix", "output.", "data.eval",
+              "training.save_steps", "training.keep_checkpoints", "training.logging_steps", "training.eval_steps")
+SHARDED = ("zero2", "zero3", "fsdp")
+
+
+class ResumeError(ValueError):
+    """A checkpoint this job cannot resume from as it is now; the message says what to change."""
+
+
+@dataclass
+class Resume:
+    manifest: checkpoint.Manifest
+    entry: checkpoint.Entry
+    local_dir: Path
+    state: dict[str, Any] = field(default_factory=dict)  # kubetune_state.json
+
+    @property
+    def step(self) -> int:
+        return self.entry.step
+
+
+def differences(saved: dict[str, str], now: dict[str, str]) -> list[str]:
+    keys = sorted(k for k in set(saved) | set(now) if not k.startswith(MAY_CHANGE))
+    return [f"{k}: {saved.get(k, '(unset)')} then, {now.get(k, '(unset)')} now" for k in keys
+            if saved.get(k) != now.get(k)]
+
+
+def plan(manifest: checkpoint.Manifest | None, job_name: str, spec_flat: dict[str, str], world_size: int,
+         strategy: str) -> checkpoint.Manifest | None:
+    """The manifest to resume from, or None to start at step 0; ResumeError when resuming cannot work."""
+    if manifest is None or manifest.job_name != job_name or manifest.latest is None:
+        return None
+    if problems := differences(manifest.spec, spec_flat):
+        raise ResumeError(
+            f"the checkpoints of job {job_name} were trained with another spec: " + "; ".join(problems)
+            + ". Resume with the same values (only resources, tracking, eval, export and the checkpoint and logging "
+            "cadence may change), or start afresh with another output.uri"
+        )
+    before = manifest.latest.world_size
+    if strategy in SHARDED and before != world_size:
+        raise ResumeError(
+            f"the latest checkpoint of job {job_name} was written by {before} ranks and this run has {world_size}: "
+            f"training.strategy `{strategy}` saves sharded optimizer state, which resumes on the same world size "
+            f"only. Resume with {before} ranks (resources.nodes x resources.gpus_per_node), or use `ddp`"
+        )
+    return manifest
+
+
+def gather(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (one process: [obj])."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class StopOnSignal(TrainerCallback):
+    """After each optimizer step: did any rank get SIGTERM? If so every rank saves and stops at this step.
+
+    The last step writes no checkpoint (the final adapter follows at once); so a restarted job
+    always has a step left to train, and one that is stopped while saving repeats at most the
+    steps since its last checkpoint."""
+
+    def __init__(self, signals: Signals):
+        self.signals = signals
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+            return control
+        flag = torch.tensor([1.0 if self.signals.received is not None else 0.0], device=args.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.stopped_at = state.global_step
+            control.should_log = True  # the loss since the last log line is not lost
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def stopped_early(self, max_steps: int) -> bool:
+        return self.stopped_at is not None and self.stopped_at < max_steps
+
+
+class Checkpointer:
+    """Publishes the Trainer's local checkpoints to `output.uri` with the job's own state."""
+
+    def __init__(self, output: str, job_name: str, spec_flat: dict[str, str], keep: int,
+                 extra: Callable[[], dict[str, Any]], say: Callable[[str], None]):
+        self.output, self.job_name, self.spec_flat, self.keep = output, job_name, spec_flat, keep
+        self.extra = extra  # rank 0's additions: MLflow run id, sample answers, unsent metrics, resumes
+        self.say = say
+        self.last: checkpoint.Entry | None = None
+
+    def save(self, trainer: ResumableTrainer, local: Path) -> checkpoint.Entry | None:
+        args, step = trainer.args, trainer.state.global_step
+        ranks = gather({"data": trainer.data_state, "rows": trainer.rows_seen})
+        tokens = trainer.tokens_so_far()  # a collective: every rank calls it
+        rows = trainer.rows_before + sum(r["rows"] for r in ranks)
+        if args.process_index == 0:
+            extra = self.extra()
+            state = {"format": checkpoint.FORMAT, "job_name": self.job_name, "step": step,
+                     "world_size": args.world_size, "data": {"world_size": args.world_size,
+                                                             "ranks": [r["data"] for r in ranks]},
+                     "rows_trained": rows, "tokens_trained": tokens, **extra}
+            local.mkdir(parents=True, exist_ok=True)
+            (local / checkpoint.STATE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+        barrier()  # every rank's files are in the node's local folder
+        files = checkpoint.publish(local, self.output, step) if args.local_process_index == 0 else {}
+        merged: dict[str, dict[str, Any]] = {}
+        for node_files in gather(files):
+            for rel, info in node_files.items():
+                merged.setdefault(rel, info)
+        entry = None
+        if args.process_index == 0:
+            entry = checkpoint.new_entry(step, args.world_size, merged, rows)
+            checkpoint.commit(self.output, entry, self.job_name, extra.get("run_id"), self.spec_flat, self.keep)
+            self.say(f"checkpoint {entry.name}: {len(merged)} files in {checkpoint.folder(self.output)}")
+        barrier()  # no rank leaves (or exits on SIGTERM) before the manifest names the checkpoint
+        if args.local_process_index == 0:
+            shutil.rmtree(local, ignore_errors=True)
+        self.last = entry
+        return entry
+
+
+class ResumableTrainer(MeteredTrainer):
+    """A Trainer over each rank's own data stream whose checkpoints go to `output.uri` with the data position."""
+
+    def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.checkpointer = checkpointer
+        self.data_state: dict[str, Any] | None = None  # the stream position after the last trained batch
+        self.rows_seen = 0  # rows (not padding) this rank trained in this attempt
+        self.rows_before = 0  # rows all ranks trained before this attempt (from the checkpoint)
+
+    def get_train_dataloader(self) -> DataLoader:
+        """The rank's stream as it is: no sampler, no accelerate re-sharding; its own generator, so that
+        starting the loader draws nothing from the global RNG a resumed run has just restored."""
+        batch = self._train_batch_size
+        return DataLoader(Tagged(self.train_dataset, batch), batch_size=batch,
+                          collate_fn=TaggedCollator(self.data_collator), num_workers=0,
+                          pin_memory=self.args.dataloader_pin_memory, generator=torch.Generator())
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batches:
+            tag = batch.pop(TAG)
+            self.rows_seen += tag["rows"]
+            if tag["state"] is not None:
+                self.data_state = tag["state"]
+        return batches, num_items
+
+    def tokens_so_far(self) -> int:
+        """Trained tokens of every attempt and rank up to now (a collective)."""
+        pending = self._pending if self._pending is not None else torch.zeros((), dtype=torch.long)
+        return self.tokens_trained + int(self.accelerator.reduce(pending.to(self.args.device), reduction="sum").item())
+
+    def rows_so_far(self) -> int:
+        """Rows (not padding) trained by every attempt and rank (a collective)."""
+        return self.rows_before + sum(gather(self.rows_seen))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        local = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        self.checkpointer.save(self, local)

@@ -1,0 +1,128 @@
+"""The `export` section of the job spec: merge, GGUF types, the verification gate, the registry.
+
+Part of THE job spec (trainer/spec.py, where `JobSpec` holds it); split out to keep files small.
+Torch-free: the launcher imports it.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from pydantic import Field, field_validator
+
+from trainer.spec_base import Section
+
+
+class GateSpec(Section):
+    """Verification thresholds of one GGUF type (defaults: trainer/export/quants.py)."""
+
+    min_top1: float = Field(..., ge=0.0, le=1.0, description="Top-1 next-token agreement with the merged model, at least.")
+    max_kl: float = Field(..., ge=0.0, description="Mean KL divergence (nats) from the merged model's next-token "
+                          "distribution, at most.")
+
+
+class VerifySpec(Section):
+    """The gate every GGUF passes before it is registered."""
+
+    golden_conversations: int = Field(
+        8, ge=1, le=256,
+        description="Held-out conversations (`data.eval`, else `data.train`) the GGUF is compared on: "
+        "next-token distributions at every position, tokenization and the embedded chat template.",
+    )
+    thresholds: dict[str, GateSpec] = Field(
+        default_factory=dict,
+        description="Per GGUF type, e.g. `{q4_k_m: {min_top1: 0.9, max_kl: 0.1}}`; types not named keep their "
+        "defaults (q8_0: top-1 >= 95%, KL <= 0.02; q4_k_m: top-1 >= 85%, KL <= 0.15).",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known_types(cls, v: dict[str, GateSpec]) -> dict[str, GateSpec]:
+        from trainer.export.quants import QUANTS, known
+
+        unknown = [k for k in v if k not in QUANTS]
+        if unknown:
+            raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}; known: {known()}")
+        return v
+
+    def gate(self, quant: str) -> GateSpec:
+        from trainer.export.quants import QUANTS
+
+        q = QUANTS[quant]
+        return self.thresholds.get(quant) or GateSpec(min_top1=q.min_top1, max_kl=q.max_kl)
+
+
+class RegisterSpec(Section):
+    """Where verified results go in the MLflow model registry (the tracking server's)."""
+
+    name: str | None = Field(None, description="Registered model name (unset: the job name). One registered model "
+                             "holds the adapter, the merged model and every GGUF as versions.")
+    alias: str | None = Field("candidate", description="Alias pointed at the newest verified GGUF version of the "
+                              "first type in `export.gguf` (unset: no alias).")
+    register_adapter: bool = Field(True, description="Register the adapter as a version too.")
+    register_merged: bool = Field(False, description="Register the merged HF model (as large as the base model).")
+
+
+class ImatrixSpec(Section):
+    """An importance matrix for the quantizer: which weights matter, measured on your data."""
+
+    conversations: int = Field(
+        128, ge=1, le=100_000,
+        description="Training conversations (`data.train`, rendered with the training chat template) the merged "
+        "model runs over to measure its activations. Held-out data stays out of it: the gate uses that.",
+    )
+    file: str | None = Field(
+        None,
+        description="Use this importance matrix instead of computing one: a local path or `s3://` URI of a file "
+        "made by llama.cpp's `llama-imatrix` (GGUF or legacy `.dat`).",
+    )
+
+
+# `export.register` is the name users write (DESIGN.md); pydantic only notes that it shadows
+# ABCMeta.register, which no spec instance uses.
+warnings.filterwarnings("ignore", message='Field name "register" in "ExportSpec"', category=UserWarning)
+
+
+class ExportSpec(Section):
+    """After training: merge, GGUF, verify, register. Present in the spec = the export job runs."""
+
+    gguf: list[str] = Field(
+        default_factory=lambda: ["q4_k_m"],
+        description="GGUF types to write and verify: `f32`, `f16`, `bf16` (converted) and `q8_0`, `q6_k`, "
+        "`q5_k_m`, `q5_k_s`, `q5_0`, `q4_k_m`, `q4_k_s`, `q4_0`, `q3_k_m`, `q2_k` (quantized by llama.cpp).",
+    )
+    imatrix: ImatrixSpec | None = Field(
+        None,
+        description="Quantize with an importance matrix (`imatrix: {}` computes one from the training data; it is "
+        "written to `export/imatrix.gguf`). Helps most at 4 bits and below. Unset: plain quantization.",
+    )
+    adapter_gguf: bool = Field(False, description="Also write the adapter alone as a LoRA GGUF (llama.cpp `--lora`, "
+                               "Ollama `ADAPTER`).")
+    verify: VerifySpec = Field(default_factory=VerifySpec, description="The verification gate.")
+    register: RegisterSpec | None = Field(default_factory=RegisterSpec, description="MLflow model registry "
+                                          "(`null`: register nothing).")
+    ollama: bool = Field(True, description="Write an Ollama `Modelfile` (TEMPLATE, stop tokens, SYSTEM from "
+                         "`data.system_prompt`) next to each GGUF.")
+    lmstudio_publisher: str | None = Field(None, description="Also lay the GGUFs out for LM Studio as "
+                                           "`lmstudio/<publisher>/<name>/<file>.gguf`.")
+    wait_minutes: int = Field(1440, ge=1, description="How long the export job waits for training's `_SUCCESS`.")
+
+    @field_validator("gguf")
+    @classmethod
+    def _known_gguf(cls, v: list[str]) -> list[str]:
+        from trainer.export.quants import QUANTS, known
+
+        unknown = [q for q in v if q not in QUANTS]
+        if unknown:
+            raise ValueError(f"unknown GGUF type(s) {', '.join(unknown)}; known: {known()}")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a GGUF type twice")
+        return v
+
+    @field_validator("lmstudio_publisher")
+    @classmethod
+    def _publisher(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"{v!r} is not a folder name: use letters, digits, '.', '_' and '-'")
+        return v

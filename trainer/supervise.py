@@ -1,0 +1,105 @@
+"""PID 1 of the trainer container: runs `accelerate launch ...`, passes SIGTERM on to every rank, and exits
+with the trainer's own exit code.
+
+    python -m trainer.supervise accelerate launch --config_file ... -m trainer.train --spec ...
+
+Why it exists: Kubernetes signals only the container's PID 1, and reads only its exit code. As PID 1,
+`accelerate launch` ignores SIGTERM (a PID-1 process without a handler does), or, running torchrun,
+gives the workers 30 s before SIGKILL; and both report any worker's exit as 1, so the chart's pod
+failure policy could not tell a preemption (exit 75) from a crash. What it does instead:
+
+- starts the command with SIGTERM ignored (launchers inherit that; the trainer ranks install their
+  own handler) and torchrun told not to handle SIGTERM (`PET_SIGNALS_TO_HANDLE`, its
+  `--signals-to-handle`), so the launchers keep waiting for their workers;
+- on SIGTERM: sends SIGTERM once to every process under it (torchrun starts each worker in a
+  session of its own, out of reach of a process-group signal), so every rank of the pod sees it
+  and stops at the next step boundary with a checkpoint (trainer/preemption.py);
+- exits with the code the ranks reported in `$KUBETUNE_EXIT_DIR` (a user error, 2, wins over a
+  preemption, 75), else with the command's own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from trainer.preemption import EXIT_DIR, EXIT_PREEMPTED, EXIT_USER_ERROR
+
+TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"  # torchrun's default minus SIGTERM
+
+
+def reported(folder: Path) -> list[int]:
+    codes = []
+    for path in sorted(folder.glob("rank-*")):
+        try:
+            codes.append(int(path.read_text().strip()))
+        except ValueError:
+            continue
+    return codes
+
+
+def exit_code(command_code: int, ranks: list[int]) -> int:
+    """The pod's exit code from the command's and the ranks' own."""
+    if command_code == 0:
+        return 0
+    for code in (EXIT_USER_ERROR, EXIT_PREEMPTED):
+        if code in ranks:
+            return code
+    return command_code if command_code > 0 else 128 - command_code  # killed by a signal: 128 + N, as a shell
+
+
+class Supervisor:
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.forwarded = False
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        if self.forwarded:
+            return
+        self.forwarded = True
+        print(f"[kubetune] {signal.Signals(signum).name}: asking every rank to checkpoint and stop", flush=True)
+        for proc in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        env = dict(os.environ)
+        env.setdefault("PET_SIGNALS_TO_HANDLE", TORCHRUN_SIGNALS)  # torchrun's --signals-to-handle
+        folder = Path(env.get(EXIT_DIR) or tempfile.mkdtemp(prefix="kubetune-exit-"))
+        env[EXIT_DIR] = str(folder)
+        for stale in folder.glob("rank-*"):
+            stale.unlink()
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a local Ctrl-C reaches the ranks directly
+        try:
+            proc = subprocess.Popen(self.argv, env=env, preexec_fn=_ignore_sigterm)  # single-threaded here
+        except FileNotFoundError:
+            print(f"[kubetune] error: {self.argv[0]} is not installed in this image", file=sys.stderr, flush=True)
+            return 127
+        code = proc.wait()
+        return exit_code(code, reported(folder))
+
+
+def _ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    if not argv:
+        print("usage: python -m trainer.supervise COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    return Supervisor(argv).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
