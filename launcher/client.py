@@ -160,6 +160,10 @@ def prepare(
     spec_dir = Path(spec_path).resolve().parent
     if local:
         problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
+        if not problems and not dry_run:  # an empty or misformatted dataset fails here, not after the pods start
+            from launcher.datacheck import precheck
+
+            problems = precheck(spec, spec_dir)
         if problems:
             raise _problems(str(spec_path), problems)
         spec = resolve.for_local(spec, spec_dir)

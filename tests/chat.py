@@ -11,3 +11,7 @@ def A(text: str) -> dict[str, str]:
 
 def S(text: str) -> dict[str, str]:
     return {"role": "system", "content": text}
+
+
+# One valid `messages` row: the data of tests whose job never reads it (launch checks data before a run).
+ONE_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'

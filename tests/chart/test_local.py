@@ -16,12 +16,13 @@ from launcher import client, helm
 from launcher.backends.local import plan
 from launcher.errors import UserError
 from tests.chart.scenarios import values_file
+from tests.chat import ONE_ROW
 
 pytestmark = pytest.mark.usefixtures("helm_binary")
 
 
 def local_spec(folder: Path) -> Path:
-    (folder / "train.jsonl").touch()
+    (folder / "train.jsonl").write_text(ONE_ROW)
     spec = folder / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "creds", "base_model": "org/model", "data": {"train": "train.jsonl"},
                                     "resources": {"gpu": "none", "nodes": 1}}))

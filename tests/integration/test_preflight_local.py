@@ -24,6 +24,7 @@ import yaml
 from launcher import client, helm
 from launcher.backends.local import PodProcess, plan
 from launcher.backends.local_run import LocalRun, Outcome
+from tests.chat import ONE_ROW
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
 
 
 def two_node_spec(folder: Path) -> Path:
-    (folder / "train.jsonl").touch()
+    (folder / "train.jsonl").write_text(ONE_ROW)
     spec = folder / "job.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "preflight", "base_model": "org/model", "data": {"train": "train.jsonl"},

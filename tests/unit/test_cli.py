@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from launcher import client, helm
 from launcher.cli import main
 from launcher.errors import UserError
+from tests.chat import ONE_ROW
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOOD = {
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("helm_binary")
 
 def spec_file(folder: Path, raw: dict[str, Any], name: str = "spec.yaml") -> Path:
     (folder / "data").mkdir(exist_ok=True)
-    (folder / "data" / "train.jsonl").touch()
+    (folder / "data" / "train.jsonl").write_text(ONE_ROW)
     path = folder / name
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -223,3 +224,13 @@ def test_a_failing_pod_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         "exited with code" in result.output
         and "Traceback (most recent call last)" not in result.output.split("error:")[-1]
     )
+
+
+def test_submit_local_refuses_an_empty_dataset_before_any_pod_starts(tmp_path: Path) -> None:
+    """Seed 004's "dataset is empty", caught by `launch` instead of a pod after the model loaded."""
+    spec = spec_file(tmp_path, GOOD)
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    done = launch("submit", "--local", str(spec))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "data.train" in done.stderr and "launch data validate" in done.stderr
+    assert "Traceback" not in done.stderr and "pod" not in done.stdout

@@ -25,6 +25,7 @@ from launcher import client, helm
 from launcher.backends.local import PREFLIGHT_TIMEOUT, PathMap, PodProcess, expand, plan, process_env
 from launcher.backends.local_run import LocalRun
 from launcher.errors import UserError
+from tests.chat import ONE_ROW
 from trainer import strategy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("helm_binary")
 
 def local_submission(folder: Path, nodes: int, strat: str = "ddp") -> client.Submission:
     (folder / "data").mkdir(exist_ok=True)
-    (folder / "data" / "train.jsonl").touch()
+    (folder / "data" / "train.jsonl").write_text(ONE_ROW)
     spec = {
         "name": "probe",
         "base_model": "org/model",
@@ -165,7 +166,7 @@ def test_a_gpu_spec_is_refused_before_anything_starts_on_a_machine_without_gpus(
     if resolve.has_nvidia_gpu():
         pytest.skip("this machine has an NVIDIA GPU")
     path = tmp_path / "gpu.yaml"
-    (tmp_path / "train.jsonl").touch()
+    (tmp_path / "train.jsonl").write_text(ONE_ROW)
     path.write_text("name: gpu-job\nbase_model: org/model\ndata: {train: train.jsonl}\nresources: {gpu: a100}\n")
     with pytest.raises(UserError) as e:
         client.prepare(path, local=True)

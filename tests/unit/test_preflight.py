@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from launcher import client, helm
+from tests.chat import ONE_ROW
 from trainer.preflight import PreflightError
 from trainer.preflight.__main__ import main
 from trainer.preflight.collective import backends
@@ -324,7 +325,7 @@ def test_bad_preflight_values_are_rejected(preflight: dict[str, Any], where: str
 def test_local_runs_wait_less(tmp_path: Path) -> None:
     from launcher.backends.local import PREFLIGHT_TIMEOUT
 
-    (tmp_path / "train.jsonl").touch()
+    (tmp_path / "train.jsonl").write_text(ONE_ROW)
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"name": "pf", "base_model": "org/m", "data": {"train": "train.jsonl"},
                                     "resources": {"gpu": "none", "nodes": 2}}))  # fmt: skip
