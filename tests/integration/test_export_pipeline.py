@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -67,7 +68,7 @@ def servers(tmp_path_factory) -> Iterator[tuple[str, str]]:
             yield s3, mlflow
 
 
-def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict) -> tuple[Path, str]:
+def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict, **extra: Any) -> tuple[Path, str]:
     """A spec and a finished training output on S3 (with a real MLflow run); returns (spec path, run id)."""
     import s3fs
     from mlflow import MlflowClient
@@ -81,7 +82,7 @@ def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict) -> tuple[P
     name = f"exp-{arch}-{tmp.name[-6:].lower().replace('_', '-')}".strip("-")
     spec = {"name": name, "base_model": str(base), "model": {"dtype": "float32"},
             "data": {"train": str(data), "eval": str(data)}, "resources": {"gpu": "none"},
-            "tracking": {"mlflow_uri": mlflow}, "output": {"uri": f"s3://runs/{name}"}, "export": export}
+            "tracking": {"mlflow_uri": mlflow}, "output": {"uri": f"s3://runs/{name}"}, "export": export, **extra}
     spec_path = tmp / "job.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     client = MlflowClient(mlflow)
@@ -118,7 +119,8 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
     weighted = arch in ("llama", "phi3")  # phi3: fused qkv / gate_up tensors
     if weighted:
         export["imatrix"] = {"conversations": 4}
-    spec, run_id = prepare(arch, tmp_path, s3, mlflow, export)
+    extra = {"eval": {"metrics": ["exact_match", "rouge_l"], "max_new_tokens": 8}} if arch == "qwen2" else {}
+    spec, run_id = prepare(arch, tmp_path, s3, mlflow, export, **extra)
     done = run_export(spec, s3)
     print(done.stdout)  # the job's report: shown with `pytest -s`
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -140,6 +142,13 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
     assert alias.tags["kubetune.run_id"] == run_id and alias.run_id == run_id
     assert alias.tags["kubetune.llama_cpp"] == "0.3.36" and len(alias.tags["kubetune.sha256"]) == 64
     assert alias.tags["kubetune.verify.passed"] == "true"
+    if extra:  # task metrics of each GGUF through llama.cpp, as registry tags
+        rouge = float(alias.tags["kubetune.eval.rouge_l"])
+        assert 0.0 <= rouge <= 1.0 and alias.tags["kubetune.eval.answers"] == "3"
+        scored = json.loads(read_s3(s3, f"runs/{name}/export/eval-q4_k_m.json"))
+        assert scored["means"]["rouge_l"] == pytest.approx(rouge, abs=1e-4) and len(scored["answers"]["answer"]) == 3
+    else:
+        assert not any(k.startswith("kubetune.eval.") for k in alias.tags)
     if weighted:
         assert alias.tags["kubetune.imatrix"].startswith("computed on 4 conversations")
         assert read_s3(s3, f"runs/{name}/export/imatrix.gguf")[:4] == "GGUF"

@@ -79,6 +79,7 @@ class Export:
         self.work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.gettempdir()) / "kubetune-export" / spec.name
         self.out = self.work / "export"
         self.imatrix_note = "none"
+        self.evals: dict[str, Any] = {}
 
     def run(self) -> int:
         from trainer.export import gguf
@@ -96,6 +97,7 @@ class Export:
             self.publish(passed=False)
             say(f"the gate failed: nothing registered. Report: {storage.join(self.output, 'export', 'verify.txt')}")
             return 1
+        self.evaluate()
         registered = self.register()
         self.publish(passed=True, registered=registered)
         self.print_usage(registered)
@@ -241,6 +243,23 @@ class Export:
             runtimes.lmstudio_layout([self.files[q].path for q in self.files if q in passed], self.out / "lmstudio",
                                      self.cfg.lmstudio_publisher, self.spec.name)
 
+    # -- task metrics --------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """`eval.metrics` on each verified GGUF through llama.cpp; the means become registry tags."""
+        self.evals = {}
+        if not self.spec.eval.metrics:
+            return
+        from trainer.eval.run import evaluate_gguf
+
+        for q, f in self.files.items():
+            result = evaluate_gguf(f.path, self.merged.tokenizer, self.spec, base_dir=self.base_dir, label=q)
+            self.evals[q] = result
+            (self.out / f"eval-{q}.json").write_text(json.dumps(
+                {"model": q, "source": result.source, "means": result.means, "counts": result.counts,
+                 "answers": result.table()}, indent=2) + "\n")
+            means = ", ".join(f"{k} {v:.3f}" for k, v in result.means.items())
+            say(f"{q}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
+
     # -- registry ----------------------------------------------------------------------------
     def tracking_uri(self) -> str:
         uri = self.spec.tracking.mlflow_uri or self.marker.get("tracking_uri")
@@ -273,6 +292,7 @@ class Export:
                 "kubetune.quant": q, "kubetune.file": f.path.name, "kubetune.verify.passed": str(r.passed).lower(),
                 "kubetune.verify.top1": f"{r.top1:.4f}", "kubetune.verify.kl": f"{r.kl:.6f}",
                 **({"kubetune.imatrix": self.imatrix_note} if QUANTS[q].step == "quantize" else {}),
+                **(self.evals[q].tags() if q in self.evals else {}),
             }))
         done = [registry.register(item, lineage) for item in items]
         for d in done:
