@@ -101,7 +101,22 @@ CATALOG: dict[tuple[str, ...], dict[str, Any]] = {
         "model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064, "tie_word_embeddings": False,
     },
+    # https://huggingface.co/Qwen/Qwen2-1.5B-Instruct/blob/main/config.json (tied embeddings)
+    ("Qwen/Qwen2-1.5B", "Qwen/Qwen2-1.5B-Instruct", "unsloth/Qwen2-1.5B-Instruct"): {
+        "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+        "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+    },
 }
+
+# Unsloth's pre-quantized uploads: the same shapes, the weights stored as bitsandbytes NF4.
+_BNB_4BIT = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+for _id, _of in (("unsloth/gpt-oss-20b-unsloth-bnb-4bit", "openai/gpt-oss-20b"),
+                 ("unsloth/DeepSeek-R1-Distill-Qwen-7B-unsloth-bnb-4bit", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
+                 ("unsloth/llama-3-8b-Instruct-bnb-4bit", "meta-llama/Meta-Llama-3-8B-Instruct"),
+                 ("unsloth/Phi-3-mini-4k-instruct-bnb-4bit", "microsoft/Phi-3-mini-4k-instruct"),
+                 ("unsloth/gemma-3-12b-it-unsloth-bnb-4bit", "google/gemma-3-12b-it")):
+    _base = next(config for ids, config in CATALOG.items() if _of in ids)
+    CATALOG[(_id,)] = {**_base, "quantization_config": _BNB_4BIT}
 
 _BY_ID = {model_id.lower(): config for ids, config in CATALOG.items() for model_id in ids}
 

@@ -5,6 +5,8 @@
 - `mlflow_server(root)`: a real `mlflow server` process with a sqlite backend under `root`, on a
   free port, returned once its /health answers. It proxies artifacts to `root/artifacts`, or to
   an `s3://` destination on a given (moto) S3 endpoint; it never sees the caller's AWS settings.
+- `llama_server(gguf, alias, log)`: llama.cpp's own OpenAI-compatible server (llama-cpp-python's
+  `llama_cpp.server`) serving a GGUF, the helper model `launch data generate` talks to.
 """
 
 from __future__ import annotations
@@ -117,3 +119,23 @@ def _stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def llama_server(model: Path, alias: str, log: Path) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server for `model` (a GGUF) as `alias`; yields its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--verbose", "False"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(f"{url}/v1/models", timeout=180, alive=lambda: proc.poll() is None)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; server log:\n{log.read_text()[-3000:]}") from None
+        yield url
+    finally:
+        _stop(proc)

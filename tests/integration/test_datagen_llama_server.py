@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +20,8 @@ import yaml
 from click.testing import CliRunner
 
 from launcher.cli import main
-from tests.integration.servers import _stop, free_port, moto_s3, s3_env, wait_http
+from tests.integration.servers import llama_server as serve_gguf
+from tests.integration.servers import moto_s3, s3_env
 from tests.models import tiny_model
 from trainer.data.formats import to_messages
 from trainer.spec import DataSpec
@@ -213,22 +211,8 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     tmp = tmp_path_factory.mktemp("llama-server")
     model = gguf.convert(tiny_model("qwen2"), tmp / "tiny-qwen2-f16.gguf", "f16", tmp / "convert.log").path
-    port = free_port()
-    log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny-qwen2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--verbose", "False"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_http(f"{url}/v1/models", timeout=180, alive=lambda: proc.poll() is None)
-        except (RuntimeError, TimeoutError) as e:
-            raise RuntimeError(f"{e}; server log:\n{log.read_text()[-3000:]}") from None
+    with serve_gguf(model, "tiny-qwen2", tmp / "server.log") as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 @pytest.mark.slow

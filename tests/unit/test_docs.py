@@ -24,7 +24,7 @@ import yaml
 from launcher.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 VALUES = ROOT / "charts" / "kubetune" / "values.yaml"
 CHART_DOC = ROOT / "docs" / "chart.md"
 TABLE_HEADER = re.compile(r"^\|\s*value\s*\|\s*default\s*\|")

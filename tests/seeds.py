@@ -1,0 +1,88 @@
+"""The five seed workflows (our first users' projects): each is one spec in `examples/`, in two forms.
+
+The real form is the file as it is: the real base model id, sized for H100/A100, run on a cluster.
+`tests/unit/test_seeds_real.py` puts it through `launch plan` and `launch submit --dry-run`.
+
+The tiny stand-in is the same file with the `--set` overrides below: a randomly initialised model of
+the same architecture with the family's real tokenizer and chat template (`tests/models.py`), the
+example data shipped in `examples/data/seedNNN/`, CPU, a local MLflow store and output folder.
+`tests/e2e/test_seeds.py` runs it through `launch submit --local`: training, export, verification,
+registration. The docs page of each seed (docs/seeds/) shows the same overrides.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.models import Arch
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+# Every stand-in: CPU, one process, float32 (fastest on CPU), no cluster services.
+CPU = ("resources.gpu=none", "resources.nodes=1", "model.dtype=float32", "training.strategy=ddp",
+       "training.gradient_checkpointing=false", "output.uri=null", "tracking.mlflow_uri=null")
+
+
+@dataclass(frozen=True)
+class Seed:
+    example: str  # file in examples/
+    arch: Arch  # the stand-in's architecture (tests/models.py)
+    standin: tuple[str, ...]  # overrides (after CPU) that make the real form the CPU stand-in
+    values: str | None = None  # chart values file (examples/) the real form is submitted with
+    bases: tuple[str, ...] = ()  # other real base models the docs run the same spec with
+    data: tuple[str, ...] = field(default=())  # folders under examples/data/ the stand-in reads
+
+    @property
+    def path(self) -> Path:
+        return EXAMPLES / self.example
+
+    @property
+    def id(self) -> str:
+        return self.example.split("-", 1)[0]
+
+    def overrides(self, base_model: Path) -> list[str]:
+        return [*CPU, f"base_model={base_model}", *self.standin]
+
+    def copy_to(self, dest: Path) -> Path:
+        """The spec and its example data in `dest` (laid out as in examples/), so runs write there."""
+        dest.mkdir(parents=True, exist_ok=True)
+        for folder in self.data:
+            shutil.copytree(EXAMPLES / "data" / folder, dest / "data" / folder, dirs_exist_ok=True)
+        if self.values:
+            shutil.copy(EXAMPLES / self.values, dest / self.values)
+        return Path(shutil.copy(self.path, dest / self.example))
+
+
+SEEDS: dict[str, Seed] = {
+    "seed003": Seed(
+        "seed003-math-tutor.yaml", "phi3",
+        standin=("model.quantization=none", "data.train=[data/seed003/sft_data.jsonl]",
+                 "data.eval=data/seed003/eval.jsonl", "data.max_seq_len=128", "training.epochs=1",
+                 "training.max_steps=12", "training.learning_rate=2.0e-3", "training.per_device_batch_size=4",
+                 "training.grad_accum=1", "training.eval_steps=6", "eval.max_new_tokens=12",
+                 "export.imatrix.conversations=4", "export.verify.golden_conversations=3"),
+        bases=("meta-llama/Meta-Llama-3-8B-Instruct", "Qwen/Qwen2-1.5B-Instruct"),
+        data=("seed003",),
+    ),
+    "seed002": Seed(  # QLoRA kept: bitsandbytes runs 4-bit on CPU, and the export merges onto the same NF4 round trip
+        "seed002-pushback.yaml", "qwen2",
+        standin=("model.chat_template=data/seed002/chatml.jinja", "data.train=data/seed002/train.jsonl",
+                 "data.eval=data/seed002/eval.jsonl", "data.max_seq_len=512", "training.epochs=1",
+                 "training.max_steps=12", "training.learning_rate=2.0e-3", "training.per_device_batch_size=2",
+                 "training.grad_accum=1", "training.eval_steps=6", "eval.max_new_tokens=12",
+                 "export.verify.golden_conversations=3"),
+        data=("seed002",),
+    ),
+    "seed004": Seed(
+        "seed004-ghost-architect.yaml", "gemma3",
+        standin=("data.train=data/seed004/train.jsonl", "data.eval=data/seed004/eval.jsonl",
+                 "data.max_seq_len=512", "training.max_steps=12", "training.learning_rate=2.0e-3",
+                 "training.per_device_batch_size=2", "training.grad_accum=1", "training.eval_steps=6",
+                 "eval.max_new_tokens=12", "export.verify.golden_conversations=3"),
+        values="seed004-values.yaml",
+        data=("seed004",),
+    ),
+}
