@@ -26,6 +26,7 @@ from trainer.data.badrows import BadRowLog
 from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.sources import expand, read_records
+from trainer.data.stats import REASONING_DROPPED
 from trainer.spec import BadRowsSpec, JobSpec
 
 PRECHECK_ROWS = 1000
@@ -50,6 +51,7 @@ class SplitReport:
     packed_rows: int
     packing_efficiency: float
     problems: list[str] = field(default_factory=list)
+    reasoning_dropped_turns: int = 0  # assistant turns whose reasoning the chat template does not render
 
     @property
     def trained_share(self) -> float:
@@ -72,6 +74,8 @@ class SplitReport:
             out.append(f"  tokens per sample: {dist}  (data.max_seq_len {self.max_seq_len})")
             if self.truncated:
                 out.append(f"  truncated to data.max_seq_len: {self.truncated} sample(s)")
+            if self.reasoning_dropped_turns:
+                out.append(f"  {REASONING_DROPPED.format(n=self.reasoning_dropped_turns)}")
             out.append(f"  trained tokens: {self.tokens_trained} of {self.tokens_total} ({self.trained_share:.1%})")
             layout = (f"{self.rows_used} samples into {self.packed_rows} packed rows of {self.max_seq_len}"
                       if self.packing else f"{self.rows_used} samples, one per row of up to {self.max_seq_len}")
@@ -128,18 +132,19 @@ def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, samp
     data = spec.data
     files = _files(spec, split, spec_dir)
     try:
-        renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long)
+        renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
+                                reasoning=data.reasoning)
     except DataError as e:
         raise UserError(f"{spec.base_model}: {e}") from None
     log = BadRowLog(BadRowsSpec(policy="skip", max_bad_fraction=1.0), split)  # count all; the policy is judged below
     lengths: list[int] = []
-    trained = truncated = rows = 0
+    trained = truncated = rows = dropped = 0
     records = read_records(files, f"data.{split}")
     limited = islice(records, sample) if sample else records
     pending: list[Located] = []
 
     def flush() -> None:
-        nonlocal trained, truncated
+        nonlocal trained, truncated, dropped
         try:
             results = encode_chunk(renderer, pending, split)
         except DataError as e:
@@ -151,6 +156,7 @@ def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, samp
                 lengths.append(len(result.input_ids))
                 trained += result.trained
                 truncated += result.truncated
+                dropped += result.reasoning_dropped
         pending.clear()
 
     try:
@@ -171,6 +177,7 @@ def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, samp
         packing=data.packing, packed_rows=len(bins), packing_efficiency=pk.efficiency(sum(lengths), len(bins),
                                                                                      data.max_seq_len),
         problems=policy_problems(split, rows, log.total, data.bad_rows, _names(files)),
+        reasoning_dropped_turns=dropped,
     )
 
 

@@ -53,6 +53,9 @@ def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
     template = spec.model.chat_template
     if template is not None and not is_remote(template):
         raw["model"]["chat_template"] = _absolute(template, spec_dir)
+    sources = spec.eval.sources_root
+    if sources is not None and not is_remote(sources):
+        raw["eval"]["sources_root"] = _absolute(sources, spec_dir)
     uri = spec.output.uri
     if uri is None:
         raw["output"]["uri"] = str(spec_dir / "runs" / spec.name)
@@ -91,6 +94,10 @@ def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
     template = spec.model.chat_template
     if template is not None and not is_remote(template) and not os.path.isfile(_absolute(template, spec_dir)):
         problems.append(f"model.chat_template: {_absolute(template, spec_dir)!r} is not a file (a Jinja template)")
+    sources = spec.eval.sources_root
+    if sources is not None and not is_remote(sources) and not os.path.isdir(_absolute(sources, spec_dir)):
+        problems.append(f"eval.sources_root: {_absolute(sources, spec_dir)!r} is not a folder (the sources that "
+                        "answers cite)")
     if looks_like_path(spec.base_model) and local_base_model(spec, spec_dir) is None:
         problems.append(
             f"base_model: {_absolute(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
@@ -112,6 +119,9 @@ def cluster_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
     template = spec.model.chat_template
     if template is not None and not is_remote(template):
         problems.append(f"model.chat_template: {template!r} is a local path; upload it and use an s3:// URI")
+    sources = spec.eval.sources_root
+    if sources is not None and not is_remote(sources):
+        problems.append(f"eval.sources_root: {sources!r} is a local path; upload the sources and use an s3:// prefix")
     uri = spec.output.uri
     if uri is None:
         problems.append("output.uri: a cluster job needs somewhere to write results: set an s3:// prefix")

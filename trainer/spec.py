@@ -60,6 +60,14 @@ class AdapterSpec(Section):
         description="Modules that get adapters: `all-linear` (every linear layer except the "
         "output head) or a list of module names such as `[q_proj, v_proj]`.",
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters (not modules) that also get LoRA adapters, for weights that are no linear layer: "
+        "the fused 3-D expert tensors of mixture-of-experts models, where `all-linear` adapts only attention. For "
+        "gpt-oss: `[mlp.experts.gate_up_proj, mlp.experts.down_proj]`. A name matches a parameter whose full name "
+        "is it or ends in `.` + it; each expert gets its own rank-`r` pair. PEFT's parameter adapters support "
+        "plain LoRA only: they need `method: lora`, `dropout: 0` and `init: default`.",
+    )
     init: Literal["default", "pissa", "loftq"] = Field(
         "default", description="Adapter initialisation: `default` (B = 0), `pissa` or `loftq`."
     )
@@ -70,6 +78,28 @@ class AdapterSpec(Section):
         if isinstance(v, list) and not v:
             raise ValueError("must name at least one module, or be `all-linear`")
         return v
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _parameter_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not all(name.strip() for name in v)):
+            raise ValueError("must name at least one parameter, e.g. `[mlp.experts.gate_up_proj]`, or be left out")
+        return v
+
+    @model_validator(mode="after")
+    def _parameter_adapters_are_plain_lora(self) -> AdapterSpec:
+        if not self.target_parameters:
+            return self
+        problems = [f"`{field}: {value}`" for field, value, ok in (
+            ("method", self.method, self.method == "lora"),
+            ("dropout", self.dropout, self.dropout == 0),
+            ("init", self.init, self.init == "default")) if not ok]
+        if problems:
+            raise ValueError(
+                f"target_parameters: PEFT's parameter adapters support plain LoRA only, not {', '.join(problems)}: "
+                "set `adapter.method: lora`, `adapter.dropout: 0` and `adapter.init: default`, or leave out "
+                "target_parameters")
+        return self
 
 
 class BadRowsSpec(Section):
@@ -149,6 +179,16 @@ class DataSpec(Section):
     train_on: Literal["completions", "all"] = Field(
         "completions", description="Loss on assistant tokens only (`completions`) or on every token (`all`)."
     )
+    reasoning: Literal["train", "mask"] = Field(
+        "train",
+        description="Assistant reasoning (a `thinking` or `reasoning_content` field, or `<think>...</think>` "
+        "before the answer): `train` trains the whole assistant output, reasoning included; `mask` keeps the "
+        "reasoning in the context but out of the loss, so only the answer (gpt-oss: the final channel's text; "
+        "`<think>` models: the text after `</think>`) and its end-of-turn token are trained. Use `mask` when the "
+        "reasoning is not the behaviour to learn (e.g. written by another model) but the answers should follow "
+        "it. Turns whose reasoning the chat template drops (most drop it from all but the last assistant turn) "
+        "are trained on their answer and counted as `reasoning_dropped_turns`. Needs `train_on: completions`.",
+    )
     bad_rows: BadRowsSpec = Field(default_factory=BadRowsSpec, description="What happens to rows that cannot be used.")
 
     @model_validator(mode="after")
@@ -159,6 +199,9 @@ class DataSpec(Section):
             raise ValueError(f"`data.template` is only used with `format: template` (format is `{self.format}`)")
         if self.format == "template" and self.system_prompt is not None:
             raise ValueError("`data.system_prompt` is not used with `format: template`: put it in `data.template.system`")
+        if self.reasoning == "mask" and self.train_on == "all":
+            raise ValueError("`data.reasoning: mask` hides reasoning from the loss, but `data.train_on: all` trains "
+                             "every token: set `train_on: completions`, or `reasoning: train`")
         return self
 
 
@@ -273,8 +316,8 @@ class EvalSpec(Section):
     )
     sources_root: str | None = Field(
         None,
-        description="Folder that paths cited in answers are looked up in (`cites_existing_source`); relative to "
-        "the spec's folder.",
+        description="Folder that paths cited in answers are looked up in (`cites_existing_source`): a local folder "
+        "(relative to the spec's folder; local runs only) or an `s3://` prefix, copied once to the job's cache.",
     )
 
     @model_validator(mode="after")

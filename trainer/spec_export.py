@@ -103,7 +103,7 @@ class ExportSpec(Section):
     register: RegisterSpec | None = Field(default_factory=RegisterSpec, description="MLflow model registry "
                                           "(`null`: register nothing).")
     ollama: bool = Field(True, description="Write an Ollama `Modelfile` (TEMPLATE, stop tokens, SYSTEM from "
-                         "`data.system_prompt`) next to each GGUF.")
+                         "`data.system_prompt`, or a `data.template.system` without placeholders) next to each GGUF.")
     lmstudio_publisher: str | None = Field(None, description="Also lay the GGUFs out for LM Studio as "
                                            "`lmstudio/<publisher>/<name>/<file>.gguf`.")
     wait_minutes: int = Field(1440, ge=1, description="How long the export job waits for training's `_SUCCESS`.")

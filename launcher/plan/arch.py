@@ -48,6 +48,26 @@ class Linear:
 
 
 @dataclass(frozen=True)
+class Fused:
+    """`count` instances of one fused 3-D parameter `[experts, dim1, dim2]` (e.g. every layer's experts'
+    `gate_up_proj`): not a linear layer, adapted only through `adapter.target_parameters`."""
+
+    path: str  # dotted path below the layer: `mlp.experts.gate_up_proj`
+    experts: int
+    dim1: int
+    dim2: int
+    count: int
+
+    def matches(self, target: str) -> bool:
+        """PEFT's rule for a name in `target_parameters`: the full parameter name or a dotted suffix of it."""
+        return self.path == target or self.path.endswith("." + target)
+
+    def lora_params(self, r: int) -> int:
+        """PEFT's ParamWrapper: lora_A `dim1 x (r * experts)` and lora_B `(r * experts) x dim2`, per instance."""
+        return self.count * r * self.experts * (self.dim1 + self.dim2)
+
+
+@dataclass(frozen=True)
 class Architecture:
     model_type: str
     hidden_size: int
@@ -60,7 +80,8 @@ class Architecture:
     tie_word_embeddings: bool
     linears: tuple[Linear, ...]
     other_params: int  # embeddings, norms, routers, attention sinks, vision embeddings (kept in the model dtype)
-    expert_params: int = 0  # MoE experts stored as fused 3-D parameters (not nn.Linear: never LoRA targets)
+    expert_params: int = 0  # MoE experts stored as fused 3-D parameters (not nn.Linear: never target_modules)
+    fused: tuple[Fused, ...] = ()  # the experts' 3-D weight tensors, which `adapter.target_parameters` can adapt
     num_experts: int = 0
     experts_per_token: int = 0
     norms_per_layer: int = 2  # RMSNorms applied to full hidden states in each decoder layer
@@ -104,6 +125,18 @@ class Architecture:
                 f"model; its linear layers are {names} (or use `all-linear`)"
             )
         return [lin for lin in self.linears if any(lin.matches(t) for t in target_modules)]
+
+    def parameter_targets(self, target_parameters: list[str] | tuple[str, ...] | None) -> list[Fused]:
+        """The fused parameters an adapter with these `target_parameters` wraps; UserError naming unmatched names."""
+        targets = list(target_parameters or [])
+        unmatched = [t for t in targets if not any(f.matches(t) for f in self.fused)]
+        if unmatched:
+            names = [f.path for f in self.fused] or "none"
+            raise UserError(
+                f"adapter.target_parameters: {', '.join(unmatched)} match no fused parameter of this {self.model_type} "
+                f"model; its fused (3-D expert) parameters are {names}"
+            )
+        return [f for f in self.fused if any(f.matches(t) for t in targets)]
 
     def attention_targets(self) -> list[str]:
         """The names of the language model's attention projections (the `fewer target modules` rung)."""
@@ -205,11 +238,14 @@ def from_hf_config(config: Mapping[str, Any], source: str) -> Architecture:
     qk_norm = family in ("qwen3", "gemma3_text")
     other = vocab * h + h + layers * norms * h + (layers * 2 * head_dim if qk_norm else 0)
     experts = experts_per_token = expert_params = 0
+    fused: tuple[Fused, ...] = ()
     if family == "gpt_oss":  # experts: gate_up + down with biases; router weight + bias; attention sinks
         experts = int(_get(text, "num_local_experts", source))
         experts_per_token = int(text.get("num_experts_per_tok") or text.get("experts_per_token") or 0)
         expert_params = layers * experts * (h * 2 * inter + 2 * inter + inter * h + h)
         other += layers * (experts * h + experts + heads)
+        fused = (Fused("mlp.experts.gate_up_proj", experts, h, 2 * inter, layers),
+                 Fused("mlp.experts.down_proj", experts, inter, h, layers))
     if vision is not None:
         vision_linears, vision_other = _vision(vision, h, source)
         linears = vision_linears + linears
@@ -225,7 +261,7 @@ def from_hf_config(config: Mapping[str, Any], source: str) -> Architecture:
     return Architecture(
         model_type=model_type, hidden_size=h, num_layers=layers, intermediate_size=inter, num_heads=heads,
         num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied,
-        linears=tuple(linears), other_params=other, expert_params=expert_params, num_experts=experts,
+        linears=tuple(linears), other_params=other, expert_params=expert_params, fused=fused, num_experts=experts,
         experts_per_token=experts_per_token, norms_per_layer=norms, qk_norm=qk_norm,
         mask_kinds=mask_kinds, sdpa=family != "gpt_oss", shipped=shipped, source=source,
     )

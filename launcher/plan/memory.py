@@ -37,6 +37,7 @@ class Setup:
     method: str = "lora"  # lora | dora
     r: int = 16
     target_modules: str | tuple[str, ...] = "all-linear"
+    target_parameters: tuple[str, ...] = ()  # fused expert tensors (adapter.target_parameters)
     dropout: float = 0.05
     batch: int = 4  # rows per device per micro-step
     seq_len: int = 2048
@@ -53,7 +54,7 @@ class Setup:
         targets = a.target_modules if isinstance(a.target_modules, str) else tuple(a.target_modules)
         return cls(
             dtype=spec.model.dtype, quantization=spec.model.quantization, method=a.method, r=a.r,
-            target_modules=targets, dropout=a.dropout, batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
+            target_modules=targets, target_parameters=tuple(a.target_parameters or ()), dropout=a.dropout, batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
             checkpointing=t.gradient_checkpointing, strategy=t.strategy, offload=t.offload, world_size=res.world_size,
             attn=spec.model.attn_implementation, device="cpu" if res.gpu == "none" else "cuda",
         )
@@ -99,8 +100,9 @@ class Estimate:
 
 
 def adapter_params(arch: Architecture, setup: Setup) -> int:
-    """Exact trainable parameters: r x (in + out) per targeted linear, plus DoRA's magnitude vector (out)."""
-    total = 0
+    """Exact trainable parameters: r x (in + out) per targeted linear, plus DoRA's magnitude vector (out), and
+    r x experts x (dim1 + dim2) per targeted fused expert tensor."""
+    total = sum(f.lora_params(setup.r) for f in arch.parameter_targets(setup.target_parameters))
     for lin in arch.targets(setup.target_modules):
         total += lin.count * (setup.r * (lin.in_features + lin.out_features))
         if setup.method == "dora":
@@ -223,7 +225,8 @@ def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
 
 
 def attention_kind(arch: Architecture, setup: Setup) -> str:
-    if setup.attn == "sdpa" and not arch.sdpa:
+    """What runs: gpt-oss's attention sinks run eager in kubetune whatever is asked (trainer.model_config)."""
+    if setup.attn != "eager" and not arch.sdpa:
         return "eager"
     return setup.attn
 
@@ -242,9 +245,18 @@ def activations(arch: Architecture, setup: Setup) -> int:
         body = arch.num_layers * layer
     final_norm = (4 * arch.hidden_size + 4) * tokens
     masks = arch.mask_kinds * setup.batch * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
-    if setup.attn == "flash_attention_2":
+    if attention_kind(arch, setup) == "flash_attention_2":
         masks = 0  # packed rows reach flash-attention as position ids, no dense mask
-    return int(body + final_norm + masks)
+    return int(body + final_norm + masks + merged_experts(arch, setup))
+
+
+def merged_experts(arch: Architecture, setup: Setup) -> int:
+    """`target_parameters`: PEFT's ParamWrapper computes each adapted expert tensor as W + delta (full size) in
+    every forward, and the experts' matmuls keep it alive until the backward pass: one per targeted tensor per
+    layer, or for one layer at a time with checkpointing."""
+    per_layer = sum(f.experts * f.dim1 * f.dim2 for f in arch.parameter_targets(setup.target_parameters))
+    layers = 1 if setup.checkpointing else arch.num_layers
+    return per_layer * layers * DTYPE_BYTES[setup.dtype]
 
 
 def logits(arch: Architecture, setup: Setup) -> int:
@@ -294,8 +306,8 @@ def estimate(arch: Architecture, setup: Setup) -> Estimate:
             overhead += DS_REDUCE_BUCKET * (2 if setup.mixed else 4)
         parts["CUDA + allocator"] = overhead
     if attention_kind(arch, setup) != setup.attn:
-        notes.append(f"transformers refuses sdpa attention for {arch.model_type}: set model.attn_implementation to "
-                     "eager (estimated here: seq² memory) or flash_attention_2")
+        notes.append(f"{arch.model_type}'s attention sinks run with eager attention (transformers has no sdpa for it "
+                     "and flash-attn 2 takes no sinks): estimated with eager's seq² memory")
     if setup.strategy == "ddp" and setup.world_size > 1:
         notes.append("ddp keeps a full copy of the model on every GPU: more GPUs do not lower this")
     if arch.shipped:

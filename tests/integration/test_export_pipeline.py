@@ -147,6 +147,13 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
         assert 0.0 <= rouge <= 1.0 and alias.tags["kubetune.eval.answers"] == "3"
         scored = json.loads(read_s3(s3, f"runs/{name}/export/eval-q4_k_m.json"))
         assert scored["means"]["rouge_l"] == pytest.approx(rouge, abs=1e-4) and len(scored["answers"]["answer"]) == 3
+        merged = json.loads(read_s3(s3, f"runs/{name}/export/eval-merged.json"))  # the reference: the merged model
+        adapter = next(v for v in versions if v.tags["kubetune.kind"] == "adapter")
+        assert float(adapter.tags["kubetune.eval.rouge_l"]) == pytest.approx(merged["means"]["rouge_l"], abs=1e-4)
+        assert merged["loss"] > 0 and float(adapter.tags["kubetune.eval.perplexity"]) > 1.0
+        run = client.get_run(run_id).data.metrics  # and in the training run, next to its own metrics
+        assert run["export.q4_k_m.rouge_l"] == pytest.approx(rouge, abs=1e-4)
+        assert run["export.merged.rouge_l"] == pytest.approx(merged["means"]["rouge_l"], abs=1e-6)
     else:
         assert not any(k.startswith("kubetune.eval.") for k in alias.tags)
     if weighted:

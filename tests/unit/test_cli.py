@@ -126,6 +126,7 @@ def test_local_paths_are_resolved_against_the_spec_folder(tmp_path: Path, monkey
         "base_model": "model",
         "data": {"train": ["data/train.jsonl", "s3://b/more.jsonl"], "eval": "data/train.jsonl"},
         "output": {"uri": "out/here"},
+        "eval": {"metrics": ["cites_existing_source"], "sources_root": "model"},
     }
     path = spec_file(tmp_path, raw)
     monkeypatch.chdir("/")  # not the spec's folder
@@ -134,6 +135,7 @@ def test_local_paths_are_resolved_against_the_spec_folder(tmp_path: Path, monkey
     assert spec.data.train == [str(tmp_path / "data" / "train.jsonl"), "s3://b/more.jsonl"]
     assert spec.data.eval == str(tmp_path / "data" / "train.jsonl")
     assert spec.output.uri == str(tmp_path / "out" / "here")
+    assert spec.eval.sources_root == str(tmp_path / "model")
     # a hub id is left alone
     assert client.prepare(spec_file(tmp_path, GOOD, "hub.yaml"), local=True).spec.base_model == "org/model"
     # ...and for a cluster the local model folder is an error naming the field
@@ -141,6 +143,10 @@ def test_local_paths_are_resolved_against_the_spec_folder(tmp_path: Path, monkey
         client.prepare(path)
     assert any(p.startswith("base_model:") for p in e.value.problems)
     assert sum(p.startswith("data.") for p in e.value.problems) == 2  # data.train[0] and data.eval
+    assert any(p.startswith("eval.sources_root:") and "s3://" in p for p in e.value.problems)
+    raw["eval"]["sources_root"] = "no/such/folder"  # locally, it must exist
+    with pytest.raises(UserError, match="eval.sources_root"):
+        client.prepare(spec_file(tmp_path, raw, "missing.yaml"), local=True)
 
 
 def test_cluster_render_warns_about_local_paths(tmp_path: Path) -> None:

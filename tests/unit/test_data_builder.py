@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.resources import chat_template, tokenizer_for
+from tests.resources import tokenizer_for
 from trainer.data import DataError, build_dataset, conversations
 from trainer.data.render import IGNORE
 from trainer.spec import JobSpec
@@ -124,13 +124,11 @@ def test_parquet_glob_with_instruction_columns(tmp_path: Path, tok: Any) -> None
 
 
 def test_template_problem_names_the_row(tmp_path: Path) -> None:
-    qwen3 = tokenizer_for("qwen2")
-    qwen3.chat_template = chat_template("Qwen-Qwen3-0.6B.jinja")
-    reasoning = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>t</think>b"},
-                              {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}  # fmt: skip
+    qwen25 = tokenizer_for("qwen2")  # its template reads no reasoning field: the last turn's would be lost
+    reasoning = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "thinking": "t"}]}
     f = write(tmp_path / "train.jsonl", [GOOD, GOOD, reasoning])
-    with pytest.raises(DataError, match=rf"^{f}:3: the chat template renders assistant turn #2 differently"):
-        build_dataset(spec(str(f)), qwen3)
+    with pytest.raises(DataError, match=rf"^{f}:3: the chat template does not render the reasoning of assistant turn #2"):
+        build_dataset(spec(str(f)), qwen25)
 
 
 def test_relative_paths_use_base_dir(tmp_path: Path, tok: Any) -> None:

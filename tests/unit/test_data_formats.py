@@ -100,6 +100,18 @@ def test_template_nested_field_missing_names_the_path() -> None:
         to_messages({"q": "x", "meta": {"other": 1}}, spec)
 
 
+def test_template_refuses_a_list_where_text_belongs() -> None:
+    """`{agent_responses}` holding a list would otherwise be trained as Python's list syntax."""
+    spec = data(format="template", template={"user": "{q}", "assistant": "{agent_responses}"})
+    with pytest.raises(BadRow, match=r"`\{agent_responses\}` is a list in the row, not text") as e:
+        to_messages({"q": "x", "agent_responses": ["a", "b"]}, spec)
+    assert e.value.reason == "bad_type"
+    with pytest.raises(BadRow, match="is an object"):
+        to_messages({"q": {"text": "x"}, "agent_responses": "a"}, spec)
+    item = data(format="template", template={"user": "{q}", "assistant": "{agent_responses[1]}"})
+    assert to_messages({"q": "x", "agent_responses": ["a", "b"]}, item)[-1]["content"] == "b"
+
+
 def test_every_reason_is_known() -> None:
     with pytest.raises(ValueError):
         BadRow("whatever", "x")

@@ -43,7 +43,10 @@ def test_every_family_trains_exactly_the_assistant_turns(family: tuple[str, Any]
     name, tok = family
     sample = ChatRenderer(tok, max_seq_len=512).encode(multi(name))
     eot = end_of_turn(name)
-    assert trained_segments(tok, sample.input_ids, sample.labels) == [f"4{eot}", f"Bye.{eot}"]
+    expected = [f"4{eot}", f"Bye.{eot}"]
+    if name == "harmony":  # gpt-oss: the final channel; an earlier turn ends in <|end|>, the last in <|return|>
+        expected = ["<|channel|>final<|message|>4<|end|>", f"<|channel|>final<|message|>Bye.{eot}"]
+    assert trained_segments(tok, sample.input_ids, sample.labels) == expected
     # the rest is the template's own text, untrained
     text = tok.decode(sample.input_ids)
     assert "2+2?" in text and "Thanks" in text
@@ -52,7 +55,7 @@ def test_every_family_trains_exactly_the_assistant_turns(family: tuple[str, Any]
 def test_exactly_one_bos(family: tuple[str, Any]) -> None:
     name, tok = family
     ids = ChatRenderer(tok, max_seq_len=512).encode(multi(name)).input_ids
-    if name == "qwen2":  # Qwen's template writes no BOS and its tokenizer adds none
+    if name in ("qwen2", "harmony"):  # Qwen's and gpt-oss's templates write no BOS and their tokenizers add none
         assert tok.bos_token_id not in ids
     else:  # Llama 3 / Gemma templates write it; Phi-3's tokenizer adds it
         assert ids[0] == tok.bos_token_id
@@ -105,14 +108,6 @@ def test_qwen3_last_turn_think_block_is_handled() -> None:
     s = ChatRenderer(tok, max_seq_len=512).encode(MULTI)
     # Qwen3 writes an (empty) think block into the last assistant turn only: the model produces it
     assert trained_segments(tok, s.input_ids, s.labels) == ["4<|im_end|>", "<think>\n\n</think>\n\nBye.<|im_end|>"]
-
-
-def test_template_that_rewrites_history_is_a_clear_error() -> None:
-    tok = tokenizer_for("qwen2")
-    tok.chat_template = chat_template("Qwen-Qwen3-0.6B.jinja")  # drops reasoning from earlier turns
-    conv = [U("2+2?"), A("<think>add</think>4"), U("Thanks"), A("Bye.")]
-    with pytest.raises(DataError, match=r"renders assistant turn #2 differently once later turns follow"):
-        ChatRenderer(tok, max_seq_len=512).encode(conv)
 
 
 def test_tokenizer_without_chat_template_is_a_data_error() -> None:

@@ -8,6 +8,7 @@ from tests.models import chat_rows
 from tests.resources import tokenizer_for
 from trainer.export import runtimes
 from trainer.export.merge import end_of_turn
+from trainer.spec import DataSpec
 
 FAMILIES = {"llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "phi3": "<|end|>", "gemma": "<turn|>"}
 
@@ -39,6 +40,19 @@ def test_modelfile_has_template_system_and_stop_tokens():
     assert lines[0] == "FROM ./m-q4_k_m.gguf"
     assert lines[1].startswith('TEMPLATE """') and '{{ "<|im_start|>assistant\\n" }}"""' in lines[1]
     assert 'SYSTEM """Be brief."""' in lines and 'PARAMETER stop "<|im_end|>"' in lines
+
+
+@pytest.mark.parametrize(("data", "system"), [
+    ({"system_prompt": "Be brief."}, "Be brief."),
+    ({"format": "template", "template": {"system": "You are a human-like AI assistant. {{sic}}", "user": "{q}",
+                                         "assistant": "{a}"}}, "You are a human-like AI assistant. {sic}"),
+    ({"format": "template", "template": {"system": "You speak for {team}.", "user": "{q}", "assistant": "{a}"}}, None),
+    ({"format": "template", "template": {"user": "{q}", "assistant": "{a}"}}, None),
+    ({}, None),
+])
+def test_modelfile_system_is_the_one_every_training_conversation_had(data, system):
+    # seed 002: `format: template` forbids data.system_prompt; its fixed template.system is the default
+    assert runtimes.default_system(DataSpec(train="t.jsonl", **data)) == system
 
 
 def test_template_that_markers_cannot_express_gets_no_template_line():

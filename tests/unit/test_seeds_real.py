@@ -4,6 +4,9 @@ for its GPUs and `launch submit --dry-run` renders through the real chart, as it
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -20,12 +23,17 @@ def launch(*args: str) -> tuple[int, str]:
 
 
 def test_every_seed_example_is_tested_and_documented() -> None:
-    examples = {p.name.split("-", 1)[0] for p in EXAMPLES.glob("seed*.yaml")}
+    """One page per seed, showing the stand-in command the tests run (every override, quoted for a shell)."""
+    examples = {p.name.split("-", 1)[0] for p in EXAMPLES.glob("seed*.yaml") if not p.name.endswith("-values.yaml")}
     assert examples == set(SEEDS)
     for seed in SEEDS.values():
         page = REPO / "docs" / "seeds" / seed.example.replace(".yaml", ".md")
         assert page.is_file(), f"{seed.example} has no user page {page}"
-        assert seed.example in page.read_text(), page
+        text = " ".join(page.read_text().replace("\\\n", " ").split())
+        assert re.search(rf"launch submit --local (examples/)?{re.escape(seed.example)} ", text), page
+        missing = [o for o in seed.overrides(Path("X")) if not o.startswith("base_model=")
+                   and f"--set {shlex.quote(o)}" not in text]
+        assert not missing, f"{page.name} does not show the stand-in overrides {missing} (tests/seeds.py)"
 
 
 @pytest.mark.parametrize("seed_id", SEED_IDS)
@@ -36,8 +44,8 @@ def test_real_form_plans_on_its_gpus(seed_id: str) -> None:
     plans = json.loads(out)
     for plan in plans if isinstance(plans, list) else [plans]:
         assert plan["fits"], plan  # the real form is sized for the GPUs it asks for
-    for base in seed.bases:  # the other bases the docs name run from the same spec
-        code, out = launch("plan", str(seed.path), "--set", f"base_model={base}")
+    for variant in seed.variants:  # the other bases the docs name run from the same spec
+        code, out = launch("plan", str(seed.path), *[x for o in variant for x in ("--set", o)])
         assert code == 0 and "fits" in out, out
 
 

@@ -4,7 +4,8 @@ A rank's counters are a plain dict (they travel in checkpoints and across ranks)
 `rows_read` (rows of this rank's share taken from the files, bad ones included), `rows_used`
 (rows whose sample was in a packed row handed to training), `bad_rows` (per reason) with the
 first `bad_examples`, `rows_pending` (read and packed, not handed out yet), the packed rows,
-tokens and truncated samples handed out, and the `passes` finished. At every point between two
+tokens, truncated samples and assistant turns whose reasoning the chat template dropped
+(`reasoning_dropped_turns`) handed out, and the `passes` finished. At every point between two
 packed rows: rows_read == rows_used + sum(bad_rows) + rows_pending. When training ends, the rows
 still pending are the ones it did not reach (`DataStats.rows_unreached`).
 """
@@ -18,7 +19,8 @@ from typing import Any
 from trainer.data.badrows import MAX_EXAMPLES
 from trainer.data.stats import DataStats
 
-FIELDS = ("rows_read", "rows_used", "packed_rows", "tokens_total", "tokens_trained", "truncated", "passes")
+FIELDS = ("rows_read", "rows_used", "packed_rows", "tokens_total", "tokens_trained", "truncated", "passes",
+          "reasoning_dropped_turns")
 
 
 def empty() -> dict[str, Any]:
@@ -31,7 +33,7 @@ def merge(counts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     bad: Counter[str] = Counter()
     for c in counts:
         for key in FIELDS:
-            out[key] += int(c.get(key, 0))
+            out[key] += int(c.get(key, 0))  # .get: counters saved before a field existed
         bad.update(c.get("bad_rows", {}))
         out["bad_examples"] += [e for e in c.get("bad_examples", []) if e not in out["bad_examples"]]
     out["bad_rows"] = dict(bad)
@@ -72,6 +74,7 @@ def data_stats(per_rank: Sequence[dict[str, Any]], *, files: list[str], max_seq_
         packing=packing,
         files=files,
         truncated=total["truncated"],
+        reasoning_dropped_turns=total["reasoning_dropped_turns"],
         rows_unreached=pending,
         per_rank=ranks,
     )

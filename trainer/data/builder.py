@@ -50,7 +50,8 @@ def build_dataset(
     """
     data = spec.data
     files = _files(spec, split, base_dir, storage_options)
-    renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long)
+    renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
+                            reasoning=data.reasoning)
     log = BadRowLog(data.bad_rows, split)
     samples: list[Sample] = []
     rows_read = 0
@@ -97,6 +98,7 @@ def build_dataset(
         packing=data.packing,
         files=[f.uri for f in files],
         truncated=sum(s.truncated for s in samples),
+        reasoning_dropped_turns=sum(s.reasoning_dropped for s in samples),
     )
     assert stats.rows_read == stats.rows_used + stats.bad_total
     return items, stats

@@ -4,6 +4,11 @@ One function per `data.format`:
 - `messages`: OpenAI chat, `{"messages": [{"role", "content"}]}`; content may also be a list of
   `{"type": "text", "text"}` parts.
 - `sharegpt`: `{"conversations": [{"from": "human" | "gpt" | "system", "value"}]}`.
+
+In both, an assistant turn may carry its reasoning (chain of thought) in `thinking` (the key
+gpt-oss's Harmony template reads) or `reasoning_content` (the key Qwen3's and DeepSeek's read):
+a string, on assistant turns only. It is passed to the chat template under both keys, so either
+spelling reaches whichever key the template reads (see trainer/data/render.py for what is trained).
 - `instruction`: alpaca columns (`data.columns`); a non-empty input is appended to the
   instruction after a blank line.
 - `template`: `data.template` strings with `{field}` placeholders (string.Formatter syntax,
@@ -24,6 +29,7 @@ from trainer.data.errors import BadRow
 from trainer.spec import DataSpec
 
 Message = dict[str, str]
+REASONING_KEYS = ("thinking", "reasoning_content")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -70,8 +76,28 @@ def _turns(row: Mapping[str, Any], key: str, role_key: str, text_key: str, roles
         role = roles.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
         if role is None:
             raise BadRow("bad_role", f"{where}.{role_key} is {raw_role!r}; use one of {', '.join(roles)}")
-        out.append({"role": role, "content": _text(turn.get(text_key), f"{where}.{text_key}")})
+        message = {"role": role, "content": _text(turn.get(text_key), f"{where}.{text_key}")}
+        reasoning = _reasoning(turn, where, role)
+        if reasoning is not None:
+            message.update(dict.fromkeys(REASONING_KEYS, reasoning))
+        out.append(message)
     return out
+
+
+def _reasoning(turn: Mapping[str, Any], where: str, role: str) -> str | None:
+    """The turn's `thinking` / `reasoning_content` (None when it has neither)."""
+    given = {k: turn[k] for k in REASONING_KEYS if turn.get(k) is not None}
+    if not given:
+        return None
+    for key, value in given.items():
+        if role != "assistant":
+            raise BadRow("bad_role", f"{where}.{key}: only assistant turns carry reasoning, this is a {role} turn; "
+                         "move it to the assistant turn it belongs to, or remove it")
+        if not isinstance(value, str):
+            raise BadRow("bad_type", f"{where}.{key} must be a string (the reasoning text), got {type(value).__name__}")
+    if len(set(given.values())) > 1:
+        raise BadRow("bad_type", f"{where} has both `thinking` and `reasoning_content`, with different text; keep one")
+    return next(iter(given.values()))
 
 
 def _messages(row: Mapping[str, Any], data: DataSpec) -> list[Message]:
@@ -117,6 +143,10 @@ class _RowFormatter(string.Formatter):
             obj = obj[part]
         if obj is None:
             raise BadRow("missing_field", f"the template needs `{field_name}`, which is null in the row")
+        if isinstance(obj, (list, Mapping)):
+            kind = "a list" if isinstance(obj, list) else "an object"
+            raise BadRow("bad_type", f"the template's `{{{field_name}}}` is {kind} in the row, not text: write it "
+                         f"into a text field first (e.g. a list joined with newlines), or pick one item (`{{{head}[0]}}`)")
         return obj, head
 
     def get_value(self, key: int | str, args: Any, kwargs: Any) -> Any:

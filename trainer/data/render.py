@@ -6,20 +6,46 @@ with -100. An assistant span is the text the model itself must produce: its cont
 end-of-turn token the template closes the turn with (`<|eot_id|>`, `<|im_end|>`, `<|end|>`,
 `<turn|>` ...), without the newline some templates put after that token.
 
-Most templates have no `{% generation %}` markers, so spans are found by rendering prefixes of
-the conversation. For assistant message i:
+Most templates have no `{% generation %}` markers, so turns are found by rendering. For
+assistant message i:
   start = where `render(messages[:i], add_generation_prompt=True)` stops agreeing with the full
           render: normally its whole length (Gemma 4's generation prompt also opens an empty
           thought channel that the rendered history lacks, so the span starts before it);
-  end   = where `render(messages[:i + 1])` stops agreeing with the full render, cut right after
-          the first special token that follows the content (Phi-3 writes `<|end|>` then, after
-          the last turn only, EOS: the turn ends at `<|end|>`, where generation stops).
+  answer = where the turn's answer text sits in the full render, found by rendering once more
+          with every answer and reasoning text replaced by a marker (trainer/data/reasoning.py);
+  end   = right after the first special token that follows the answer (only whitespace
+          between): `<|eot_id|>`, `<|im_end|>`, `<|end|>`, `<|return|>` ... Phi-3 writes `<|end|>`
+          then, after the last turn only, EOS: the turn ends at `<|end|>`, where generation stops.
+          A template that closes turns with plain text: where `render(messages[:i + 1])` stops
+          agreeing with the full render, less trailing whitespace.
 Divergence points are moved back to the start of a special token the character-level split
-cuts through (`<|endoftext|>` vs `<|user|>` agree on `<|`). When `end` so found does not hold
-the assistant's text (Qwen3 writes an empty think block into the last assistant turn only), the
-turn is its content, found right at `start`, plus the end-of-turn token after it. A template that
-changes a past assistant turn's text once later turns follow (Qwen3 drops `<think>` reasoning
-from earlier turns) cannot be trained on faithfully: the job stops with a DataError saying so.
+cuts through (`<|endoftext|>` vs `<|user|>` agree on `<|`). When the marked render cannot be
+mapped back (a template that changes the texts beyond stripping whitespace), the spans come from
+prefix renders alone, as above, for conversations without reasoning.
+
+Reasoning (`data.reasoning`). What the model generates after the generation prompt is the turn:
+  gpt-oss (Harmony), last turn: `<|channel|>analysis<|message|>{thinking}<|end|><|start|>assistant
+          <|channel|>final<|message|>{content}<|return|>`;
+  `<think>` templates (Qwen3): `<think>\n{reasoning}\n</think>\n\n{answer}<|im_end|>`.
+`train` trains all of it, reasoning and `<|return|>` included. `mask` trains the answer's tokens
+and the end-of-turn token only: the reasoning, and the template text between the generation
+prompt and the answer (`<|channel|>analysis<|message|>`, `<|end|><|start|>assistant<|channel|>
+final<|message|>`, `<think>`, `</think>`), stay context. Those closing tokens are where the model
+decides its reasoning is over: their place is set by the reasoning, which `mask` leaves to the
+base model, and their text is the same in every row, so they carry no signal from the data. A
+token that straddles the answer's first character (`" Yes"` after `</think>`) is trained.
+
+Templates that drop reasoning: gpt-oss's drops the analysis of every assistant turn but the last
+(and ends those turns with `<|end|>`, not `<|return|>`); Qwen3's and DeepSeek-R1's drop `<think>`
+blocks of turns before the last user message (DeepSeek-R1-Distill's from every turn, the last
+included). Such a turn is trained as the full conversation renders it: its answer and
+end-of-turn token; the template text before its answer (`<|channel|>final<|message|>`) is not
+trained either way, since the model would have written its reasoning there. The turn is counted
+in `Sample.reasoning_dropped` (`reasoning_dropped_turns` in the data stats). When the template
+drops the reasoning of the conversation's final message, where every template that renders
+reasoning shows it, the reasoning would never be seen: the job stops with a DataError naming
+the fix. So does a template that changes earlier turns in another way (the answer missing,
+moved or repeated).
 
 Tokens are mapped to spans by character offsets (fast tokenizers): a token is trained when it
 starts inside a span. BOS: when the template writes it, the tokenizer must not add another; when
@@ -33,6 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.data import reasoning as rz
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message
 
@@ -44,6 +71,7 @@ class Sample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False  # cut to data.max_seq_len (`too_long: truncate`); counted in DataStats
+    reasoning_dropped: int = 0  # assistant turns whose reasoning the chat template does not render
 
     @property
     def trained(self) -> int:
@@ -65,7 +93,8 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 class ChatRenderer:
-    def __init__(self, tokenizer: Any, *, max_seq_len: int, train_on: str = "completions", too_long: str = "bad_row"):
+    def __init__(self, tokenizer: Any, *, max_seq_len: int, train_on: str = "completions", too_long: str = "bad_row",
+                 reasoning: str = "train"):
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
                 "the tokenizer has no chat template: use an instruct/chat base model, or give the tokenizer "
@@ -77,6 +106,7 @@ class ChatRenderer:
         self.max_seq_len = max_seq_len
         self.train_on = train_on
         self.too_long = too_long
+        self.reasoning = reasoning
         self.bos = tokenizer.bos_token
         self.bos_prefix = self._added_prefix()
         specials = set(tokenizer.all_special_tokens)
@@ -137,9 +167,74 @@ class ChatRenderer:
         token = next((t for t in self.specials if full.startswith(t, after)), None)
         return after + len(token) if token else end
 
-    def spans(self, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:
-        """The full text and the character spans of its assistant turns."""
+    def _special_end(self, full: str, pos: int) -> int:
+        """Right after the special token at `pos` (whitespace skipped); -1 when none is there."""
+        after = pos + len(full[pos:]) - len(full[pos:].lstrip())
+        token = next((t for t in self.specials if full.startswith(t, after)), None)
+        return after + len(token) if token else -1
+
+    def _rewritten(self, i: int, why: str) -> DataError:
+        return DataError(
+            f"the chat template renders assistant turn #{i + 1} differently once later turns follow ({why}), so "
+            "the tokens to train on cannot be located. Use a template that renders history unchanged or only drops "
+            "reasoning from it (gpt-oss, Qwen3, DeepSeek-R1 do), or train on single-turn rows (one assistant turn "
+            "at the end)."
+        )
+
+    def spans(self, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]], int]:
+        """The full text, the character spans to train in it, and how many assistant turns' reasoning the
+        template dropped."""
         full = self.render(messages)
+        markers = rz.Markers(messages, full)
+        where = markers.positions(self.render(markers.messages), full)
+        if where is None:
+            if any(rz.parts(m).reasoning for m in messages if m["role"] == "assistant"):
+                raise DataError(
+                    "the chat template changes assistant texts (beyond stripping whitespace), so the reasoning and "
+                    "the answer of a turn cannot be told apart in its output; use a template that writes them as "
+                    "given (model.chat_template), or remove the reasoning"
+                )
+            return full, self._prefix_spans(messages, full), 0
+        spans: list[tuple[int, int]] = []
+        dropped = 0
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = self._diverge(self.render(messages[:i], generation_prompt=True), full)
+            found = where.get(("a", i), [])
+            if len(found) != 1:
+                raise self._rewritten(i, "its answer is " + ("missing" if not found else "written more than once"))
+            a, b = found[0]
+            others = [p for key, ps in where.items() if key[1] != i for p in ps if start <= p[0] < a]
+            if a < start or others:
+                raise self._rewritten(i, "its answer is not where the model would write it")
+            end = self._special_end(full, b)
+            if end < 0:  # a template that closes turns with plain text
+                end = max(b, self._trim_end(full, start, self._diverge(self.render(messages[: i + 1]), full)))
+            has_reasoning = bool(rz.parts(m).reasoning)
+            shown = where.get(("r", i), [])
+            if len(shown) > 1 or any(not start <= r0 < a for r0, _ in shown):
+                raise self._rewritten(i, "its reasoning is not where the model would write it")
+            if has_reasoning and not shown:
+                if i == len(messages) - 1:
+                    raise DataError(
+                        f"the chat template does not render the reasoning of assistant turn #{i + 1}, the last "
+                        "message, so it would never be seen in training (templates that do not read `thinking` / "
+                        "`reasoning_content`, and DeepSeek-R1-Distill's, which strips everything up to `</think>`). "
+                        "Set model.chat_template to a template that renders it (gpt-oss's, Qwen3's), or remove the "
+                        "reasoning from the data"
+                    )
+                dropped += 1
+                start = a  # the template text before the answer stands where the reasoning was
+            elif has_reasoning and self.reasoning == "mask":
+                start = a
+            if spans and start < spans[-1][1]:
+                raise self._rewritten(i, "it overlaps the turn before it")
+            spans.append((start, end))
+        return full, spans, dropped
+
+    def _prefix_spans(self, messages: Sequence[Message], full: str) -> list[tuple[int, int]]:
+        """Spans from prefix renders alone (a template that changes the texts, so markers cannot be mapped)."""
         spans: list[tuple[int, int]] = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
@@ -153,14 +248,9 @@ class ChatRenderer:
             elif closed >= 0:
                 end = min(end, closed)  # Phi-3 writes EOS after its last turn's <|end|>: not part of the turn
             if start < (spans[-1][1] if spans else 0) or end < 0:
-                raise DataError(
-                    f"the chat template renders assistant turn #{i + 1} differently once later turns follow "
-                    "(for instance it drops reasoning from earlier assistant turns), so the tokens to train on "
-                    "cannot be located. Use a template that renders history unchanged, or train on "
-                    "single-turn rows (one assistant turn at the end)."
-                )
+                raise self._rewritten(i, "it drops or changes text")
             spans.append((start, end))
-        return full, spans
+        return spans
 
     # -- tokens -------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> Sample:
@@ -174,10 +264,10 @@ class ChatRenderer:
         """Encode a batch (one Rust call for the tokenization); a BadRow per unusable conversation."""
         out: list[Sample | BadRow | None] = []
         texts: list[str] = []
-        spans: list[list[tuple[int, int]]] = []
+        spans: list[tuple[list[tuple[int, int]], int]] = []
         for j, messages in enumerate(conversations):
             try:
-                text, sp = self.spans(messages)
+                text, sp, dropped = self.spans(messages)
             except BadRow as bad:
                 out.append(bad)
                 continue
@@ -186,19 +276,19 @@ class ChatRenderer:
                 raise
             out.append(None)
             texts.append(text)
-            spans.append(sp)
+            spans.append((sp, dropped))
         enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
         k = 0
         for j, slot in enumerate(out):
             if slot is not None:
                 continue
             assert enc is not None
-            out[j] = self._sample(texts[k], enc["input_ids"][k], enc["offset_mapping"][k], spans[k])
+            out[j] = self._sample(texts[k], enc["input_ids"][k], enc["offset_mapping"][k], *spans[k])
             k += 1
         return out  # type: ignore[return-value]
 
     def _sample(
-        self, text: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+        self, text: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], dropped: int
     ) -> Sample | BadRow:
         prefix = [] if (self.bos and text.startswith(self.bos)) else self.bos_prefix
         if self.train_on == "all":
@@ -206,16 +296,16 @@ class ChatRenderer:
         else:
             labels = [IGNORE] * len(ids)
             s = 0
-            for t, (a, _b) in enumerate(offsets):
+            for t, (a, b) in enumerate(offsets):
                 while s < len(spans) and a >= spans[s][1]:
                     s += 1
                 if s == len(spans):
                     break
-                if spans[s][0] <= a:
+                if spans[s][0] < max(b, a + 1):  # starts inside the span, or straddles its first character
                     labels[t] = ids[t]
         # The first token of a sample is never a target: in a packed row its label would make the
         # previous sample's last token predict it.
-        sample = Sample([*prefix, *ids], [IGNORE] * len(prefix) + labels)
+        sample = Sample([*prefix, *ids], [IGNORE] * len(prefix) + labels, reasoning_dropped=dropped)
         if sample.labels:
             sample.labels[0] = IGNORE
         n = len(sample.input_ids)
@@ -226,7 +316,8 @@ class ChatRenderer:
                     f"{n} tokens, more than data.max_seq_len = {self.max_seq_len}; raise data.max_seq_len "
                     "or set data.too_long: truncate",
                 )
-            sample = Sample(sample.input_ids[: self.max_seq_len], sample.labels[: self.max_seq_len], truncated=True)
+            sample = Sample(sample.input_ids[: self.max_seq_len], sample.labels[: self.max_seq_len], truncated=True,
+                            reasoning_dropped=dropped)
         if sample.trained == 0 and n > self.max_seq_len:
             return BadRow("too_long", f"no assistant token within the first {self.max_seq_len} of its {n} tokens")
         if sample.trained == 0:

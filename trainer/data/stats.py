@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+REASONING_DROPPED = ("reasoning dropped by the chat template: {n} earlier assistant turn(s) (templates show reasoning "
+                     "in the last turn only); those turns are trained on their answers")
+
 
 @dataclass
 class DataStats:
@@ -26,6 +29,7 @@ class DataStats:
     packing: bool = True
     files: list[str] = field(default_factory=list)
     truncated: int = 0  # samples cut to max_seq_len (`data.too_long: truncate`): used, but not whole
+    reasoning_dropped_turns: int = 0  # assistant turns whose reasoning the chat template does not render
     rows_unreached: int = 0  # read and packed, but training stopped (max_steps) before their row came up
     per_rank: list[dict[str, int]] = field(default_factory=list)  # each rank's counts (training stream)
 
@@ -48,6 +52,7 @@ class DataStats:
             f"{prefix}tokens_trained": float(self.tokens_trained),
             f"{prefix}packing_efficiency": float(self.packing_efficiency),
             f"{prefix}truncated": float(self.truncated),
+            f"{prefix}reasoning_dropped_turns": float(self.reasoning_dropped_turns),
             f"{prefix}rows_skipped": float(self.rows_skipped),
             f"{prefix}rows_unreached": float(self.rows_unreached),
         }
@@ -73,6 +78,8 @@ class DataStats:
         lines += [f"  bad: {e}" for e in self.bad_examples[:3]]
         if self.truncated:
             lines.append(f"  truncated to {self.max_seq_len} tokens: {self.truncated} sample(s) (data.too_long: truncate)")
+        if self.reasoning_dropped_turns:
+            lines.append(f"  {REASONING_DROPPED.format(n=self.reasoning_dropped_turns)}")
         share = self.tokens_trained / self.tokens_total if self.tokens_total else 0.0
         layout = (
             f"{self.samples} samples packed into {self.packed_rows} rows of {self.max_seq_len}"

@@ -90,7 +90,7 @@ class TrainStream(IterableDataset):
         self.window_tokens = window_rows * data.max_seq_len
         self.files = expand(data.train, storage_options, base_dir, field=FIELD)
         self.renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
-                                     too_long=data.too_long)
+                                     too_long=data.too_long, reasoning=data.reasoning)
         self.fingerprint = self._fingerprint(spec)
         self._pass_rows: int | None = None  # packed rows of one pass over all ranks (count_pass)
         self._generation = 0
@@ -203,6 +203,7 @@ class TrainStream(IterableDataset):
         c["tokens_total"] += len(row["input_ids"])
         c["tokens_trained"] += sum(s.trained for s in b.samples)
         c["truncated"] += sum(s.truncated for s in b.samples)
+        c["reasoning_dropped_turns"] += sum(s.reasoning_dropped for s in b.samples)
         item.yielded += 1
         return row
 
@@ -306,7 +307,7 @@ class TrainStream(IterableDataset):
             work, next_epoch, counts = reshard(states, self.rank, self.world_size)
         self._start()
         self._work, self._next_epoch = work, next_epoch
-        self.counts = {k: int(counts[k]) for k in accounting.FIELDS}
+        self.counts = {k: int(counts.get(k, 0)) for k in accounting.FIELDS}  # 0: saved before the field existed
         self.log.counts.update(counts["bad_rows"])
         self.log.examples = list(counts["bad_examples"])
         self._generation += 1  # an iterator made before this does not continue

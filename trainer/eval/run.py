@@ -75,8 +75,15 @@ class EvalResult:
 
 
 def context(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> Context:
+    """What the metrics need from the spec; an `s3://` `eval.sources_root` is copied to the local cache once."""
+    from trainer import storage
+
     root = spec.eval.sources_root
-    if root is not None and base_dir is not None and not Path(root).expanduser().is_absolute():
+    if root is not None and storage.is_remote(root):
+        from trainer.model import cache_root
+
+        root = str(storage.fetch(root, cache_root().parent / "sources"))
+    elif root is not None and base_dir is not None and not Path(root).expanduser().is_absolute():
         root = str(Path(base_dir) / root)
     return Context(sources_root=Path(root).expanduser() if root else None, normalize=spec.eval.exact_match == "normalized")
 

@@ -1,8 +1,11 @@
 """The adapter merged into its base, with everything a runtime needs to chat with the result.
 
-The base is loaded as training saw it: in the spec's dtype, de-quantized from a `.gguf`, and for
-QLoRA (`model.quantization: 4bit|8bit`) quantized by bitsandbytes and de-quantized again, so the
-adapter lands on the very weights it was trained against (peft #2321), not on the original ones.
+The base is loaded as training saw it: in the spec's dtype, de-quantized from a `.gguf` or from
+MXFP4 (gpt-oss), and for QLoRA (`model.quantization: 4bit|8bit`) quantized by bitsandbytes and
+de-quantized again, so the adapter lands on the very weights it was trained against (peft #2321),
+not on the original ones. A checkpoint saved already quantized by bitsandbytes (e.g.
+unsloth/gpt-oss-20b-unsloth-bnb-4bit) has no original weights: it is de-quantized, and that is all.
+Adapters on parameters (`adapter.target_parameters`, gpt-oss's fused experts) merge like the others.
 The tokenizer saved by training (with its chat template) goes along, as do the base's
 sentencepiece model (llama.cpp's converter needs it for SPM vocabularies), a generation config
 whose `eos_token_id` holds both EOS and the template's end-of-turn token, and `export_info.json`.
@@ -38,13 +41,32 @@ class Merged:
 
 
 def load_dense_base(spec: JobSpec, ref: models.BaseModelRef, quantized_like_training: bool) -> torch.nn.Module:
-    """The base in the spec's dtype; QLoRA: through the same bitsandbytes round trip as training."""
-    if quantized_like_training and spec.model.quantization != "none":
+    """The base in the spec's dtype; QLoRA: through the same bitsandbytes round trip as training (always, for a
+    checkpoint saved quantized)."""
+    plan = models.load_plan(ref, spec).quantize
+    if plan == "checkpoint" or (quantized_like_training and plan == "bnb"):
         model = models.load_base_model(ref, spec)
         model = model.dequantize()  # bitsandbytes weights -> the dense values the adapter was trained on
+        _forget_quantized_loading(model)
         return model.to(models.DTYPES[spec.model.dtype])
     dense = spec.model_copy(update={"model": spec.model.model_copy(update={"quantization": "none"})})
     return models.load_base_model(ref, dense)
+
+
+def _forget_quantized_loading(model: torch.nn.Module) -> None:
+    """A checkpoint saved by bitsandbytes loads through transformers' `Bnb4bitDeserialize` weight conversion, which
+    the model keeps (`_weight_conversions`) to write its weights back the same way; it has no reverse, so after
+    `dequantize()` `save_pretrained` fails with NotImplementedError (measured on transformers 5.23). The weights
+    are dense now: drop the conversions that cannot be reversed; renamings and other reversible ones stay."""
+    kept = []
+    for conversion in getattr(model, "_weight_conversions", None) or []:
+        try:
+            conversion.reverse_transform()
+        except NotImplementedError:
+            continue
+        kept.append(conversion)
+    if hasattr(model, "_weight_conversions"):
+        model._weight_conversions = kept
 
 
 def _merge_into(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
@@ -75,7 +97,7 @@ def merge(spec: JobSpec, adapter_dir: Path, tokenizer_dir: Path, out: Path, base
     ref = models.resolve_base_model(spec.base_model, base_dir)
     merged = _merge_into(load_dense_base(spec, ref, quantized_like_training=True), adapter_dir)
     delta = None
-    if spec.model.quantization != "none" and measure_qlora_delta:
+    if models.load_plan(ref, spec).quantize == "bnb" and measure_qlora_delta:  # original weights exist
         naive = _merge_into(load_dense_base(spec, ref, quantized_like_training=False), adapter_dir)
         delta = _weight_delta(merged, naive)
         del naive
@@ -96,6 +118,7 @@ def _save_tokenizer(tokenizer_dir: Path, ref: models.BaseModelRef, out: Path) ->
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.save_pretrained(out)
+    _declare_added_tokens(tokenizer, out / "tokenizer_config.json")
     for src_dir in (tokenizer_dir, Path(ref.location) if ref.local else None):
         for name in AUX_TOKENIZER_FILES:
             if src_dir is not None and (src_dir / name).is_file() and not (out / name).exists():
@@ -103,6 +126,24 @@ def _save_tokenizer(tokenizer_dir: Path, ref: models.BaseModelRef, out: Path) ->
     if ref.gguf_file and not (out / "tokenizer.model").exists():
         vocab.write_sentencepiece_model(Path(ref.location) / ref.gguf_file, out / "tokenizer.model")
     return tokenizer
+
+
+def _declare_added_tokens(tokenizer: Any, config_path: Path) -> None:
+    """Write `added_tokens_decoder` into tokenizer_config.json, as transformers 4 did and as the families' own
+    configs have it. llama.cpp's converter reads an SPM vocabulary from `tokenizer.model` and takes which pieces
+    are user-defined (matched whole, before the merges) only from there: without it Gemma 3's runs of spaces
+    become ordinary pieces and llama.cpp splits `"\n  id"` as `▁` `▁id` where transformers has `▁▁` `id`, so
+    every indented line of code would tokenize differently in the GGUF (transformers 5.23 writes the added
+    tokens to tokenizer.json only)."""
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if config.get("added_tokens_decoder"):
+        return
+    config["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                 "single_word": t.single_word, "special": t.special}
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())
+    }
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _generation_eos(model: Any, tokenizer: Any, ref: models.BaseModelRef, out: Path) -> list[str]:

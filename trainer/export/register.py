@@ -90,5 +90,15 @@ class Registry:
             raise ExportError(f"MLflow refused version {item.kind} of {self.name!r}: {e}") from None
         return Registered(item.kind, mv.version, source, reused=False)
 
+    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Metrics of the export (e.g. `export.q4_k_m.rouge_l`) into the training run, next to its own."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        if metrics:
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.name, alias, version)

@@ -208,6 +208,7 @@ class Export:
             raise ExportError(f"data.{split} has no usable conversation to verify the export on")
         self.golden = golden
         ref = verify.reference(self.hf_model(), self.merged.tokenizer, golden)
+        self.evaluate_merged()
         self._hf = None
         files = []
         for q, f in self.files.items():
@@ -235,7 +236,7 @@ class Export:
             self.gguf_dirs[q] = folder
             if self.cfg.ollama and q in passed:
                 text, why = runtimes.modelfile(target.name, self.merged.tokenizer, self.merged.eos, self.golden,
-                                               self.spec.data.system_prompt)
+                                               runtimes.default_system(self.spec.data))
                 (folder / "Modelfile").write_text(text)
                 if why:
                     say(f"{q}: Modelfile without TEMPLATE: {why}")
@@ -244,21 +245,30 @@ class Export:
                                      self.cfg.lmstudio_publisher, self.spec.name)
 
     # -- task metrics --------------------------------------------------------------------------
+    def evaluate_merged(self) -> None:
+        """`eval.metrics` (and held-out loss) of the merged model: the reference each GGUF's metrics compare to."""
+        if not self.spec.eval.metrics:
+            return
+        from trainer.eval.run import evaluate_hf
+
+        self._record("merged", evaluate_hf(self.hf_model(), self.merged.tokenizer, self.spec, base_dir=self.base_dir))
+
     def evaluate(self) -> None:
         """`eval.metrics` on each verified GGUF through llama.cpp; the means become registry tags."""
-        self.evals = {}
         if not self.spec.eval.metrics:
             return
         from trainer.eval.run import evaluate_gguf
 
         for q, f in self.files.items():
-            result = evaluate_gguf(f.path, self.merged.tokenizer, self.spec, base_dir=self.base_dir, label=q)
-            self.evals[q] = result
-            (self.out / f"eval-{q}.json").write_text(json.dumps(
-                {"model": q, "source": result.source, "means": result.means, "counts": result.counts,
-                 "answers": result.table()}, indent=2) + "\n")
-            means = ", ".join(f"{k} {v:.3f}" for k, v in result.means.items())
-            say(f"{q}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
+            self._record(q, evaluate_gguf(f.path, self.merged.tokenizer, self.spec, base_dir=self.base_dir, label=q))
+
+    def _record(self, kind: str, result) -> None:
+        self.evals[kind] = result
+        (self.out / f"eval-{kind}.json").write_text(json.dumps(
+            {"model": kind, "source": result.source, "means": result.means, "counts": result.counts,
+             "loss": result.loss, "perplexity": result.perplexity, "answers": result.table()}, indent=2) + "\n")
+        means = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics("").items())
+        say(f"{kind}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
 
     # -- registry ----------------------------------------------------------------------------
     def tracking_uri(self) -> str:
@@ -281,10 +291,11 @@ class Export:
         lineage = register.Lineage(self.marker["run_id"], self.marker.get("spec_hash") or spec_hash(self.spec),
                                    self.data_fingerprint, self.spec.base_model, self.llama_cpp)
         items = []
+        merged_tags = self.evals["merged"].tags() if "merged" in self.evals else {}  # the adapter on its base
         if reg.register_adapter:
-            items.append(register.Item("adapter", self.adapter_dir, _dir_sha256(self.adapter_dir), {}))
+            items.append(register.Item("adapter", self.adapter_dir, _dir_sha256(self.adapter_dir), merged_tags))
         if reg.register_merged:
-            items.append(register.Item("merged", self.merged.path, _dir_sha256(self.merged.path), {}))
+            items.append(register.Item("merged", self.merged.path, _dir_sha256(self.merged.path), merged_tags))
         by_quant = {f.quant: f for f in self.report.files}
         for q, f in self.files.items():
             r = by_quant[q]
@@ -295,6 +306,8 @@ class Export:
                 **(self.evals[q].tags() if q in self.evals else {}),
             }))
         done = [registry.register(item, lineage) for item in items]
+        registry.log_metrics(self.marker["run_id"], {f"export.{kind}.{k}": v for kind, result in self.evals.items()
+                                                     for k, v in result.metrics("").items()})
         for d in done:
             say(f"registered {registry.name} version {d.version} ({d.kind})" + (" — already there" if d.reused else ""))
         first = next(d for d in done if d.kind == self.cfg.gguf[0])

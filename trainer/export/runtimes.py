@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trainer.spec import DataSpec
 
 Message = dict[str, str]
 MARK = "\x00{}\x00"
@@ -121,6 +124,18 @@ def read_turns(tokenizer: Any, eot: str | None) -> Turns | None:
         user_pre=user_pre, user_post=user_post, assistant_pre=assistant_pre, assistant_post=assistant_post,
         final_post=_between(plain, a2, None), generation=gen[len(user_post):],
     )
+
+
+def default_system(data: DataSpec) -> str | None:
+    """The system message every training conversation started with, for the Modelfile's SYSTEM:
+    `data.system_prompt`, or with `format: template` a `template.system` without `{field}` placeholders
+    (one with placeholders differs per row: there is no single default to give)."""
+    if data.system_prompt:
+        return data.system_prompt
+    system = data.template.system if data.format == "template" and data.template else None
+    if system and all(field is None for _, field, _, _ in string.Formatter().parse(system)):
+        return system.replace("{{", "{").replace("}}", "}")
+    return None
 
 
 def modelfile(gguf_name: str, tokenizer: Any, eos: list[str], golden: list[list[Message]],
