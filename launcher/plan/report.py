@@ -58,6 +58,8 @@ def make(spec: JobSpec, arch: Architecture) -> Plan:
 def describe(plan: Plan) -> list[str]:
     s, arch, spec = plan.setup, plan.arch, plan.spec
     targets = s.target_modules if isinstance(s.target_modules, str) else "[" + ", ".join(s.target_modules) + "]"
+    if s.target_parameters:
+        targets += " + parameters [" + ", ".join(s.target_parameters) + "]"
     quant = "" if s.quantization == "none" else f", {s.quantization} base (QLoRA)"
     where = "CPU process" if s.device == "cpu" else f"GPU, {s.world_size} GPU(s) ({spec.resources.nodes} node(s) x " \
         f"{spec.resources.gpus_per_node}), {s.strategy}{'' if s.offload == 'none' else f' + offload {s.offload}'}"

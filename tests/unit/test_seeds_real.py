@@ -59,3 +59,11 @@ def test_real_form_renders_for_a_cluster(seed_id: str, helm_binary: str) -> None
     assert code == 0, out
     assert "kind: Job" in out and "nvidia.com/gpu" in out
     assert "warning" not in out.lower(), out  # nothing a cluster would refuse (local paths, missing secrets)
+
+
+def test_gpt_oss_seeds_adapt_the_experts_and_the_plan_says_so() -> None:
+    for seed_id, narrow in (("seed000", ["--set", "matrix.dimension=[lineage]"]), ("seed001", [])):
+        code, out = launch("plan", str(SEEDS[seed_id].path), *narrow)
+        assert code == 0, out
+        assert "+ parameters [mlp.experts.gate_up_proj, mlp.experts.down_proj]: 184.91M trainable" in out, out
+        assert "eager attention" in out
