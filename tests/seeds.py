@@ -61,51 +61,49 @@ class Seed:
         return Path(shutil.copy(self.path, dest / self.example))
 
 
+def short_run(steps: int, lr: str, batch: int, seq_len: int, max_new_tokens: int) -> tuple[str, ...]:
+    """A stand-in's training: a few steps on the example data, evaluated halfway and at the end; the export
+    verified on 3 held-out conversations."""
+    return (f"data.max_seq_len={seq_len}", "training.epochs=1", f"training.max_steps={steps}",
+            f"training.learning_rate={lr}", f"training.per_device_batch_size={batch}", "training.grad_accum=1",
+            f"training.eval_steps={steps // 2}", f"eval.max_new_tokens={max_new_tokens}",
+            "export.verify.golden_conversations=3")
+
+
 SEEDS: dict[str, Seed] = {
     "seed000": Seed(  # two of the eight dimensions; LoRA on attention and on the experts, as the real form
         "seed000-governance.yaml", "gpt_oss",
         standin=("matrix.dimension=[lineage,privacy]", "data.train=data/seed000/${matrix.dimension}/train.jsonl",
-                 "data.eval=data/seed000/${matrix.dimension}/eval.jsonl", "data.max_seq_len=256",
-                 "training.epochs=1", "training.max_steps=24", "training.learning_rate=3.0e-3",
-                 "training.per_device_batch_size=4", "training.grad_accum=1", "training.eval_steps=12",
-                 "eval.num_samples=2", "eval.max_new_tokens=16", "export.verify.golden_conversations=3", RANDOM_Q4),
+                 "data.eval=data/seed000/${matrix.dimension}/eval.jsonl", *short_run(24, "3.0e-3", 4, 256, 16),
+                 "eval.num_samples=2", RANDOM_Q4),
         variants=(("base_model=unsloth/gpt-oss-20b-unsloth-bnb-4bit", "model.quantization=4bit"),),
         data=("seed000",),
     ),
     "seed001": Seed(  # Harmony rows with `thinking`, the analysis channel masked, Mermaid / source metrics
         "seed001-semanticwiki.yaml", "gpt_oss",
         standin=("data.train=data/seed001/train.jsonl", "data.eval=data/seed001/eval.jsonl",
-                 "eval.sources_root=data/seed001/repo", "data.max_seq_len=512", "training.epochs=1",
-                 "training.max_steps=24", "training.learning_rate=3.0e-3", "training.per_device_batch_size=2",
-                 "training.grad_accum=1", "training.eval_steps=12", "eval.num_samples=2",
-                 "eval.max_new_tokens=48", "export.verify.golden_conversations=3", RANDOM_Q4),
+                 "eval.sources_root=data/seed001/repo", *short_run(24, "3.0e-3", 2, 512, 48), "eval.num_samples=2",
+                 RANDOM_Q4),
         data=("seed001",),
     ),
     "seed003": Seed(
         "seed003-math-tutor.yaml", "phi3",
         standin=("model.quantization=none", "data.train=[data/seed003/sft_data.jsonl]",
-                 "data.eval=data/seed003/eval.jsonl", "data.max_seq_len=128", "training.epochs=1",
-                 "training.max_steps=12", "training.learning_rate=2.0e-3", "training.per_device_batch_size=4",
-                 "training.grad_accum=1", "training.eval_steps=6", "eval.max_new_tokens=12",
-                 "export.imatrix.conversations=4", "export.verify.golden_conversations=3"),
+                 "data.eval=data/seed003/eval.jsonl", *short_run(12, "2.0e-3", 4, 128, 12),
+                 "export.imatrix.conversations=4"),
         variants=(("base_model=meta-llama/Meta-Llama-3-8B-Instruct",), ("base_model=Qwen/Qwen2-1.5B-Instruct",)),
         data=("seed003",),
     ),
     "seed002": Seed(  # QLoRA kept: bitsandbytes runs 4-bit on CPU, and the export merges onto the same NF4 round trip
         "seed002-pushback.yaml", "qwen2",
         standin=("model.chat_template=data/seed002/chatml.jinja", "data.train=data/seed002/train.jsonl",
-                 "data.eval=data/seed002/eval.jsonl", "data.max_seq_len=512", "training.epochs=1",
-                 "training.max_steps=12", "training.learning_rate=2.0e-3", "training.per_device_batch_size=2",
-                 "training.grad_accum=1", "training.eval_steps=6", "eval.max_new_tokens=12",
-                 "export.verify.golden_conversations=3"),
+                 "data.eval=data/seed002/eval.jsonl", *short_run(12, "2.0e-3", 2, 512, 12)),
         data=("seed002",),
     ),
     "seed004": Seed(
         "seed004-ghost-architect.yaml", "gemma3",
         standin=("data.train=data/seed004/train.jsonl", "data.eval=data/seed004/eval.jsonl",
-                 "data.max_seq_len=512", "training.max_steps=12", "training.learning_rate=2.0e-3",
-                 "training.per_device_batch_size=2", "training.grad_accum=1", "training.eval_steps=6",
-                 "eval.max_new_tokens=12", "export.verify.golden_conversations=3"),
+                 *short_run(12, "2.0e-3", 2, 512, 12)),
         values="seed004-values.yaml",
         data=("seed004",),
     ),

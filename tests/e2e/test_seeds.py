@@ -59,6 +59,14 @@ def check_registered(spec: JobSpec, dest: Path) -> dict:
     assert kinds == sorted(["adapter", *spec.export.gguf]), kinds
     alias = client.get_model_version_by_alias(name, spec.export.register.alias)
     assert alias.tags["kubetune.kind"] == spec.export.gguf[0] and alias.tags["kubetune.verify.passed"] == "true"
+    for metric in spec.eval.metrics:  # task metrics of the GGUF (and of the merged model, on the adapter)
+        assert 0.0 <= float(alias.tags[f"kubetune.eval.{metric}"]) <= 1.0, alias.tags
+    if spec.eval.metrics:
+        adapter = next(v for v in client.search_model_versions(f"name = '{name}'") if v.tags["kubetune.kind"] == "adapter")
+        assert all(f"kubetune.eval.{m}" in adapter.tags for m in spec.eval.metrics), adapter.tags
+    if spec.export.lmstudio_publisher:  # LM Studio's <publisher>/<model>/<file>.gguf
+        folder = out / "export" / "lmstudio" / spec.export.lmstudio_publisher / spec.name
+        assert sorted(p.name for p in folder.glob("*.gguf")) == sorted(f"{spec.name}-{q}.gguf" for q in spec.export.gguf)
     history = client.get_metric_history(marker["run_id"], "loss")
     assert len(history) == marker["steps"], "one loss per step, from rank 0"
     return {"marker": marker, "alias": alias, "client": client, "out": out}
