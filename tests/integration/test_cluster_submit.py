@@ -181,7 +181,7 @@ def test_a_jobset_owns_the_rest_and_starts_after_them(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_waiting_not_the_job(kube: Kube, tmp_path: Path) -> None:
     kube.fake.every_job = [PodState("Running")]
-    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | FAST_POLL
+    env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | FAST_POLL | {"PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "submit", str(cluster_spec(tmp_path)), "--wait",
                              "--kubeconfig", str(kube.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -190,7 +190,12 @@ def test_ctrl_c_stops_waiting_not_the_job(kube: Kube, tmp_path: Path) -> None:
         while sum(r.path.endswith("/pods") for r in kube.fake.requests) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)  # until it is following the job
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say where it hangs: faulthandler prints every thread's stack on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=20)
+            pytest.fail(f"launch did not stop within 60 s of Ctrl-C; its threads then:\n{err[-6000:]}")
     finally:
         proc.kill()
     [name] = kube.submitted()
