@@ -4,8 +4,10 @@ Ollama runs Go templates, not Jinja. The training template's turn markers are re
 renderings (what comes before and after a system, user and assistant message, and the
 generation prompt); the Go template is assembled from them, and only written when the same
 markers rebuild every golden conversation exactly as the training template rendered it.
-Otherwise the Modelfile has no TEMPLATE (Ollama falls back to the GGUF's own template) and
-says why.
+Otherwise the Modelfile has no TEMPLATE and says why, and how to get one: Ollama only applies a
+template it recognises in the GGUF's metadata (else it sends the bare prompt), so for such a family
+(gpt-oss's Harmony channels, for one) the template of Ollama's own model of that family is the one to
+copy in (`ollama show <model> --template`).
 """
 
 from __future__ import annotations
@@ -162,7 +164,10 @@ def modelfile(gguf_name: str, tokenizer: Any, eos: list[str], golden: list[list[
     if why is None and turns is not None:
         lines.append(f'TEMPLATE """{turns.go_template()}"""')
     else:
-        lines.append(f"# no TEMPLATE: {why}; Ollama uses the template embedded in the GGUF")
+        lines.append(f"# no TEMPLATE: {why}.")
+        lines.append("# Ollama applies the GGUF's embedded template only when it recognises it; if answers run on or")
+        lines.append("# ignore the chat format, copy the TEMPLATE of Ollama's own model of this family here, e.g.")
+        lines.append("#   ollama show gpt-oss:20b --template")
     if system and turns is not None and turns.system_before is None:
         lines.append("# no SYSTEM: this chat template has no system messages")
     elif system:
