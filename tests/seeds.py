@@ -94,9 +94,9 @@ SEEDS: dict[str, Seed] = {
         variants=(("base_model=meta-llama/Meta-Llama-3-8B-Instruct",), ("base_model=Qwen/Qwen2-1.5B-Instruct",)),
         data=("seed003",),
     ),
-    "seed002": Seed(  # QLoRA kept: bitsandbytes runs 4-bit on CPU, and the export merges onto the same NF4 round trip
-        "seed002-pushback.yaml", "qwen2",
-        standin=("model.chat_template=data/seed002/chatml.jinja", "data.train=data/seed002/train.jsonl",
+    "seed002": Seed(  # DeepSeek-R1-Distill-Qwen: Qwen2 with DeepSeek's tokenizer; QLoRA kept (bitsandbytes runs 4-bit on CPU)
+        "seed002-pushback.yaml", "deepseek_r1_qwen",
+        standin=("model.chat_template=data/seed002/deepseek-r1-think.jinja", "data.train=data/seed002/train.jsonl",
                  "data.eval=data/seed002/eval.jsonl", *short_run(12, "2.0e-3", 2, 512, 12)),
         data=("seed002",),
     ),

@@ -8,6 +8,8 @@ import pytest
 
 from tests import resources
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def test_missing_resources_fail_and_say_make_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(resources.ENV, str(tmp_path / "nowhere"))
@@ -40,3 +42,24 @@ def test_tokenizer_has_the_family_template_and_is_a_fresh_copy(family: str) -> N
     assert resources.end_of_turn(family) in tok.get_vocab()
     tok.chat_template = "changed"
     assert resources.tokenizer_for(family).chat_template == resources.chat_template(family)
+
+
+def test_deepseek_r1_qwen_standin_has_deepseeks_tokens_in_qwens_ids_and_trains_the_think_block() -> None:
+    """DeepSeek-R1-Distill-Qwen: `<|im_end|>` is plain text there; its turns end with the special EOS; seed 002's
+    template (examples/data/seed002/deepseek-r1-think.jinja) trains the `<think>` block and the answer."""
+    from tests.resources import DEEPSEEK_R1_QWEN, tokenizer_for
+    from trainer.data.render import IGNORE, ChatRenderer
+
+    tok = tokenizer_for("deepseek_r1_qwen")
+    assert len(tok) == len(tokenizer_for("qwen2"))
+    for token_id, (content, special) in DEEPSEEK_R1_QWEN.items():
+        assert tok.convert_ids_to_tokens(token_id) == content
+        assert (content in tok.all_special_tokens) == special
+    assert len(tok("<|im_end|>", add_special_tokens=False).input_ids) > 1  # not a token of this vocabulary
+    tok.chat_template = (ROOT / "examples" / "data" / "seed002" / "deepseek-r1-think.jinja").read_text()
+    conv = [{"role": "system", "content": "Be frank."}, {"role": "user", "content": "Quit my job?"},
+            {"role": "assistant", "content": "<think>\nRisky.\n</think>\nNot yet."}]
+    [sample] = ChatRenderer(tok, max_seq_len=256).encode_many([conv])
+    trained = tok.decode([t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label != IGNORE])
+    assert trained == "<think>\nRisky.\n</think>\nNot yet.<｜end▁of▁sentence｜>"
+    assert tok.decode(sample.input_ids).startswith("<｜begin▁of▁sentence｜>Be frank.<｜User｜>Quit my job?<｜Assistant｜>")
