@@ -182,9 +182,11 @@ def test_a_jobset_owns_the_rest_and_starts_after_them(tmp_path: Path) -> None:
 def test_ctrl_c_stops_waiting_not_the_job(kube: Kube, tmp_path: Path) -> None:
     kube.fake.every_job = [PodState("Running")]
     env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | FAST_POLL | {"PYTHONFAULTHANDLER": "1"}
+    # As from a terminal: Ctrl-C delivered. A test run started in the background (`make test &`) inherits SIGINT
+    # ignored, as the shell sets it for background jobs, and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "submit", str(cluster_spec(tmp_path)), "--wait",
                              "--kubeconfig", str(kube.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while sum(r.path.endswith("/pods") for r in kube.fake.requests) < 3 and time.monotonic() < deadline:
