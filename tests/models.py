@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from tests.resources import FAMILIES, tokenizer_for, vocab_path
 
-Arch = Literal["llama", "qwen2", "gemma3", "phi3", "gpt_oss", "deepseek_r1_qwen"]
-TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "gemma3": "gemma3", "phi3": "phi3", "gpt_oss": "harmony",
-             "deepseek_r1_qwen": "deepseek_r1_qwen"}
+Arch = Literal["llama", "qwen2", "qwen3", "qwen3_moe", "gemma3", "phi3", "gpt_oss", "deepseek_r1_qwen"]
+TOKENIZER = {"llama": "llama3", "qwen2": "qwen2", "qwen3": "qwen2", "qwen3_moe": "qwen2", "gemma3": "gemma3",
+             "phi3": "phi3", "gpt_oss": "harmony", "deepseek_r1_qwen": "deepseek_r1_qwen"}
 SHAPE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4}
 
 _SESSION = Path(tempfile.mkdtemp(prefix="kubetune-tiny-models-"))
@@ -32,7 +32,15 @@ atexit.register(shutil.rmtree, _SESSION, ignore_errors=True)
 
 
 def _config(arch: Arch, tok: Any) -> Any:
-    from transformers import Gemma3TextConfig, GptOssConfig, LlamaConfig, Phi3Config, Qwen2Config
+    from transformers import (
+        Gemma3TextConfig,
+        GptOssConfig,
+        LlamaConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
     ids = {"vocab_size": len(tok), "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
            "pad_token_id": tok.pad_token_id, "max_position_embeddings": 2048}
@@ -40,6 +48,11 @@ def _config(arch: Arch, tok: Any) -> Any:
         return LlamaConfig(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=False)
     if arch == "qwen2":  # Qwen2.5 small: GQA, q/k/v biases, tied embeddings
         return Qwen2Config(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=True)
+    if arch == "qwen3":  # Qwen3 dense: q/k RMS norms, head_dim apart from hidden size, no q/k/v biases
+        return Qwen3Config(**SHAPE, **ids, num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)
+    if arch == "qwen3_moe":  # Qwen3-30B-A3B in small: a top-k router over per-expert MLPs in every layer
+        return Qwen3MoeConfig(**SHAPE, **ids, num_key_value_heads=2, head_dim=64, num_experts=4,
+                              num_experts_per_tok=2, moe_intermediate_size=128, decoder_sparse_step=1)
     if arch == "deepseek_r1_qwen":  # DeepSeek-R1-Distill-Qwen-7B: Qwen2 with an untied head, DeepSeek's tokenizer
         return Qwen2Config(**SHAPE, **ids, num_key_value_heads=2, tie_word_embeddings=False)
     if arch == "gemma3":  # Gemma 3 270M: MQA, head_dim independent of hidden size, sliding + full layers

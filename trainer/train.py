@@ -33,6 +33,7 @@ from trainer import model as models
 from trainer import samples as sampling
 from trainer.data import Collator, DataError, build_dataset
 from trainer.data.stream import TrainStream
+from trainer.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
 from trainer.spec import JobSpec
 from trainer.spec_io import SpecError, dump_spec, flatten, load_spec, spec_hash
@@ -198,11 +199,17 @@ class FineTune:
         checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
                                            self._checkpoint_extra, self.say)
         self.stop = resume.StopOnSignal(self.signals)
+        callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
+        packing_check = None
+        if spec.data.packing:  # before step 1, on the model as the strategy wrapped it (trainer/isolation.py)
+            packing_check = PackingCheck(Collator.for_spec(spec, self.tokenizer), len(self.tokenizer), self.say)
+            callbacks.insert(0, packing_check)
         self.trainer = resume.ResumableTrainer(
             model=self.model, args=self.args, train_dataset=self._stream(), eval_dataset=self.eval_items,
-            data_collator=Collator.for_spec(spec, self.tokenizer), checkpointer=checkpointer,
-            callbacks=[MlflowCallback(tracker), ProgressPrinter(), self.stop],
+            data_collator=Collator.for_spec(spec, self.tokenizer), checkpointer=checkpointer, callbacks=callbacks,
         )
+        if packing_check is not None:
+            packing_check.trainer = self.trainer
         self.trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
         data_metrics = self.train_stats.as_metrics("data/")
         if self.eval_stats is not None:
