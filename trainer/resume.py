@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 
 from trainer import checkpoint
 from trainer.datastate import TAG, Tagged, TaggedCollator
+from trainer.loss import TokenMeanLoss
 from trainer.preemption import Signals
 from trainer.tracking import MeteredTrainer
 
@@ -173,7 +174,8 @@ class ResumableTrainer(MeteredTrainer):
     """A Trainer over each rank's own data stream whose checkpoints go to `output.uri` with the data position."""
 
     def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        self.loss_fn = TokenMeanLoss()  # one loss definition for every model (trainer/loss.py)
+        super().__init__(*args, compute_loss_func=self.loss_fn, **kwargs)
         self.checkpointer = checkpointer
         self.data_state: dict[str, Any] | None = None  # the stream position after the last trained batch
         self.rows_seen = 0  # rows (not padding) this rank trained in this attempt
@@ -195,6 +197,21 @@ class ResumableTrainer(MeteredTrainer):
             if tag["state"] is not None:
                 self.data_state = tag["state"]
         return batches, num_items
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's loop; `<prefix>_loss` is then the token-weighted mean over every rank's eval tokens
+        (the Trainer's own is a mean of per-batch means)."""
+        self.loss_fn.start()
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+        finally:
+            total, count = self.loss_fn.finish()
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        sums = self.accelerator.reduce(torch.tensor([total, float(count)], dtype=torch.float64,
+                                                    device=self.args.device), reduction="sum")
+        if float(sums[1]) > 0:
+            output.metrics[f"{prefix}_loss"] = float(sums[0] / sums[1])
+        return output
 
     def tokens_so_far(self) -> int:
         """Trained tokens of every attempt and rank up to now (a collective)."""

@@ -125,6 +125,25 @@ def test_adapter_loads_back_and_has_learned(finished_run: tuple[Path, Path, str]
     assert after < before - 1.0, (before, after)
 
 
+def test_eval_loss_is_the_token_weighted_held_out_loss_of_the_export(finished_run: tuple[Path, Path, str]) -> None:
+    """One definition: the Trainer's final eval_loss equals the export's held-out loss of the saved adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.eval.run import held_out_loss
+    from trainer.spec_io import load_spec
+
+    spec_path, out, _ = finished_run
+    marker = json.loads((out / "_SUCCESS").read_text())
+    history = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_metric_history(marker["run_id"], "eval_loss")
+    final = max(history, key=lambda m: m.step).value
+    base = AutoModelForCausalLM.from_pretrained(tiny_model("llama"), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    spec = load_spec(spec_path)
+    want = held_out_loss(model, AutoTokenizer.from_pretrained(out / "tokenizer"), spec, base_dir=spec_path.parent)
+    assert final == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_gpu_job_on_a_machine_without_cuda_fails_at_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     spec_path = write_spec(tmp_path, resources={"gpu": "h100"})

@@ -119,14 +119,18 @@ def score_items(items: list[Item], names: list[str], ctx: Context) -> tuple[dict
 
 def held_out_loss(model: Any, tokenizer: Any, spec: JobSpec, base_dir: str | os.PathLike[str] | None = None,
                   batch_size: int = 4) -> float:
-    """Mean cross-entropy over the trained tokens of data.eval (nats per token)."""
+    """Mean cross-entropy per trained token of data.eval (nats per token; trainer/loss.py), laid out as training
+    lays it out: packed rows are first checked to keep their samples apart (trainer/isolation.py)."""
     import torch
-    import torch.nn.functional as F
 
     from trainer.data import Collator, build_dataset
+    from trainer.isolation import ensure_isolated
+    from trainer.loss import token_loss_sum
 
     rows, _ = build_dataset(spec, tokenizer, "eval", base_dir=base_dir)
     collate = Collator(tokenizer, spec.data.packing)
+    if spec.data.packing:
+        ensure_isolated(model, collate, vocab=len(tokenizer), say=lambda line: None)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     was_training = model.training
@@ -137,11 +141,8 @@ def held_out_loss(model: Any, tokenizer: Any, spec: JobSpec, base_dir: str | os.
                 batch = collate(rows[i : i + batch_size])
                 labels = batch.pop("labels").to(device)
                 inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-                logits = model(**inputs).logits.float()
-                target = labels[:, 1:]
-                total += F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), target.reshape(-1),
-                                         ignore_index=-100, reduction="sum").item()
-                count += int((target != -100).sum())
+                s, n = token_loss_sum(model(**inputs).logits, labels)
+                total, count = total + float(s), count + int(n)
     finally:
         model.train(was_training)
     return total / count
