@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from trainer.data import conversations
-from trainer.data.render import end_of_turn
+from trainer.data.render import ChatRenderer, end_of_turn
 from trainer.spec import JobSpec
 
 Message = dict[str, str]
@@ -75,6 +75,22 @@ def stop_ids(tokenizer: Any) -> list[int]:
     return sorted(set(ids))
 
 
+def prompt_prefix(tokenizer: Any) -> tuple[str | None, list[int]]:
+    """What training puts before a rendered conversation: the tokenizer's added prefix (Phi-3's `<s>`) unless
+    the template writes BOS itself (trainer/data/render.py)."""
+    renderer = ChatRenderer(tokenizer, max_seq_len=1)
+    return renderer.bos, renderer.bos_prefix
+
+
+def prompt_ids(tokenizer: Any, messages: list[Message], prefix: tuple[str | None, list[int]] | None = None) -> list[int]:
+    """A generation prompt's ids exactly as training tokenizes the same turns: the rendered text with the
+    same BOS rule, so the model answers from the context it was trained on."""
+    bos, added = prefix or prompt_prefix(tokenizer)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ids if (bos and text.startswith(bos)) else [*added, *ids]
+
+
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_new_tokens: int,
              synced_gpus: bool = False) -> None:
@@ -83,18 +99,16 @@ def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_ne
     model.eval()
     device = next(model.parameters()).device
     eos = stop_ids(tokenizer)
+    prefix = prompt_prefix(tokenizer)
     try:
         for s in samples:
-            enc = tokenizer.apply_chat_template(
-                s.prompt, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-            )
-            enc = {k: v.to(device) for k, v in enc.items()}
+            ids = torch.tensor([prompt_ids(tokenizer, s.prompt, prefix)], device=device)
             out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=synced_gpus,
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=synced_gpus,
                 temperature=None, top_p=None, top_k=None,
             )
-            new = out[0, enc["input_ids"].shape[1]:]
+            new = out[0, ids.shape[1]:]
             s.answers[key] = tokenizer.decode(new, skip_special_tokens=True).strip()
     finally:
         model.train(was_training)
