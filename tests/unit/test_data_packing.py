@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -189,3 +190,23 @@ def test_collator_for_spec_flattens_only_for_flash_attention() -> None:
     assert make("flash_attention_2", True).padding_free
     assert not make("sdpa", True).padding_free and make("sdpa", True).packing
     assert not make("flash_attention_2", False).padding_free
+
+
+def test_packed_loss_is_the_sum_of_the_samples_losses_alone() -> None:
+    """`train_on: all` labels every token; packed, no sample's first token is a target of the one before it."""
+    from trainer.data.packing import row
+    from trainer.loss import token_loss_sum
+
+    g = torch.Generator().manual_seed(2)
+    samples = [Sample(ids, list(ids)) for ids in (torch.randint(1, 200, (n,), generator=g).tolist() for n in (9, 5, 7))]
+    packed = row(samples)
+    assert [packed["labels"][i] for i in (0, 9, 14)] == [IGNORE] * 3
+    model = tiny_llama(256, "sdpa")
+    with torch.no_grad():
+        batch = Collator(SimpleNamespace(pad_token_id=0, eos_token_id=0), packing=True)([packed])
+        total, count = token_loss_sum(model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                            use_cache=False).logits, batch["labels"])
+        alone = [token_loss_sum(model(input_ids=torch.tensor([s.input_ids])).logits, torch.tensor([s.labels]))
+                 for s in samples]
+    assert int(count) == sum(int(n) for _, n in alone) == 8 + 4 + 6
+    torch.testing.assert_close(total, sum(s for s, _ in alone), atol=1e-4, rtol=1e-5)
