@@ -193,14 +193,15 @@ def test_collator_for_spec_flattens_only_for_flash_attention() -> None:
 
 
 def test_packed_loss_is_the_sum_of_the_samples_losses_alone() -> None:
-    """`train_on: all` labels every token; packed, no sample's first token is a target of the one before it."""
+    """`train_on: all` labels every token but a sample's first (trainer/data/render.py): packed, no sample's first
+    token is a target of the sample before it, and the row's loss is the sum of its samples' losses alone."""
     from trainer.data.packing import row
     from trainer.loss import token_loss_sum
 
     g = torch.Generator().manual_seed(2)
-    samples = [Sample(ids, list(ids)) for ids in (torch.randint(1, 200, (n,), generator=g).tolist() for n in (9, 5, 7))]
+    samples = [Sample(ids, [IGNORE, *ids[1:]]) for ids in (torch.randint(1, 200, (n,), generator=g).tolist()
+                                                          for n in (9, 5, 7))]
     packed = row(samples)
-    assert [packed["labels"][i] for i in (0, 9, 14)] == [IGNORE] * 3
     model = tiny_llama(256, "sdpa")
     with torch.no_grad():
         batch = Collator(SimpleNamespace(pad_token_id=0, eos_token_id=0), packing=True)([packed])

@@ -27,7 +27,7 @@ import random
 from bisect import bisect_left, insort
 from collections.abc import Sequence
 
-from trainer.data.render import IGNORE, Sample
+from trainer.data.render import Sample
 
 Item = dict[str, list[int]]
 
@@ -63,18 +63,13 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
 
 
 def row(samples: Sequence[Sample]) -> Item:
-    """Concatenate samples into one row, position ids restarting at 0 for each.
-
-    A sample's first label is never a target: a causal LM predicts token i from the tokens before it, and
-    alone nothing comes before the first token. Packed, the previous sample's last token sits there, so
-    a label on the first token (`train_on: all`) would train one sample's end to predict the next one's
-    start. It becomes -100: the packed row's loss is the sum of its samples' losses alone."""
+    """Concatenate samples into one row, position ids restarting at 0 for each."""
     input_ids: list[int] = []
     labels: list[int] = []
     position_ids: list[int] = []
     for s in samples:
         input_ids += s.input_ids
-        labels += [IGNORE, *s.labels[1:]] if s.labels else []
+        labels += s.labels
         position_ids += range(len(s.input_ids))
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
