@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -142,6 +143,32 @@ def resume_problems(name: str, output: str) -> list[str]:
     return []
 
 
+def recorded_template_date(output: str) -> str | None:
+    """The `data.template_date` the checkpoints in a local `output` were trained with (None: none recorded)."""
+    if resolve.is_remote(output):
+        return None  # the trainer reads it (this launcher may not have the S3 client); a different date is refused
+    import json
+
+    from trainer.checkpoint import FOLDER, MANIFEST
+
+    try:
+        saved = json.loads((Path(output) / FOLDER / MANIFEST).read_text(encoding="utf-8"))
+        recorded = saved["spec"].get("data.template_date")
+        return date.fromisoformat(recorded).isoformat()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def with_template_date(spec: JobSpec, recorded: str | None = None) -> JobSpec:
+    """`spec` with `data.template_date` set, as the pods receive it: its own, else `recorded` (the date a resumed
+    job's checkpoints were trained with), else today. Chat templates that write the date then render the same
+    text in every pod, restart and resume of the job (trainer/template_date.py)."""
+    if spec.data.template_date is not None:
+        return spec
+    day = date.fromisoformat(recorded) if recorded else date.today()
+    return spec.model_copy(update={"data": spec.data.model_copy(update={"template_date": day})})
+
+
 def prepare(
     spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
     auto_fit: bool = False, spec: JobSpec | None = None, matrix_group: str = "", name: str | None = None,
@@ -153,6 +180,7 @@ def prepare(
     a warning in a dry run, or changed by the ladder's first fitting rungs with `auto_fit`.
     `spec`: one job of the file, already loaded (prepare_all); `matrix_group`: its matrix's label.
     `name`: run under this name (a local job resuming from its checkpoints) instead of a new one.
+    An unset `data.template_date` is recorded: today, or the date a resumed job's checkpoints were trained with.
     """
     spec = spec or load(spec_path, overrides)
     warnings: list[str] = []
@@ -169,6 +197,8 @@ def prepare(
         spec = resolve.for_local(spec, spec_dir)
         if name is not None and (problems := resume_problems(name, spec.output.uri or "")):
             raise _problems(str(spec_path), problems)
+        if name is not None:  # a resumed job renders with the date its checkpoints were trained with
+            spec = with_template_date(spec, recorded_template_date(spec.output.uri or ""))
         port = free_port()  # the pods share this machine's ports, unlike pods on a cluster
     else:
         if problems := resolve.cluster_problems(spec, spec_dir):
@@ -181,6 +211,7 @@ def prepare(
 
             fit = gate.check(spec, Path(spec_path), auto_fit=auto_fit, dry_run=dry_run)
             spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
+    spec = with_template_date(spec)  # recorded in the spec the pods read: the same date on every day of the job
     if auto_fit and (local or spec.resources.gpu == "none"):
         notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
     name = name or unique_name(spec.name)

@@ -224,7 +224,12 @@ def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -
 
 
 def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[SplitReport]:
-    tok = load_tokenizer(spec, spec_dir, tokenizer)
+    from datetime import date
+
+    from trainer import template_date
+
+    # the date `launch submit` would record: the spec's own, else today's
+    tok = template_date.pin(load_tokenizer(spec, spec_dir, tokenizer), spec.data.template_date or date.today())
     splits = ["train"] + (["eval"] if spec.data.eval is not None else [])
     return [split_report(spec, s, tok, spec_dir, sample) for s in splits]
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from trainer.data import conversations
-from trainer.data.render import ChatRenderer, end_of_turn
+from trainer.data.render import ChatRenderer, stop_tokens
 from trainer.spec import JobSpec
 
 Message = dict[str, str]
@@ -62,17 +62,9 @@ def choose(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tup
 
 
 def stop_ids(tokenizer: Any) -> list[int]:
-    """EOS plus the special token the chat template closes an assistant turn with (`<|eot_id|>`,
-    `<|im_end|>`, `<end_of_turn>`, ...): a model taught the template stops there, not at EOS. The
-    same probe (`end_of_turn`) gives the export its stop tokens."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    try:
-        eot = end_of_turn(tokenizer)
-    except Exception:  # noqa: BLE001 - a template that refuses this shape: EOS alone
-        return ids
-    if eot is not None:
-        ids.append(tokenizer.convert_tokens_to_ids(eot))
-    return sorted(set(ids))
+    """The ids of `render.stop_tokens`: EOS plus the special token the chat template closes an assistant turn
+    with (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, ...). The export stops on the same tokens."""
+    return sorted(set(tokenizer.convert_tokens_to_ids(stop_tokens(tokenizer))))
 
 
 def prompt_prefix(tokenizer: Any) -> tuple[str | None, list[int]]:

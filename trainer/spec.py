@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import string
+from datetime import date
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -189,7 +190,26 @@ class DataSpec(Section):
         "it. Turns whose reasoning the chat template drops (most drop it from all but the last assistant turn) "
         "are trained on their answer and counted as `reasoning_dropped_turns`. Needs `train_on: completions`.",
     )
+    template_date: date | None = Field(
+        None,
+        description="The date (YYYY-MM-DD) that chat templates which write today's date into every prompt "
+        "(gpt-oss's `Current date:`, Llama 3.2's `Today Date:`, Mistral Small 3.2's, Granite 3.3's) render, "
+        "everywhere the job applies the template: training, eval, sample answers, the export's checks and task "
+        "metrics. Rendering never reads the calendar, so a row tokenizes the same on every day of the job. Unset: "
+        "`launch submit` records the day of submission in the spec it ships to the pods (`--local --resume` keeps "
+        "the date the checkpoints were trained with); a trainer started by hand on a spec without one uses "
+        "2024-07-26 (the date Llama 3.1's template writes when given none). Set it to train for the date your "
+        "prompts will carry. Templates that do not ask for the date ignore it. Part of the data settings: a "
+        "resumed job keeps it.",
+    )
     bad_rows: BadRowsSpec = Field(default_factory=BadRowsSpec, description="What happens to rows that cannot be used.")
+
+    @field_validator("template_date", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> Any:
+        if (isinstance(v, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v.strip())) or isinstance(v, int | float):
+            raise ValueError(f"{v!r} is not a date written YYYY-MM-DD, e.g. 2025-08-05")
+        return v
 
     @model_validator(mode="after")
     def _template_needs_template(self) -> DataSpec:

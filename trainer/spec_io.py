@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ValueError(f"--set {key}: the value {raw!r} is not valid YAML ({e.problem})") from None
+    except ValueError as e:  # a date that does not exist: 2025-02-30
+        raise ValueError(f"--set {key}: the value {raw!r} is not valid ({e})") from None
     return key.split("."), value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
-    """Apply dotted overrides on a copy of `raw`; returns (new dict, problems)."""
-    data = json.loads(json.dumps(raw))
+    """Apply dotted overrides on a copy of `raw`; returns (new dict, problems). YAML dates (`2025-08-05`, unquoted)
+    become their ISO text, as JSON holds them."""
+    data = json.loads(json.dumps(raw, default=_iso))
     problems: list[str] = []
     for item in overrides:
         try:
@@ -68,8 +72,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> tuple[dict
                 break
             node = nxt
         else:
-            node[path[-1]] = value
+            node[path[-1]] = json.loads(json.dumps(value, default=_iso))
     return data, problems
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, date):  # datetime too
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a spec value")
 
 
 def _loc(loc: Sequence[Any]) -> str:
@@ -174,6 +184,8 @@ def load_raw(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SpecError(str(path), [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from None
+    except ValueError as e:  # a date that does not exist: 2025-02-30
+        raise SpecError(str(path), [f"not valid YAML ({e})"]) from None
     if raw is None:
         raise SpecError(str(path), ["the file is empty: a spec needs at least `name`, `base_model` and `data.train`"])
     return raw

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
-from trainer import checkpoint, preemption, resume, storage
+from trainer import checkpoint, preemption, resume, storage, template_date
 from trainer import model as models
 from trainer import samples as sampling
 from trainer.data import Collator, DataError, build_dataset
@@ -134,6 +134,9 @@ class FineTune:
         with self.args.main_process_first(local=True, desc="fetch the base model"):
             self.ref = models.resolve_base_model(self.spec.base_model, self.base_dir)
         self.tokenizer = models.load_tokenizer(self.ref, self.spec, self.base_dir)
+        # Templates that write today's date render the job's date instead (trainer/template_date.py).
+        self.tokenizer = template_date.pin(self.tokenizer, self.spec.data.template_date)
+        self.say(template_date.describe(self.spec.data.template_date, self.tokenizer.chat_template))
         # Each rank streams its own share of data.train at flat memory (trainer/data/stream.py).
         self.train_items = TrainStream(self.spec, self.tokenizer, base_dir=self.base_dir,
                                        rank=self.args.process_index, world_size=self.args.world_size)

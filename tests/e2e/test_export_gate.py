@@ -1,9 +1,12 @@
 """`launch submit --local` with a deliberately broken chat template: training succeeds, the
 export's verification gate fails with a readable report, and nothing is registered.
 
-The template ends turns with plain text instead of a special token, so every runtime would
-render the conversation identically but nothing would ever stop generation after an answer
-(llama.cpp #5040, ollama #6823): exactly what the gate exists to catch before users do.
+The template ends each assistant turn with a special token that llama.cpp does not stop on
+(a reserved Llama 3 token): every runtime renders the conversation identically, training
+learns to end answers with it (it is the template's end of turn, so sampling stops there),
+but llama.cpp and Ollama would never stop generating after an answer (llama.cpp #5040,
+ollama #6823): exactly what the gate exists to catch before users do. (A template that ends
+turns with plain text no longer gets this far: training refuses it, trainer/data/render.py.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from tests.models import tiny_model, write_chat_jsonl
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 NO_END_OF_TURN = (
-    "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n\n{% endfor %}"
+    "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}<|reserved_special_token_3|>\n\n{% endfor %}"
     "{% if add_generation_prompt %}### assistant:\n{% endif %}"
 )
 
@@ -50,7 +53,8 @@ def test_broken_chat_template_fails_the_gate_and_registers_nothing(tmp_path: Pat
     assert (out / "_SUCCESS").exists(), "training itself must have succeeded"
     assert "[export]" in done.stdout  # the export pod ran, with its own log prefix
     report = (out / "export" / "verify.txt").read_text()
-    assert "stopping" in report and "no special token" in report, report
+    assert "stopping" in report and "<|reserved_special_token_3|>" in report, report
+    assert "is not an end-of-generation token for llama.cpp" in report, report
     assert f"verification report: {out}/export/verify.txt" in done.stderr, done.stderr[-2000:]
     assert not (out / "export" / "_SUCCESS").exists()
 

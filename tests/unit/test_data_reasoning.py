@@ -85,13 +85,14 @@ def test_harmony_single_turn_train_and_mask(harmony: Any) -> None:
 def test_harmony_multi_turn_drops_earlier_analysis(harmony: Any) -> None:
     conv = [U("2+2?"), R("4", "Add them."), U("Thanks"), R("Bye.", "Be polite.")]
     trained, dropped, text = encode(harmony, conv)
-    # turn 1 as the full conversation renders it: final channel only, closed by <|end|>, its analysis gone
-    assert trained == ["4<|end|>", "<|channel|>analysis<|message|>Be polite.<|end|>"
-                                   "<|start|>assistant<|channel|>final<|message|>Bye.<|return|>"]
+    # turn 1 as the full conversation renders it: final channel only, its analysis gone; rendered closed by <|end|>,
+    # trained closed by the <|return|> the model wrote there (the template rewrites it for history)
+    assert trained == ["4<|return|>", "<|channel|>analysis<|message|>Be polite.<|end|>"
+                                      "<|start|>assistant<|channel|>final<|message|>Bye.<|return|>"]
     assert dropped == 1
     assert "Add them." not in text and "<|channel|>final<|message|>4<|end|>" in text
     trained, dropped, _ = encode(harmony, conv, "mask")
-    assert (trained, dropped) == (["4<|end|>", "Bye.<|return|>"], 1)
+    assert (trained, dropped) == (["4<|return|>", "Bye.<|return|>"], 1)
 
 
 def test_harmony_reasoning_field_spelled_either_way(harmony: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 from tests.chat import A, S, U
 from tests.resources import FAMILIES, chat_template, end_of_turn, tokenizer_for
 from trainer.data.errors import BadRow, DataError
-from trainer.data.render import IGNORE, ChatRenderer
+from trainer.data.render import IGNORE, ChatRenderer, stop_tokens
 
 MULTI = [S("S"), U("2+2?"), A("4"), U("Thanks"), A("Bye.")]
 
@@ -20,16 +20,18 @@ def family(request: pytest.FixtureRequest) -> tuple[str, Any]:
 
 
 def trained_segments(tok: Any, ids: list[int], labels: list[int]) -> list[str]:
-    """Decoded runs of consecutive trained tokens."""
+    """Decoded runs of consecutive trained labels (what the model learns to write)."""
+    stops = tok.convert_tokens_to_ids(stop_tokens(tok))
     runs: list[list[int]] = []
     prev = -2
     for i, (t, lab) in enumerate(zip(ids, labels, strict=True)):
         if lab == IGNORE:
             continue
-        assert lab == t, "a trained label must be the token itself"
+        # a trained label is the token itself, or a stop token where the template rewrote a turn's ending
+        assert lab == t or lab in stops, "a trained label must be the token itself"
         if i != prev + 1:
             runs.append([])
-        runs[-1].append(t)
+        runs[-1].append(lab)
         prev = i
     return [tok.decode(r) for r in runs]
 
@@ -44,12 +46,15 @@ def test_every_family_trains_exactly_the_assistant_turns(family: tuple[str, Any]
     sample = ChatRenderer(tok, max_seq_len=512).encode(multi(name))
     eot = end_of_turn(name)
     expected = [f"4{eot}", f"Bye.{eot}"]
-    if name == "harmony":  # gpt-oss: the final channel; an earlier turn ends in <|end|>, the last in <|return|>
-        expected = ["<|channel|>final<|message|>4<|end|>", f"<|channel|>final<|message|>Bye.{eot}"]
+    if name == "harmony":  # gpt-oss: the final channel; an earlier turn, rendered ending in <|end|>, is trained
+        # ending in the <|return|> the model wrote there (the template rewrites it for history)
+        expected = [f"<|channel|>final<|message|>4{eot}", f"<|channel|>final<|message|>Bye.{eot}"]
     assert trained_segments(tok, sample.input_ids, sample.labels) == expected
     # the rest is the template's own text, untrained
     text = tok.decode(sample.input_ids)
     assert "2+2?" in text and "Thanks" in text
+    if name == "harmony":
+        assert "<|channel|>final<|message|>4<|end|><|start|>user" in text  # the input stays as the template wrote it
 
 
 def test_exactly_one_bos(family: tuple[str, Any]) -> None:

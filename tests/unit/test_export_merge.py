@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.models import copy_model
+from trainer import template_date
 from trainer.spec_io import spec_from_dict
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,7 @@ def test_merged_model_computes_what_base_plus_adapter_computed(tmp_path):
     assert torch.allclose(logits(reloaded, ids), logits(trained, ids), atol=1e-4)
     assert next(reloaded.parameters()).dtype == torch.float32
     assert merged.eos == ["<|endoftext|>", "<|im_end|>"]
+    assert template_date.pinned(merged.tokenizer) == template_date.DEFAULT  # the spec has no data.template_date
     gen = GenerationConfig.from_pretrained(merged.path)
     assert set(merged.tokenizer.convert_tokens_to_ids(merged.eos)) <= set(gen.eos_token_id)
     assert "<|im_start|>" in (merged.path / "chat_template.jinja").read_text()

@@ -185,3 +185,24 @@ def test_a_failed_run_leaves_failed_for_the_export_job(tmp_path: Path, monkeypat
     failed = json.loads((tmp_path / "out" / "_FAILED").read_text())
     assert failed["job_name"] == "tiny-llama-ab12c" and "train.jsonl:65" in failed["error"]
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "phi3", "gemma3", "harmony", "deepseek_r1_qwen", "gemma"])
+def test_generation_prompts_tokenize_as_training_does(family: str) -> None:
+    """Sample generation and HF eval prompts: the very ids training has before the answer (Phi-3's `<s>` too)."""
+    from tests.chat import A, U
+    from tests.resources import tokenizer_for
+    from trainer.data.render import ChatRenderer
+    from trainer.samples import prompt_ids
+    from trainer.template_date import pin
+
+    tokenizer = pin(tokenizer_for(family), None)  # as the trainer loads it: dated by the job, not the calendar
+    messages = [U("What is the capital of Peru?"), A("Lima.")]
+    trained = ChatRenderer(tokenizer, max_seq_len=4096).encode(messages)
+    prompt = prompt_ids(tokenizer, messages[:-1])
+    first_label = next(i for i, t in enumerate(trained.labels) if t != -100)
+    agree = next((i for i, (a, b) in enumerate(zip(prompt, trained.input_ids, strict=False)) if a != b), len(prompt))
+    # the prompt is what training has before the first trained token (Gemma 4's generation prompt also opens an
+    # empty thought channel there, which the rendered history lacks: it may differ from that point on)
+    assert agree >= min(len(prompt), first_label) - (3 if family == "gemma" else 0), (agree, len(prompt), first_label)
+    assert prompt[0] == trained.input_ids[0]

@@ -47,6 +47,20 @@ reasoning shows it, the reasoning would never be seen: the job stops with a Data
 the fix. So does a template that changes earlier turns in another way (the answer missing,
 moved or repeated).
 
+Turn endings. Every trained assistant turn ends in a token generation stops on (`stop_tokens`: EOS and
+the template's end-of-turn token; sample answers stop on them, and the export writes them into the
+generation config and the Modelfile and checks llama.cpp stops on them), so that the model learns to
+stop after each answer. A turn that the full render ends with another special token, but that ends
+in a stop token when it is the conversation's last message, is one the template rewrites once later
+turns follow: gpt-oss's writes `<|end|>` where the model wrote `<|return|>` (Harmony clients store a
+finished answer that way). Its input stays `<|end|>`, as the model sees that history at inference,
+and its label is the `<|return|>` the model wrote: training `<|end|>` there would teach the model to
+go on after a final answer, and no runtime stops on `<|end|>`. Any other ending (plain text, or a
+special token that ends the turn in no position) stops the job with a DataError.
+
+Templates that write today's date (gpt-oss, Llama 3.2) render with the date the tokenizer is pinned
+to (`data.template_date`, trainer/template_date.py), or template_date.DEFAULT: never the calendar.
+
 Tokens are mapped to spans by character offsets (fast tokenizers): a token is trained when it
 starts inside a span. BOS: when the template writes it, the tokenizer must not add another; when
 the template does not and the tokenizer would (Phi-3's `<s>`), it is added once.
@@ -59,6 +73,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainer import template_date
 from trainer.data import reasoning as rz
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message
@@ -114,6 +129,8 @@ class ChatRenderer:
         self.specials = tuple(sorted((s for s in specials if s), key=len, reverse=True))
         self.special_re = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
         self.longest_special = len(self.specials[0]) if self.specials else 0
+        self.day = template_date.pinned(tokenizer) or template_date.DEFAULT  # never the calendar
+        self.stops = stop_tokens(tokenizer)
 
     def _added_prefix(self) -> list[int]:
         """Ids the tokenizer itself puts before a text (usually [bos] or [])."""
@@ -127,8 +144,8 @@ class ChatRenderer:
     # -- text ---------------------------------------------------------------------------------
     def render(self, messages: Sequence[Message], generation_prompt: bool = False) -> str:
         try:
-            text = self.tok.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=generation_prompt
+            text = template_date.apply_chat_template(
+                self.tok, self.day, list(messages), tokenize=False, add_generation_prompt=generation_prompt
             )
         except Exception as e:  # noqa: BLE001 - jinja TemplateError from raise_exception, or a template bug
             raise BadRow("template_error", f"the chat template refused this conversation: {e}") from None
@@ -252,6 +269,51 @@ class ChatRenderer:
             spans.append((start, end))
         return spans
 
+    def _closing(self, text: str, end: int) -> str | None:
+        """The special token `text[:end]` ends with, or None."""
+        return next((t for t in self.specials if len(t) <= end and text.startswith(t, end - len(t))), None)
+
+    def endings(self, messages: Sequence[Message], full: str, spans: Sequence[tuple[int, int]]) -> dict[int, str]:
+        """Check that every trained assistant turn ends in a stop token (EOS or the template's end of turn: what
+        sampling and the export stop on). Returns {character position: stop token to train there} for turns the
+        template ends otherwise in the whole conversation but with a stop token when they are the last message
+        (gpt-oss: `<|end|>` for the `<|return|>` the model wrote); DataError for any other ending."""
+        relabel: dict[int, str] = {}
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        stops = ", ".join(self.stops) or "none: the tokenizer has no EOS"
+        for i, (start, end) in zip(turns, spans, strict=True):
+            token = self._closing(full, end)
+            if token in self.stops:
+                continue
+            if token is None:
+                raise DataError(
+                    f"the chat template closes assistant turn #{i + 1} with plain text ({full[max(start, end - 30):end]!r}), "
+                    f"not with a token generation stops on ({stops}): a model trained on it would not stop after its "
+                    "answers, and the export's stopping check would fail. Set model.chat_template to a template that "
+                    f"ends each assistant turn with EOS ({self.tok.eos_token}) or an end-of-turn special token"
+                )
+            closing = self._closing_when_last(messages[: i + 1], full[start:end - len(token)].strip())
+            if closing is None or closing not in self.stops:
+                raise DataError(
+                    f"the chat template ends assistant turn #{i + 1} with {token}, a token generation does not stop on "
+                    f"(sampling and the export stop on {stops}), and the turn does not end in one of those when it is "
+                    "the conversation's last message either: training it would teach the model to go on after its "
+                    "answer. Set model.chat_template to a template that ends every assistant turn with EOS or its "
+                    "end-of-turn token"
+                )
+            relabel[end - len(token)] = closing
+        return relabel
+
+    def _closing_when_last(self, messages: Sequence[Message], answer: str) -> str | None:
+        """The first special token after `answer` when the conversation ends with it (only special tokens and
+        whitespace after it), or None."""
+        rest = self.render(messages).rstrip()
+        trailing: list[str] = []
+        while (token := self._closing(rest, len(rest))) is not None:
+            trailing.insert(0, token)
+            rest = rest[: -len(token)].rstrip()
+        return trailing[0] if trailing and rest.endswith(answer) else None
+
     # -- tokens -------------------------------------------------------------------------------
     def encode(self, messages: Sequence[Message]) -> Sample:
         """One conversation; raises BadRow when it cannot be used."""
@@ -264,10 +326,11 @@ class ChatRenderer:
         """Encode a batch (one Rust call for the tokenization); a BadRow per unusable conversation."""
         out: list[Sample | BadRow | None] = []
         texts: list[str] = []
-        spans: list[tuple[list[tuple[int, int]], int]] = []
+        spans: list[tuple[list[tuple[int, int]], int, dict[int, str]]] = []
         for j, messages in enumerate(conversations):
             try:
                 text, sp, dropped = self.spans(messages)
+                relabel = self.endings(messages, text, sp)
             except BadRow as bad:
                 out.append(bad)
                 continue
@@ -276,7 +339,7 @@ class ChatRenderer:
                 raise
             out.append(None)
             texts.append(text)
-            spans.append((sp, dropped))
+            spans.append((sp, dropped, relabel))
         enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else None
         k = 0
         for j, slot in enumerate(out):
@@ -288,7 +351,8 @@ class ChatRenderer:
         return out  # type: ignore[return-value]
 
     def _sample(
-        self, text: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], dropped: int
+        self, text: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]], dropped: int,
+        relabel: dict[int, str],
     ) -> Sample | BadRow:
         prefix = [] if (self.bos and text.startswith(self.bos)) else self.bos_prefix
         if self.train_on == "all":
@@ -303,6 +367,13 @@ class ChatRenderer:
                     break
                 if spans[s][0] < max(b, a + 1):  # starts inside the span, or straddles its first character
                     labels[t] = ids[t]
+        if relabel:  # turn endings the template rewrote for history: trained as the stop token the model wrote
+            starts = {a: t for t, (a, b) in enumerate(offsets) if b > a}
+            for pos, token in relabel.items():
+                if pos not in starts:
+                    raise DataError(f"the special token at character {pos} of a rendered conversation is not a "
+                                    "token of its own: the tokenizer does not know it as an added token")
+                labels[starts[pos]] = self.tok.convert_tokens_to_ids(token)
         # The first token of a sample is never a target: in a packed row its label would make the
         # previous sample's last token predict it.
         sample = Sample([*prefix, *ids], [IGNORE] * len(prefix) + labels, reasoning_dropped=dropped)
@@ -323,6 +394,17 @@ class ChatRenderer:
         if sample.trained == 0:
             return BadRow("empty_content", "the rendered conversation has no assistant token to train on")
         return sample
+
+
+def stop_tokens(tokenizer: Any) -> list[str]:
+    """The tokens generation stops on: EOS and the chat template's end-of-turn token (`end_of_turn`). Sample
+    generation stops on them, and the export writes them into generation_config.json, the Modelfile's `stop`s and
+    checks each ends generation in llama.cpp; so every trained assistant turn must end in one (`ChatRenderer`)."""
+    try:
+        eot = end_of_turn(tokenizer)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe's shape: EOS alone
+        eot = None
+    return list(dict.fromkeys(t for t in (tokenizer.eos_token, eot) if t))
 
 
 def end_of_turn(tokenizer: Any) -> str | None:

@@ -9,6 +9,8 @@ Adapters on parameters (`adapter.target_parameters`, gpt-oss's fused experts) me
 The tokenizer saved by training (with its chat template) goes along, as do the base's
 sentencepiece model (llama.cpp's converter needs it for SPM vocabularies), a generation config
 whose `eos_token_id` holds both EOS and the template's end-of-turn token, and `export_info.json`.
+The merged tokenizer renders with the job's `data.template_date` (trainer/template_date.py), as
+training did: the golden conversations, the Modelfile probes and the task metrics all use it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 import torch
 
 from trainer import model as models
-from trainer.data.render import end_of_turn
+from trainer import template_date
+from trainer.data.render import stop_tokens
 from trainer.export import vocab
 from trainer.export.errors import ExportError
 from trainer.spec import JobSpec
@@ -35,7 +38,7 @@ AUX_TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "special_tokens_m
 class Merged:
     path: Path
     tokenizer: Any
-    eos: list[str]  # EOS and the chat template's end of turn, as token strings
+    eos: list[str]  # EOS and the chat template's end of turn, as token strings (render.stop_tokens)
     seconds: float
     qlora_weight_delta: float | None = None  # QLoRA: |merged(dequantized base) - merged(original)| / |merged|
 
@@ -105,7 +108,7 @@ def merge(spec: JobSpec, adapter_dir: Path, tokenizer_dir: Path, out: Path, base
         shutil.rmtree(out)
     merged.config.use_cache = True
     merged.save_pretrained(out)
-    tokenizer = _save_tokenizer(tokenizer_dir, ref, out)
+    tokenizer = template_date.pin(_save_tokenizer(tokenizer_dir, ref, out), spec.data.template_date)
     eos = _generation_eos(merged, tokenizer, ref, out)
     info = {"base_model": spec.base_model, "dtype": spec.model.dtype, "quantization": spec.model.quantization,
             "eos": eos, "qlora_weight_delta": delta}
@@ -154,8 +157,7 @@ def _generation_eos(model: Any, tokenizer: Any, ref: models.BaseModelRef, out: P
     except OSError:
         gen = None
     gen = gen or GenerationConfig.from_model_config(model.config)
-    eos = [t for t in (tokenizer.eos_token, end_of_turn(tokenizer)) if t]
-    eos = list(dict.fromkeys(eos))
+    eos = stop_tokens(tokenizer)  # what every trained assistant turn ends in (trainer/data/render.py)
     ids = tokenizer.convert_tokens_to_ids(eos)
     old = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
     gen.eos_token_id = list(dict.fromkeys([*ids, *(i for i in old if i is not None)]))
