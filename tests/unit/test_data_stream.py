@@ -1,5 +1,6 @@
-"""TrainStream on small local files: every row once per pass across ranks and workers, exact
-resume (same and other world sizes), accounting, errors, and the packing window's cost.
+"""TrainStream on small local files: every row once per pass across ranks and workers, rows
+shuffled across the whole pass, exact resume (same and other world sizes), accounting, errors,
+and the packing window's cost.
 
 Each row's answer holds a marker `row-00042`; decoding a packed row tells which rows it holds.
 """
@@ -24,6 +25,7 @@ from trainer.data import DataError, build_dataset
 from trainer.data.shards import fresh, split
 from trainer.data.sources import expand, fetch, scan
 from trainer.data.stream import TrainStream
+from trainer.data.stripes import ACTIVE
 from trainer.spec import JobSpec
 
 N = 240  # rows of the test data
@@ -158,9 +160,49 @@ def test_passes_follow_each_other_and_iter_continues(tmp_path: Path, tok: Any) -
     rest = [i for x in take(iter(s), 200) for i in ids(tok, x)]  # a new iterator continues where the first stopped
     rows = first + rest
     assert sorted(rows[:N]) == list(range(N)) and sorted(rows[N : 2 * N]) == list(range(N))
-    assert rows[:N] != rows[N : 2 * N]  # each pass reads its files in its own order
+    assert rows[:N] != rows[N : 2 * N]  # each pass has its own order
     stats = s.stats()
     assert stats.per_rank[0]["passes"] >= 2 and stats.rows_read == stats.rows_used + stats.rows_unreached
+
+
+# -- order -----------------------------------------------------------------------------------
+def write_sorted(folder: Path, files: int) -> str:
+    """1000 rows of source A (rows 0-999) followed by 1000 of source B, in one file or two."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if files == 1:
+        (folder / "ab.jsonl").write_text("\n".join(lines(range(2000))) + "\n", encoding="utf-8")
+        return str(folder / "ab.jsonl")
+    (folder / "a.jsonl").write_text("\n".join(lines(range(1000))) + "\n", encoding="utf-8")
+    (folder / "b.jsonl").write_text("\n".join(lines(range(1000, 2000))) + "\n", encoding="utf-8")
+    return str(folder / "*.jsonl")
+
+
+def a_share_by_quarter(rows: list[int]) -> list[float]:
+    q = len(rows) / 4
+    return [sum(i < 1000 for i in rows[round(k * q) : round((k + 1) * q)]) / (round((k + 1) * q) - round(k * q))
+            for k in range(4)]
+
+
+@pytest.mark.parametrize(("files", "world"), [(1, 1), (1, 2), (2, 1)])
+def test_rows_are_shuffled_across_the_whole_pass(tmp_path: Path, tok: Any, files: int, world: int) -> None:
+    """Sorted data (all of source A, then all of B) trains on half A in every quarter of a pass."""
+    spec = spec_for(write_sorted(tmp_path, files))
+    per_rank = [[i for x in stream(spec, tok, r, world) for i in ids(tok, x)] for r in range(world)]
+    assert sorted(sum(per_rank, [])) == list(range(2000))
+    quarters = [a_share_by_quarter(rows) for rows in per_rank]
+    union = [sum(q[k] * len(rows) for q, rows in zip(quarters, per_rank, strict=True)) / 2000 for k in range(4)]
+    assert all(abs(share - 0.5) <= 0.1 for share in union), union  # the ranks together
+    assert all(abs(share - 0.5) <= 0.15 for q in quarters for share in q), quarters  # each rank (fewer rows)
+
+
+def test_each_pass_has_its_own_shuffled_order(tmp_path: Path, tok: Any) -> None:
+    s = stream(spec_for(write_sorted(tmp_path, 1)), tok, passes=2)
+    rows = [i for x in s for i in ids(tok, x)]
+    one, two = rows[:2000], rows[2000:]
+    assert sorted(one) == sorted(two) == list(range(2000))
+    where = {i: k for k, i in enumerate(two)}
+    moved = [abs(k - where[i]) for k, i in enumerate(one)]
+    assert sum(moved) / len(moved) > 300  # not the same order (nor one shuffled only within windows)
 
 
 # -- position --------------------------------------------------------------------------------
@@ -180,7 +222,7 @@ def test_resume_on_the_same_world_size_is_exact(tmp_path: Path, tok: Any, stop: 
         b.rows_read, b.rows_used, b.bad_rows, b.packed_rows, b.tokens_total)
 
 
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (3, 2)])
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2), (3, 2), (2, 3)])
 def test_resume_on_another_world_size_loses_and_repeats_no_row(tmp_path: Path, tok: Any, before: int,
                                                                after: int) -> None:
     spec = spec_for(write_data(tmp_path))
@@ -194,6 +236,34 @@ def test_resume_on_another_world_size_loses_and_repeats_no_row(tmp_path: Path, t
     assert sorted(trained) == sorted(list(range(N)) * 2)  # two whole passes, each row twice
     totals = [s.finish() for s in new]
     assert sum(t.rows_used for t in totals) == 2 * N and sum(t.rows_unreached for t in totals) == 0
+
+
+def test_resume_mid_pass_of_sorted_data_is_exact_and_the_state_small(tmp_path: Path, tok: Any) -> None:
+    """Sorted data, stopped in the middle of a pass on 2 ranks: the state holds at most ACTIVE open
+    stripes' cursors (not the rows), and the continuation is the uninterrupted one's."""
+    spec = spec_for(write_sorted(tmp_path, 1))
+    whole = [list(stream(spec, tok, r, 2)) for r in range(2)]
+    cut = [stream(spec, tok, r, 2) for r in range(2)]
+    head = [take(iter(s), 80) for s in cut]
+    states = [roundtrip(s.state_dict()) for s in cut]
+    for state in states:
+        (work,) = state["work"]
+        row, _, open_ = work["position"]
+        assert 300 < row < 1700 and 1 < len(open_) <= ACTIVE  # mid-pass, several stripes open
+        assert len(json.dumps(state)) < 12_000  # cursors of the window's pending rows, not of the pass
+    for r in range(2):
+        again = stream(spec, tok, r, 2)
+        again.load_state_dict({"ranks": states})
+        assert head[r] + list(again) == whole[r]
+
+
+def test_a_position_of_the_unshuffled_format_is_refused(tmp_path: Path, tok: Any) -> None:
+    train = write_data(tmp_path)
+    s = stream(spec_for(train), tok)
+    take(iter(s), 3)
+    state = roundtrip(s.state_dict()) | {"format": "kubetune.train-stream/1"}
+    with pytest.raises(DataError, match="not a data position of this kubetune version"):
+        stream(spec_for(train), tok).load_state_dict(state)
 
 
 def test_state_from_other_data_is_refused(tmp_path: Path, tok: Any) -> None:
@@ -237,7 +307,8 @@ def test_bad_rows_fail_the_count_with_their_location(tmp_path: Path, tok: Any) -
     train = write_data(tmp_path, bad_at=(5, 6, 7))
     with pytest.raises(DataError, match=r"3 of 243 rows are bad"):
         stream(spec_for(train, training={"epochs": 1}), tok).count_pass()
-    with pytest.raises(DataError, match=rf"bad row in data.train at {re.escape(str(tmp_path))}/a.jsonl:11: invalid_json"):
+    with pytest.raises(DataError, match=rf"bad row in data.train at {re.escape(str(tmp_path))}/a.jsonl:(11|15|19): "
+                                        "invalid_json"):  # the first of the three in the pass's shuffled order
         list(stream(spec_for(train, bad_rows={"policy": "fail"}), tok, passes=None))
 
 

@@ -26,9 +26,12 @@ class BadRowLog:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def add(self, location: str, bad: BadRow) -> None:
-        """Record one bad row; with `policy: fail` this raises at once."""
+    def add(self, location: object, bad: BadRow) -> None:
+        """Record one bad row; with `policy: fail` this raises at once. `location` (file:line) is
+        turned into text only when it is kept or raised: it may be an object that counts lines."""
         self.counts[bad.reason] += 1
+        if len(self.examples) >= MAX_EXAMPLES and self.spec.policy != "fail":
+            return
         line = f"{location}: {bad.reason} — {bad.message}"
         if len(self.examples) < MAX_EXAMPLES and line not in self.examples:  # a row read again in a later pass
             self.examples.append(line)

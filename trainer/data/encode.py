@@ -14,7 +14,9 @@ from trainer.spec import DataSpec
 
 CHUNK = 256  # conversations tokenized per Rust call
 
-Located = tuple[str, list[Message] | BadRow]  # (file:line, the conversation or why the row is bad)
+# (file:line — or an object whose str() is that, counted only when a message needs it —, the
+# conversation or why the row is bad)
+Located = tuple[object, list[Message] | BadRow]
 
 
 def conversation(rec: Record, data: DataSpec) -> list[Message] | BadRow:

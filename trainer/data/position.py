@@ -2,32 +2,35 @@
 ranks become the positions of M ranks.
 
 A `Work` item is one pass (`epoch`) seen from one stream: the rows of its `share` not read yet
-(reading resumes at `cursor`), and the `bins` — packed rows already read and packed but not yet
-handed to training, each a list of its samples' row cursors. A stream works through its items in
-order and then starts fresh passes (`next_epoch`, ...). In a saved state the bins hold cursors
-only; the stream reads those rows again (`sources.fetch`) and re-tokenizes them, which gives the
-very same samples.
+(reading resumes at `position`, a `stripes.Position` in the pass's shuffled sequence of rows),
+and the `bins` — packed rows already read and packed but not yet handed to training, each a list
+of its samples' row cursors. A stream works through its items in order and then starts fresh
+passes (`next_epoch`, ...). In a saved state the bins hold cursors only; the stream reads those
+rows again (`sources.fetch`) and re-tokenizes them, which gives the very same samples.
 
 Re-sharding (`reshard`): for every pass some old rank is still in, the new stream takes its
 `shards.split` part of what the old ranks had left of that pass (a rank that had not started the
 pass yet contributes its whole fresh share), and every M-th of the old ranks' pending bins, in
-rank order. Counters follow: new rank j sums old ranks j, j+M, ... minus their pending rows, plus
-the rows of the bins it takes, so the totals over ranks are unchanged. No row is lost or read
-twice; batches differ from the uninterrupted run's, as they must with another world size.
+rank order. It reads from the furthest old position at or before its first row: every rank
+computes the same sequence, so any rank's position is a place in it. Counters follow: new rank j
+sums old ranks j, j+M, ... minus their pending rows, plus the rows of the bins it takes, so the
+totals over ranks are unchanged. No row is lost or read twice; batches differ from the
+uninterrupted run's, as they must with another world size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.data import accounting
 from trainer.data.render import Sample
 from trainer.data.shards import Share, fresh, split
-from trainer.data.sources import Cursor, Row
+from trainer.data.sources import Cursor
+from trainer.data.stripes import Interleave, Position
 
-STATE_FORMAT = "kubetune.train-stream/1"
+STATE_FORMAT = "kubetune.train-stream/2"  # /2: rows shuffled across stripes (stripes.py)
 
 
 @dataclass
@@ -40,12 +43,12 @@ class Bin:
 class Work:
     epoch: int
     share: Share
-    cursor: Cursor = field(default_factory=Cursor)
+    position: Position = field(default_factory=Position)
     bins: list[Bin] = field(default_factory=list)
     fresh: bool = True  # a whole pass from its start: no packed row from it is an error
     yielded: int = 0  # packed rows handed out from this pass
     finished: bool = False  # every row of the share read (not saved: reading again at the end finds none)
-    scanner: Iterator[Row] | None = None  # the open reader, positioned at `cursor` (never saved)
+    reader: Interleave | None = None  # the open reader; `position` is set from it after each window (never saved)
 
     @property
     def pending_rows(self) -> int:
@@ -54,8 +57,8 @@ class Work:
     def to_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
-            "share": self.share.after(self.cursor.row).to_dict(),
-            "cursor": self.cursor.to_list(),
+            "share": self.share.after(self.position.row).to_dict(),
+            "position": self.position.to_list(),
             "bins": [[c.to_list() for c in b.refs] for b in self.bins],
             "fresh": self.fresh,
             "yielded": self.yielded,
@@ -66,20 +69,20 @@ class Work:
         return cls(
             epoch=int(value["epoch"]),
             share=Share.from_dict(value["share"]),
-            cursor=Cursor.from_list(value["cursor"]),
+            position=Position.from_list(value["position"]),
             bins=[Bin([Cursor.from_list(c) for c in b]) for b in value["bins"]],
             fresh=bool(value["fresh"]),
             yielded=int(value["yielded"]),
         )
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers get a copy: an open reader does not travel
-        return {**self.__dict__, "scanner": None}
+        return {**self.__dict__, "reader": None}
 
 
-def _hint(cursors: Sequence[Cursor], first: int | None) -> Cursor:
-    """The furthest cursor that is still at or before row `first` (the start of the pass if none)."""
-    usable = [c for c in cursors if first is not None and c.row <= first]
-    return max(usable, key=lambda c: c.row, default=Cursor())
+def _hint(positions: Sequence[Position], first: int | None) -> Position:
+    """The furthest position that is still at or before row `first` (the start of the pass if none)."""
+    usable = [p for p in positions if first is not None and p.row <= first]
+    return max(usable, key=lambda p: p.row, default=Position())
 
 
 def reshard(states: Sequence[dict[str, Any]], index: int, count: int) -> tuple[list[Work], int, dict[str, Any]]:
@@ -92,19 +95,19 @@ def reshard(states: Sequence[dict[str, Any]], index: int, count: int) -> tuple[l
     mine: list[Work] = []
     all_bins: list[Bin] = []
     for epoch in range(min(started), max(nexts)):
-        shares, cursors, bins = [], [], []
+        shares, positions, bins = [], [], []
         for rank, (ws, n) in enumerate(zip(works, nexts, strict=True)):
             item = next((w for w in ws if w.epoch == epoch), None)
             if item is not None:
                 shares.append(item.share)
-                cursors.append(item.cursor)
+                positions.append(item.position)
                 bins += item.bins
             elif epoch >= n:  # this rank had not begun the pass: all of its fresh share is left
                 shares.append(fresh(rank, old))
         share = split(shares, index, count)
         taken = bins[index::count]
         all_bins += taken
-        mine.append(Work(epoch, share, _hint(cursors, share.first), taken, fresh=False))
+        mine.append(Work(epoch, share, _hint(positions, share.first), taken, fresh=False))
     kept = []
     for rank, state in enumerate(states):
         if rank % count == index:

@@ -1,6 +1,7 @@
 """Which rows of a pass a stream reads: residue classes of the pass's row numbers.
 
-A pass numbers its rows 0, 1, 2 ... across all files (`sources.scan`). A `Share` is a set of
+A pass numbers its rows 0, 1, 2 ... across all files, in the pass's shuffled order
+(`stripes.Interleave`: the same sequence on every rank and worker). A `Share` is a set of
 residue classes modulo one `step`, each with the first row still to read: rows `g >= start`
 with `g % step == residue`. A fresh pass on `n` streams gives stream `i` the class `i mod n`, so
 every row belongs to exactly one stream. `split` divides shares among more or fewer streams —

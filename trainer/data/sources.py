@@ -18,6 +18,12 @@ row the `Cursor` where it starts (file, byte offset of its line or Parquet row i
 reading can start again at any cursor (`scan(files, cursor)`) and single rows can be read back by
 their cursors (`fetch`), which is how a stream resumes without reading its files from the start.
 Rows the caller does not want (`mine`) are counted but not parsed.
+
+Stripes. Training reads a file in pieces (trainer/data/stripes.py): `jsonl_rows` reads the rows
+that start in a byte range of a JSONL file (seek to the range, skip to the next line start) and
+`parquet_rows` the rows of a run of row groups, one row at a time and unparsed, so that many
+pieces can be open at once. A row read from the middle of a JSONL file does not know its line
+number (line 0 in its cursor): `Lines` counts it when a message names the row.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 PARQUET_BATCH_ROWS = 1024
 LINE_BUFFER = 256 * 2**10  # local read buffer in front of a remote file, so lines are split in C
+COUNT_BLOCK = 2**20  # bytes read at a time when counting lines
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,8 @@ class Record:
 class Cursor:
     """Where row `row` of a pass starts: `files[file]` at byte `offset` (JSONL, uncompressed bytes)
     on 1-based `line`, or at row index `offset` (Parquet). A cursor may also point at blank lines
-    or the end of a file before the row: reading from it finds the row."""
+    or the end of a file before the row: reading from it finds the row. `line` 0: not counted (a
+    JSONL row read from the middle of its file, `jsonl_rows`; `Lines` counts it)."""
 
     row: int = 0
     file: int = 0
@@ -196,9 +204,14 @@ def _parse(src: SourceFile, line: int, raw: bytes) -> Record:
     return Record(src.uri, line, "jsonl", row=value)
 
 
-def _open_jsonl(src: SourceFile) -> io.IOBase:
+def compressed(src: SourceFile) -> bool:
+    """A compressed file: it cannot seek, so it is read from its start."""
+    return infer_compression(src.path) is not None
+
+
+def _open_jsonl(src: SourceFile, block_size: int | None = None) -> io.IOBase:
     compression = infer_compression(src.path)
-    f = src.fs.open(src.path, "rb", compression=compression)
+    f = src.fs.open(src.path, "rb", compression=compression, block_size=block_size)
     if compression is None and not isinstance(f, io.BufferedIOBase) and not hasattr(f, "f"):
         size = min(LINE_BUFFER, getattr(f, "blocksize", LINE_BUFFER))  # one remote block at most per read
         return io.BufferedReader(f, buffer_size=size)  # type: ignore[arg-type]  # fsspec files have readinto
@@ -220,6 +233,60 @@ def _jsonl(src: SourceFile, start: Cursor, mine: Callable[[int], bool]) -> Itera
             after = Cursor(row + 1, start.file, offset, line)
             yield Row(at, after, _parse(src, at_line, raw) if mine(row) else None)
             row += 1
+
+
+def jsonl_rows(src: SourceFile, offset: int, line: int, end: int | None, *, align: bool = False,
+               block_size: int | None = None) -> Iterator[tuple[int, int, bytes]]:
+    """`(offset, line, raw line)` of each row that starts at or after byte `offset` and before
+    `end` (None: the end of the file), unparsed. `align`: `offset` is the first byte of a range,
+    not necessarily of a row: the line it falls into belongs to the range before (unless `offset`
+    starts it), so reading starts at the next line start, and the lines are not counted (0)."""
+    with _open_jsonl(src, block_size) as f:
+        if align and offset > 0:
+            f.seek(offset - 1)
+            offset += len(f.readline()) - 1  # up to and with the newline at or after offset - 1
+            line = 0
+        elif offset:
+            f.seek(offset)
+        for raw in f:
+            if end is not None and offset >= end:
+                return
+            at_offset, at_line = offset, line
+            offset += len(raw)
+            line += 1 if line else 0
+            if raw.strip():
+                yield at_offset, at_line, raw
+
+
+def parse_jsonl(src: SourceFile, line: int, raw: bytes) -> Record:
+    return _parse(src, line, raw)
+
+
+class Lines:
+    """Line numbers of JSONL rows by byte offset, counted only when asked (a bad row's location),
+    from the nearest offset counted before (each file's start is line 1)."""
+
+    def __init__(self, files: Sequence[SourceFile]):
+        self.files = files
+        self.known: dict[int, dict[int, int]] = {}  # file -> {offset: line of the row starting there}
+
+    def line(self, file: int, offset: int) -> int:
+        known = self.known.setdefault(file, {0: 1})
+        start = max(o for o in known if o <= offset)
+        line = known[start]
+        if start < offset:
+            src = self.files[file]
+            with _open_jsonl(src) as f:
+                f.seek(start)
+                left = offset - start
+                while left > 0:
+                    block = f.read(min(COUNT_BLOCK, left))
+                    if not block:
+                        break
+                    line += block.count(b"\n")
+                    left -= len(block)
+            known[offset] = line
+        return line
 
 
 # -- Parquet ---------------------------------------------------------------------------------
@@ -261,8 +328,51 @@ def _parquet(src: SourceFile, start: Cursor, mine: Callable[[int], bool]) -> Ite
             index += batch.num_rows
 
 
+def parquet_rows(src: SourceFile, part: int, parts: int, index: int | None = None, *, turn: int = 0,
+                 size: int = 0, buffer_size: int = 0) -> Iterator[tuple[int, int, Any]]:
+    """`(row index, bytes left, take)` of each row of part `part` of `parts` of a Parquet file (its
+    row groups cut into `parts` runs of consecutive groups), the run turned to start at its group
+    `turn` mod its length (then wrapping round to its first group), from row `index` on (None: the
+    turned run's first row). `take()` reads the row (a dict). Bytes left: the part's rows from this
+    one on, times the file's `size` per row (at least 1). One batch of PARQUET_BATCH_ROWS rows is
+    held at a time; `buffer_size` > 0 streams each column chunk instead of reading it whole."""
+    import pyarrow.parquet as pq
+
+    with src.fs.open(src.path, "rb") as f:
+        pf = pq.ParquetFile(f, pre_buffer=buffer_size <= 0, buffer_size=buffer_size)
+        starts = _groups(pf)
+        count = len(starts) - 1
+        first, last = part * count // parts, (part + 1) * count // parts
+        if first == last:
+            return
+        pivot = first + turn % (last - first)
+        runs = [(pivot, last), (first, pivot)]  # groups in reading order: from the pivot, then the ones before it
+        if index is not None and index < starts[pivot]:
+            runs = [(_group_of(starts, index), pivot)]
+        elif index is not None:
+            runs[0] = (_group_of(starts, index), last)
+        runs = [(a, b) for a, b in runs if a < b]
+        if not runs:
+            return
+        left = sum(starts[b] - starts[a] for a, b in runs) - (0 if index is None else index - starts[runs[0][0]])
+        per_row = max(1, size // max(1, starts[-1]))
+        skip = index or 0  # the first run resumes at row `index`
+        for begin, end in runs:
+            at = starts[begin]  # file row index of the batch's first row
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=list(range(begin, end))):
+                for i in range(max(0, skip - at), batch.num_rows):
+                    yield at + i, left * per_row, lambda rows=batch, i=i: rows.slice(i, 1).to_pylist()[0]
+                    left -= 1
+                at += batch.num_rows
+            skip = 0
+
+
+def parquet_record(src: SourceFile, index: int, row: dict[str, Any]) -> Record:
+    return Record(src.uri, index, "parquet", row=row)
+
+
 # -- reading ---------------------------------------------------------------------------------
-def _read_error(src: SourceFile, e: Exception, field: str) -> DataError:
+def read_error(src: SourceFile, e: Exception, field: str) -> DataError:
     return DataError(f"{field}: cannot read {src.uri}: {storage.describe_error(e)}")
 
 
@@ -285,7 +395,7 @@ def scan(
                 cursor = item.after
                 yield item
         except (OSError, ValueError) as e:  # unreadable file, broken Parquet (ArrowInvalid), S3 errors
-            raise _read_error(src, e, field) from None
+            raise read_error(src, e, field) from None
 
 
 def read_records(files: Sequence[SourceFile], field: str = "data.train") -> Iterator[Record]:
@@ -324,5 +434,5 @@ def fetch(files: Sequence[SourceFile], cursors: Sequence[Cursor], *, field: str 
                         row = table.slice(c.offset - starts[group], 1).to_pylist()[0]
                         out[c] = Record(src.uri, c.offset, "parquet", row=row)
         except (OSError, ValueError, IndexError) as e:
-            raise _read_error(src, e, field) from None
+            raise read_error(src, e, field) from None
     return [out[c] for c in cursors]

@@ -1,15 +1,17 @@
 """TrainStream: `data.train` as an endless stream of packed rows at flat memory, split across
 ranks and DataLoader workers, with an exact position for checkpoints.
 
-Pipeline, per rank: the files of `data.train` (local, `s3://`, globs; JSONL, Parquet, gz) are
-read row by row (`sources.scan`); the rows of this rank's share (row g of a pass belongs to rank
-g mod world size, `shards`) are formatted, rendered and tokenized `encode.CHUNK` at a time; the
-samples of about `WINDOW_ROWS` rows' worth of tokens are packed best-fit together and the
-window's packed rows leave in a seeded random order (`packing.pack_window`). Nothing else is
-kept, so memory does not grow with the data. Each pass (epoch) reads the files in a seeded
-order; when a pass ends the next one begins, so the stream never ends: `training.max_steps`
-ends training (without it, `count_pass` measures a pass first and `steps_left` turns
-`training.epochs` into optimizer steps).
+Pipeline, per rank: each pass (epoch) reads the rows of `data.train` (local, `s3://`, globs;
+JSONL, Parquet, gz) in an order shuffled across all files (`stripes.Interleave`: the files cut
+into stripes, `ACTIVE` of them open at once, each next row from a stripe picked at random by the
+bytes it has left; seeded by `training.seed` and the pass, so every pass has its own order); the
+rows of this rank's share (row g of a pass's sequence belongs to rank g mod world size,
+`shards`) are formatted, rendered and tokenized `encode.CHUNK` at a time; the samples of about
+`WINDOW_ROWS` rows' worth of tokens are packed best-fit together and the window's packed rows
+leave in a seeded random order (`packing.pack_window`). Nothing else is kept, so memory does not
+grow with the data. When a pass ends the next one begins, so the stream never ends:
+`training.max_steps` ends training (without it, `count_pass` measures a pass first and
+`steps_left` turns `training.epochs` into optimizer steps).
 Every row of a pass is read by exactly one (rank, DataLoader worker); deterministic for a
 given seed, data and world size.
 
@@ -17,7 +19,9 @@ The data position contract (checkpoints rely on it):
 
 - `state_dict() -> dict`: JSON-serialisable; the position right after the last packed row this
   stream yielded, including the packed rows already read but not yet yielded (as the cursors of
-  their rows: file, offset, line), the rows left of each pass it is in, and the row accounting.
+  their rows: file, offset, line), the rows left of each pass it is in (its share, and where the
+  pass's shuffled sequence stands: `stripes.Position`, at most `stripes.ACTIVE` open stripes'
+  cursors), and the row accounting. Its size does not grow with the data.
   Take it where the yielded rows have been trained, not where a loader fetched them: accelerate's
   prepared loaders iterate a batch ahead. trainer/datastate.py attaches it to the last row of
   each micro-batch, and the Trainer keeps the one of the last batch it trained.
@@ -45,7 +49,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -58,12 +62,29 @@ from trainer.data.errors import BadRow, DataError
 from trainer.data.position import STATE_FORMAT, Bin, Work, reshard
 from trainer.data.render import ChatRenderer, Sample
 from trainer.data.shards import fresh, split
-from trainer.data.sources import Cursor, SourceFile, expand, fetch, scan
+from trainer.data.sources import Cursor, Lines, Record, expand, fetch
 from trainer.data.stats import DataStats
+from trainer.data.stripes import Interleave, Plan
 from trainer.spec import JobSpec
 
 WINDOW_ROWS = 64  # a packing window holds about this many rows' worth of tokens (x data.max_seq_len)
 FIELD = "data.train"
+
+
+class Where:
+    """A row's location for messages (`file:line`); the line of a row read from the middle of a
+    JSONL file is counted only when the text is needed (a bad row kept as an example, an error)."""
+
+    __slots__ = ("at", "lines", "record")
+
+    def __init__(self, record: Record, at: Cursor, lines: Lines):
+        self.record, self.at, self.lines = record, at, lines
+
+    def __str__(self) -> str:
+        try:
+            return f"{self.record.uri}:{self.lines.line(self.at.file, self.at.offset)}"
+        except (OSError, ValueError):  # the file cannot be read again: its byte offset still finds the row
+            return f"{self.record.uri}:byte {self.at.offset}"
 
 
 class TrainStream(IterableDataset):
@@ -89,9 +110,12 @@ class TrainStream(IterableDataset):
         self.passes = passes  # None: endless
         self.window_tokens = window_rows * data.max_seq_len
         self.files = expand(data.train, storage_options, base_dir, field=FIELD)
+        sizes = [f.fs.size(f.path) for f in self.files]
+        self.plan = Plan(self.files, sizes)  # the stripes every pass shuffles (stripes.py)
+        self.lines = Lines(self.files)
         self.renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
                                      too_long=data.too_long, reasoning=data.reasoning)
-        self.fingerprint = self._fingerprint(spec)
+        self.fingerprint = self._fingerprint(spec, sizes)
         self._pass_rows: int | None = None  # packed rows of one pass over all ranks (count_pass)
         self._generation = 0
         self._worker: tuple[int, int] | None = None  # (worker id, workers) inside a DataLoader worker
@@ -103,7 +127,7 @@ class TrainStream(IterableDataset):
         self.counts = dict.fromkeys(accounting.FIELDS, 0)
         self.log = BadRowLog(self.data.bad_rows, "train")
 
-    def _fingerprint(self, spec: JobSpec) -> dict[str, Any]:
+    def _fingerprint(self, spec: JobSpec, sizes: Sequence[int]) -> dict[str, Any]:
         """What a saved position depends on, as short digests (a state stays small with many files)."""
 
         def digest(value: Any) -> str:
@@ -111,7 +135,7 @@ class TrainStream(IterableDataset):
 
         settings = spec.data.model_dump(mode="json", exclude={"eval", "bad_rows"})
         settings |= {"base_model": spec.base_model, "chat_template": spec.model.chat_template}
-        return {"files": digest([f.uri for f in self.files]), "sizes": digest([f.fs.size(f.path) for f in self.files]),
+        return {"files": digest([f.uri for f in self.files]), "sizes": digest(list(sizes)),
                 "seed": self.seed, "settings": digest(settings)}
 
     # -- length ---------------------------------------------------------------------------
@@ -151,11 +175,6 @@ class TrainStream(IterableDataset):
         return max(0, math.ceil(t.epochs * self._pass_rows / step_rows) - done // step_rows)
 
     # -- iteration ------------------------------------------------------------------------
-    def _order(self, epoch: int) -> list[SourceFile]:
-        files = list(self.files)
-        random.Random(f"{self.seed}/files/{epoch}").shuffle(files)
-        return files
-
     def _fresh(self, epoch: int) -> Work:
         share = fresh(self.rank, self.world_size)
         if self._worker is not None:
@@ -166,7 +185,7 @@ class TrainStream(IterableDataset):
         """In DataLoader worker `worker` (a copy of the stream): its part of every pass."""
         self._worker = (worker, workers)
         for w in self._work:
-            w.share = split([w.share.after(w.cursor.row)], worker, workers)
+            w.share = split([w.share.after(w.position.row)], worker, workers)
             w.bins = w.bins[worker::workers]
 
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
@@ -220,24 +239,26 @@ class TrainStream(IterableDataset):
 
     def _read_window(self, item: Work) -> None:
         """Read, tokenize and pack the next window of `item` into its bins (`finished` at the pass's end)."""
-        if item.scanner is None:
-            item.scanner = scan(self._order(item.epoch), item.cursor, item.share.__contains__, field=FIELD)
+        if item.reader is None:
+            item.reader = Interleave(self.plan, self.seed, item.epoch, item.position, item.share.__contains__,
+                                     field=FIELD)
+        reader = item.reader
         window: list[tuple[Cursor, Sample]] = []
         chunk: list[tuple[Cursor, Located]] = []
         tokens = 0
         while tokens < self.window_tokens:
-            row = next(item.scanner, None)
+            row = next(reader, None)
             if row is None:
-                item.finished, item.scanner = True, None
+                item.finished, item.reader = True, None
                 break
-            item.cursor = row.after
             if row.record is None:
                 continue
             self.counts["rows_read"] += 1
-            chunk.append((row.at, (row.record.location, conversation(row.record, self.data))))
+            chunk.append((row.at, (self._where(row.record, row.at), conversation(row.record, self.data))))
             if len(chunk) >= CHUNK:
                 tokens += self._encode(chunk, window)
                 chunk = []
+        item.position = reader.position()  # right after the last row read (a state is taken between windows)
         if chunk:
             self._encode(chunk, window)
         if window:
@@ -245,6 +266,9 @@ class TrainStream(IterableDataset):
             lengths = [len(s.input_ids) for _, s in window]
             bins = pk.pack_window(lengths, self.data.max_seq_len, self.data.packing, rng)
             item.bins = [Bin([window[i][0] for i in b], [window[i][1] for i in b]) for b in bins]
+
+    def _where(self, record: Record, at: Cursor) -> str | Where:
+        return Where(record, at, self.lines) if record.kind == "jsonl" and not record.line else record.location
 
     def _end_pass(self, item: Work) -> None:
         self._work.pop(0)
@@ -266,8 +290,10 @@ class TrainStream(IterableDataset):
         todo = [b for b in item.bins if b.samples is None]
         if not todo:
             return
-        records = fetch(self._order(item.epoch), [c for b in todo for c in b.refs], field=FIELD)
-        located = [(r.location, conversation(r, self.data)) for r in records]
+        cursors = [c for b in todo for c in b.refs]
+        records = fetch(self.files, cursors, field=FIELD)
+        located: list[Located] = [(self._where(r, c), conversation(r, self.data))
+                                  for r, c in zip(records, cursors, strict=True)]
         results = iter(zip(located, encode_chunk(self.renderer, located, "train"), strict=True))
         for b in todo:
             b.samples = []
