@@ -222,9 +222,9 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
         _keep_4bit_weights_trainable(model)
-    elif checkpointing and spec.training.strategy != "fsdp":  # FSDP checkpoints layers itself (strategy.py)
+    elif checkpointing:  # every strategy, fsdp too: accelerate's FSDP checkpoint wrapper empties the adapter (strategy.py)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if checkpointing and spec.training.strategy != "fsdp":
+    if checkpointing:
         model.enable_input_require_grads()
         model.config.use_cache = False
     _check_target_parameters(model, spec.adapter.target_parameters or [])

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
@@ -221,6 +222,19 @@ class ResumableTrainer(MeteredTrainer):
     def rows_so_far(self) -> int:
         """Rows (not padding) trained by every attempt and rank (a collective)."""
         return self.rows_before + sum(gather(self.rows_seen))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under FSDP2, gather only the trainable (adapter) weights to rank 0: the Trainer's own save gathers the
+        whole model there (FULL_STATE_DICT) at every checkpoint and at the end, 140 GB for a 70B model in bf16."""
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2 and isinstance(self.model, PeftModel):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+            state_dict = get_model_state_dict(self.model, options=options)  # a collective; rank 0 gets the tensors
+            if self.args.should_save:
+                self.model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)

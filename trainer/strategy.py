@@ -5,8 +5,26 @@ Torch-free: the launcher imports this to render the chart. What each strategy be
 - `ddp`: `MULTI_GPU` (torchrun underneath), or `NO` for a single process.
 - `zero2` / `zero3`: `DEEPSPEED` with the DeepSpeed settings inline; multi-node through the
   `standard` (torchrun) launcher, never pdsh/ssh.
-- `fsdp`: `FSDP` v1 with `use_orig_params` (LoRA mixes frozen and trainable weights in one
-  module) and transformer-layer auto wrap (the model's `_no_split_modules`).
+- `fsdp`: `FSDP` version 2 (`torch.distributed.fsdp.fully_shard`, through accelerate): one shard
+  group per decoder layer (transformer-layer auto wrap on the model's `_no_split_modules`, which
+  in transformers 5.23 is exactly the decoder layer class of every family we train:
+  `LlamaDecoderLayer`, `Qwen2DecoderLayer`, `Gemma3DecoderLayer`, ...; accelerate adds the
+  embeddings and the final norm + head as groups of their own), parameters resharded after each
+  forward, `FULL_STATE_DICT` so that `Trainer.save_model` writes the whole adapter (transformers
+  writes nothing under FSDP with any other state dict type), and rank-0-only loading
+  (`cpu_ram_efficient_loading`: the other ranks build the model on `meta` and get their shards
+  from rank 0). Mixed precision is the top-level `mixed_precision` (bf16/fp16 compute; accelerate
+  keeps the trainable LoRA weights in fp32).
+  Activation checkpointing is NOT accelerate's `fsdp_activation_checkpointing`: that wraps each
+  decoder layer in a `CheckpointWrapper`, so the module names gain `._checkpoint_wrapped_module`
+  while the state dict's keys do not, and peft 0.21 (which finds the adapter's keys from the
+  module names) then saves an adapter with no tensors at all, silently. So
+  `training.gradient_checkpointing` has to be the model's own non-reentrant checkpointing under
+  every strategy, fsdp included (trainer/model.py `add_adapter`); under FSDP2 that trains to the
+  same weights as without it.
+  Not FSDP v1: with LoRA it fails in step 2's forward (`_flat_param.py` `_use_sharded_views`
+  asserts on a plain tensor where it expects a parameter; seen on an H200, issue 13), and its
+  `SHARDED_STATE_DICT` final save writes no adapter at all.
 
 CPU jobs (`resources.gpu: none`). `accelerate launch --cpu --num_processes N` starts ONE process,
 so a CPU job with more than one process uses `MULTI_GPU` + `use_cpu: true`, which really starts
@@ -19,6 +37,12 @@ N processes through torchrun. Two environment facts go with it (`process_env`):
   `TrainingArguments(ddp_backend="gloo")`, since without CUDA accelerate finds none by itself.
   DeepSpeed JIT-builds its shared-memory collective op on first use (needs a C++ compiler;
   cached under `TORCH_EXTENSIONS_DIR`). Mixed precision is `no` on CPU.
+- FSDP: refused on CPU (`check`). torch's `fully_shard` itself runs on gloo, but accelerate 1.15
+  makes any CPU run `MULTI_CPU` and only turns a GPU type into `FSDP`: the job would silently
+  train as plain DDP. tests/integration/test_strategies.py runs the FSDP2 path on CPU anyway,
+  with that one routing decision patched (tests/fixtures/fsdp_on_cpu.py).
+
+What each strategy is proven to do, and where: docs/cluster.md, "Strategies: what is proven where".
 """
 
 from __future__ import annotations
@@ -30,6 +54,7 @@ import yaml
 from trainer.spec import JobSpec
 
 GPU_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+CPU_STRATEGIES = ("ddp", "zero2", "zero3")
 
 
 class StrategyError(ValueError):
@@ -53,9 +78,13 @@ def check(spec: JobSpec) -> list[str]:
     """Problems that make the strategy impossible on these resources (empty when fine)."""
     t = spec.training
     problems = []
-    if t.strategy == "fsdp" and not is_gpu_job(spec):
-        problems.append("training.strategy: `fsdp` needs GPUs (resources.gpu is `none`); on CPU use `ddp`, `zero2` or "
-                        "`zero3`")
+    if t.strategy not in CPU_STRATEGIES and not is_gpu_job(spec):
+        problems.append(f"training.strategy: `{t.strategy}` needs GPUs (resources.gpu is `none`: accelerate runs FSDP "
+                        f"on GPUs only); on CPU use {_listed(CPU_STRATEGIES)}")
+    if spec.adapter.init == "pissa" and t.strategy in ("zero3", "fsdp"):
+        problems.append(f"adapter.init: `pissa` rewrites the base weights from their SVD, which needs every weight "
+                        f"whole on each rank; `{t.strategy}` shards them: use strategy `ddp` or `zero2`, or "
+                        "adapter.init `default`")
     if t.offload != "none" and t.strategy == "ddp":
         problems.append("training.offload: needs a sharded strategy (`zero2`, `zero3` or `fsdp`); `ddp` keeps "
                         "everything on the GPU (set training.strategy, or offload: none)")
@@ -67,6 +96,11 @@ def check(spec: JobSpec) -> list[str]:
     if t.offload != "none" and not is_gpu_job(spec):
         problems.append("training.offload: moves GPU state to CPU memory; a CPU job (resources.gpu: none) has none")
     return problems
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
 
 
 def deepspeed_config(spec: JobSpec) -> dict[str, Any]:
@@ -81,23 +115,24 @@ def deepspeed_config(spec: JobSpec) -> dict[str, Any]:
         "deepspeed_multinode_launcher": "standard",
     }
     if stage == 3:
+        # `stage3_gather_16bit_weights_on_model_save`. Not what saves the adapter: for a PEFT model transformers
+        # 5.23 gathers the trainable weights itself (`_zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=
+        # True)`, every rank), flag or not; it matters only where a whole-model save would be asked for.
         config["zero3_save_16bit_model"] = True
     return config
 
 
 def fsdp_config(spec: JobSpec) -> dict[str, Any]:
+    """accelerate's FSDP2 settings (see the module docstring). No layer class names: accelerate wraps the model's
+    `_no_split_modules`, its decoder layers, so one config serves every architecture."""
     return {
-        "fsdp_version": 1,
-        "fsdp_sharding_strategy": "FULL_SHARD",
-        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # layer classes: the model's _no_split_modules
-        "fsdp_use_orig_params": True,
-        "fsdp_backward_prefetch": "BACKWARD_PRE",
-        "fsdp_forward_prefetch": False,
+        "fsdp_version": 2,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_reshard_after_forward": True,
         "fsdp_offload_params": spec.training.offload == "all",
-        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_state_dict_type": "FULL_STATE_DICT",
         "fsdp_cpu_ram_efficient_loading": True,
-        "fsdp_sync_module_states": True,
-        "fsdp_activation_checkpointing": spec.training.gradient_checkpointing,
+        "fsdp_activation_checkpointing": False,  # the model checkpoints itself (module docstring)
     }
 
 
@@ -115,6 +150,11 @@ def accelerate_config(spec: JobSpec) -> dict[str, Any]:
     problems = check(spec)
     if problems:
         raise StrategyError(problems)
+    return render(spec)
+
+
+def render(spec: JobSpec) -> dict[str, Any]:
+    """The config without `check` (tests render what `check` refuses, e.g. fsdp on CPU)."""
     kind = distributed_type(spec)
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",

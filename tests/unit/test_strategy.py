@@ -91,23 +91,74 @@ def test_deepspeed_on_cpu_env(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("checkpointing", [True, False])
-def test_fsdp_for_lora(checkpointing: bool, tmp_path: Path) -> None:
+def test_fsdp_is_fsdp2_for_lora(checkpointing: bool, tmp_path: Path) -> None:
     config = read_back(gpu(strat="fsdp", gradient_checkpointing=checkpointing), tmp_path)
     fsdp = config.fsdp_config
-    assert config.distributed_type.value == "FSDP"
-    assert fsdp["fsdp_use_orig_params"] is True
+    assert config.distributed_type.value == "FSDP" and config.mixed_precision == "bf16"
+    assert fsdp["fsdp_version"] == 2  # v1 + LoRA crashes in step 2 (issue 13)
     assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    assert fsdp["fsdp_activation_checkpointing"] is checkpointing
-    assert fsdp["fsdp_cpu_ram_efficient_loading"] and fsdp["fsdp_sync_module_states"]
+    assert "fsdp_transformer_layer_cls_to_wrap" not in fsdp  # the model's _no_split_modules: its decoder layers
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # the only type Trainer.save_model writes under FSDP
+    assert fsdp["fsdp_reshard_after_forward"] is True and fsdp["fsdp_cpu_ram_efficient_loading"] is True
+    # never accelerate's checkpoint wrapper: peft 0.21 then saves an empty adapter; the model checkpoints itself
+    assert fsdp["fsdp_activation_checkpointing"] is False
+    # FSDP1-only settings would be ignored (or warned about) by FSDP2
+    assert not {"fsdp_use_orig_params", "fsdp_sync_module_states", "fsdp_backward_prefetch",
+                "fsdp_forward_prefetch", "fsdp_sharding_strategy"} & set(fsdp)
+
+
+def fsdp_plugin_as_launched(spec: JobSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The FSDP plugin a worker builds: `accelerate launch` turns the config file into the workers' environment
+    (`prepare_multi_gpu_env`), and `Accelerator` builds its plugin from that environment."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(strategy.accelerate_config_yaml(spec))
+    args = launch_command_parser().parse_args([
+        "--config_file", str(path), "--machine_rank", "0", "--main_process_ip", "10.0.0.1",
+        "--main_process_port", "29500", "-m", "trainer.train", "--spec", "spec.yaml"])
+    args, _, _ = _validate_launch_command(args)
+    for name, value in prepare_multi_gpu_env(args).items():
+        if name.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(name, value)
+    return FullyShardedDataParallelPlugin()
+
+
+@pytest.mark.parametrize("offload", ["none", "all"])
+def test_fsdp_config_reaches_the_workers_as_fsdp2(offload: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+    from torch.distributed.fsdp.fully_sharded_data_parallel import StateDictType
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = fsdp_plugin_as_launched(gpu(strat="fsdp", offload=offload, gradient_checkpointing=True), tmp_path,
+                                     monkeypatch)
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
+    assert plugin.state_dict_type == StateDictType.FULL_STATE_DICT
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy and plugin.transformer_cls_names_to_wrap is None
+    assert plugin.cpu_ram_efficient_loading is True and plugin.activation_checkpointing is False
+    assert isinstance(plugin.cpu_offload, CPUOffloadPolicy if offload == "all" else OffloadPolicy)
 
 
 def test_fsdp_on_cpu_is_refused_with_the_field_and_the_alternatives() -> None:
     spec = cpu(2, "fsdp")
     (problem,) = strategy.check(spec)
-    assert problem.startswith("training.strategy:") and "zero2" in problem
+    assert problem.startswith("training.strategy:") and "`ddp`, `zero2` or `zero3`" in problem
+    assert "GPUs only" in problem
     with pytest.raises(strategy.StrategyError) as e:
         strategy.accelerate_config(spec)
     assert e.value.problems == [problem]
+    assert strategy.render(spec)["distributed_type"] == "FSDP"  # what the CPU contract test runs anyway
+
+
+@pytest.mark.parametrize(("strat", "refused"), [("ddp", False), ("zero2", False), ("zero3", True), ("fsdp", True)])
+def test_pissa_needs_unsharded_weights(strat: str, refused: bool) -> None:
+    spec = make_spec(resources={"gpu": "h100"}, training={"strategy": strat}, adapter={"init": "pissa"})
+    problems = strategy.check(spec)
+    assert bool(problems) is refused
+    if refused:
+        assert problems[0].startswith("adapter.init:") and "`ddp` or `zero2`" in problems[0]
 
 
 def test_every_strategy_on_gpu_passes_check() -> None:
