@@ -103,7 +103,7 @@ def test_evaluation_collects_token_weighted_sums() -> None:
             out = model(input_ids=torch.tensor([it["input_ids"]]))
             per_batch.append(float(loss(out, torch.tensor([it["labels"]]))))
     total, count = loss.finish()
-    assert count == 2 + 20 + 5 + 11 - 0  # every trained label is predicted by the token before it
+    assert count == 2 + 20 + 5 + 11  # every trained label is predicted by the token before it
     token_mean = total / count
     assert abs(token_mean - sum(per_batch) / len(per_batch)) > 1e-3  # the two definitions differ here
     weights = [2, 20, 5, 11]
