@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The strategy contract on a GPU machine, every strategy, in one call (issue 13).
 #
-#   scripts/gpu_check.sh                 # one GPU: ddp, ddp-nccl, fsdp, zero2, zero3 on a Qwen2.5-1.5B-shaped model
-#   scripts/gpu_check.sh --resume        # ... and each job started again resumes to the same adapter
+#   scripts/gpu_check.sh                 # one GPU: ddp, ddp-nccl, fsdp, zero2, zero3 and the three offloads
+#                                        # (zero2-offload, zero3-offload, fsdp-offload) on a Qwen2.5-1.5B-shaped model
+#   scripts/gpu_check.sh --resume --jobs 8  # ... each job started again resumes to the same adapter; 8 at once
 #   scripts/gpu_check.sh --cpu --tiny    # the same flow on CPU with a tiny model (checks the script itself)
 #
 # For each strategy, one process on one GPU (world size 1), started as a pod starts the trainer
@@ -12,37 +13,42 @@
 # reloaded give the trainer's final eval loss (bf16: within 0.5% relative) and a lower one than the base.
 # `ddp-nccl` is ddp forced through accelerate's MULTI_GPU path with one process: torchrun and a real NCCL
 # process group, which the trainer's own collectives (row and token counts, checkpoint agreement) then use
-# (accelerate adds the DDP wrapper only from two processes on). The logic is tests/strategy_contract.py (also used by the CPU test,
-# tests/integration/test_strategies.py); this script runs it per strategy and prints one table:
+# (accelerate adds the DDP wrapper only from two processes on). The logic is tests/strategy_contract.py
+# (also used by the CPU test, tests/integration/test_strategies.py); this script runs it per strategy and prints one table:
 # strategy, steps, final loss, adapter tensors, trainer / reload / base eval loss, PASS or FAIL.
 #
 # Needs the repository (this checkout) and a Python with its trainer dependencies (torch with CUDA,
 # transformers, accelerate, peft, deepspeed for zero2/zero3, mlflow, ...): $PYTHON, else .venv/bin/python,
 # else python3. Exit status: 0 when every strategy passes, 1 when one fails, 2 when it cannot start.
 #
-# Options: --cpu, --tiny, --resume, --steps N (default 10), --only "ddp fsdp", --workdir DIR
-# (default /tmp/kubetune-gpu-check), --timeout S per strategy (default 600).
+# Options: --cpu, --tiny, --resume, --checkpointing (training.gradient_checkpointing: true), --steps N
+# (default 10), --only "ddp fsdp", --workdir DIR (default /tmp/kubetune-gpu-check), --timeout S per strategy (default 600), --jobs N: run N strategies
+# at once, all on the same GPU (default 1; their seconds then overlap and are not timings).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CPU=0
 TINY=0
 RESUME=0
+CHECKPOINTING=0
 STEPS=10
 ONLY=""
 WORKDIR=/tmp/kubetune-gpu-check
 TIMEOUT=600
+JOBS=1
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --cpu) CPU=1 ;;
     --tiny) TINY=1 ;;
     --resume) RESUME=1 ;;
+    --checkpointing) CHECKPOINTING=1 ;;
     --steps) STEPS=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --workdir) WORKDIR=$2; shift ;;
     --timeout) TIMEOUT=$2; shift ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --jobs) JOBS=$2; shift ;;
+    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,14 +74,15 @@ if [ "$CPU" = 1 ]; then
   DTYPE=float32
   RUN_ARGS=(--cpu)
 else
-  STRATEGIES=${ONLY:-"ddp ddp-nccl fsdp zero2 zero3"}
+  STRATEGIES=${ONLY:-"ddp ddp-nccl fsdp zero2 zero3 zero2-offload zero3-offload fsdp-offload"}
   DTYPE=bfloat16
   RUN_ARGS=(--batch 4)
 fi
 if [ "$TINY" = 1 ]; then SHAPE=tiny; else SHAPE=qwen2.5-1.5b; fi
 if [ "$RESUME" = 1 ]; then RUN_ARGS+=(--resume); fi
+if [ "$CHECKPOINTING" = 1 ]; then RUN_ARGS+=(--gradient-checkpointing); fi
 
-echo "gpu_check: python $PY, model $SHAPE ($DTYPE), strategies: $STRATEGIES, $STEPS steps, work in $WORKDIR"
+echo "gpu_check: python $PY, model $SHAPE ($DTYPE), strategies: $STRATEGIES, $STEPS steps, $JOBS at a time, work in $WORKDIR"
 "$PY" - "$CPU" <<'EOF' || exit 2
 import importlib.util
 import sys
@@ -102,16 +109,20 @@ if [ ! -f "$MODEL/config.json" ]; then
 fi
 
 SAVE_STEPS=$(( STEPS / 2 > 0 ? STEPS / 2 : 1 ))
-for strategy in $STRATEGIES; do
-  started=$SECONDS
+check() {
+  local strategy=$1 started=$SECONDS code
   rm -f "$WORKDIR/$strategy/result.json"
   timeout --kill-after=30 "$TIMEOUT" "$PY" -m tests.strategy_contract run --strategy "$strategy" \
     --model "$MODEL" --workdir "$WORKDIR/$strategy" --processes 1 --steps "$STEPS" --save-steps "$SAVE_STEPS" \
     --timeout "$TIMEOUT" "${RUN_ARGS[@]}" > "$WORKDIR/$strategy.out" 2>&1
   code=$?
   echo "gpu_check: $strategy exited $code after $(( SECONDS - started ))s (log: $WORKDIR/$strategy/train.log)"
+}
+for strategy in $STRATEGIES; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  check "$strategy" &
 done
-
+wait
 echo
 # shellcheck disable=SC2086  # the strategies are words
 "$PY" -m tests.strategy_contract table "$WORKDIR" $STRATEGIES

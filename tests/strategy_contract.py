@@ -1,8 +1,9 @@
 """The strategy contract, checked the way a pod runs the trainer: one place for the CPU test and the GPU check.
 
 For a strategy (`ddp`, `zero2`, `zero3`, `fsdp`, or `ddp-nccl`: `ddp` forced through accelerate's
-`MULTI_GPU` path even for one process, i.e. torchrun and an NCCL process group), on a model built here
-from a config (no hub):
+`MULTI_GPU` path even for one process, i.e. torchrun and an NCCL process group; `zero2-offload`,
+`zero3-offload`, `fsdp-offload`: the strategy with `training.offload` `optimizer`, `all`, `all`, GPU
+only), on a model built here from a config (no hub):
 
 1. the accelerate config is `trainer.strategy`'s rendering of the job spec (`render`, so that a
    combination `check` refuses can still be tried), started as the chart starts it:
@@ -47,7 +48,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-STRATEGIES = ("ddp", "ddp-nccl", "fsdp", "zero2", "zero3")
+STRATEGIES = ("ddp", "ddp-nccl", "fsdp", "zero2", "zero3", "zero2-offload", "zero3-offload", "fsdp-offload")
+# contract name -> (training.strategy, training.offload)
+TRAINING = {"ddp": ("ddp", "none"), "ddp-nccl": ("ddp", "none"), "fsdp": ("fsdp", "none"),
+            "zero2": ("zero2", "none"), "zero3": ("zero3", "none"), "zero2-offload": ("zero2", "optimizer"),
+            "zero3-offload": ("zero3", "all"), "fsdp-offload": ("fsdp", "all")}
 
 CHATML = (
     "{%- for message in messages %}"
@@ -161,7 +166,7 @@ class Plan:
 
 
 def job_spec(plan: Plan) -> dict[str, Any]:
-    strategy = "ddp" if plan.strategy == "ddp-nccl" else plan.strategy
+    strategy, offload = TRAINING[plan.strategy]
     # CPU: one process per node, so N ranks are N nodes (all started here); GPU: one node of N GPUs.
     resources = ({"gpu": "none", "nodes": plan.processes} if plan.cpu
                  else {"gpu": "any", "nodes": 1, "gpus_per_node": plan.processes})
@@ -171,7 +176,7 @@ def job_spec(plan: Plan) -> dict[str, Any]:
         "model": {"dtype": plan.dtype},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": "data/train.jsonl", "eval": "data/eval.jsonl", "max_seq_len": plan.max_seq_len},
-        "training": {"strategy": strategy, "max_steps": plan.steps, "save_steps": plan.save_steps,
+        "training": {"strategy": strategy, "offload": offload, "max_steps": plan.steps, "save_steps": plan.save_steps,
                      "learning_rate": plan.learning_rate, "per_device_batch_size": plan.batch,
                      "warmup_ratio": 0.0, "lr_scheduler": "constant", "logging_steps": 1,
                      "gradient_checkpointing": plan.gradient_checkpointing},
@@ -199,7 +204,7 @@ def free_port() -> int:
 
 def fsdp_on_cpu(plan: Plan) -> bool:
     """accelerate runs FSDP on GPUs only: on CPU the trainer runs under tests/fixtures/fsdp_on_cpu.py."""
-    return plan.cpu and plan.strategy == "fsdp"
+    return plan.cpu and TRAINING[plan.strategy][0] == "fsdp"
 
 
 def environment(plan: Plan, spec: Any, job_name: str) -> dict[str, str]:
@@ -369,7 +374,7 @@ def run(plan: Plan) -> Result:
     result = Result(plan.strategy, where)
     shutil.rmtree(plan.workdir, ignore_errors=True)
     write_data(plan.workdir / "data", plan.n_train, plan.n_eval)
-    if plan.strategy in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
+    if plan.strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         result.problems.append("deepspeed is not installed")
         return result
     job_name = f"contract-{plan.strategy}-{os.getpid()}"

@@ -74,6 +74,41 @@ def mixed_precision(spec: JobSpec) -> str:
     return GPU_PRECISION[spec.model.dtype] if is_gpu_job(spec) else "no"
 
 
+SHARDED = ("zero2", "zero3", "fsdp")
+# What the strategy contract (tests/strategy_contract.py; docs/cluster.md) has shown under each sharded strategy:
+# plain LoRA on unquantized weights, with or without gradient checkpointing and offload, bf16 on a GPU and fp32.
+SHARDED_PROVEN = ("plain LoRA on unquantized weights (`model.quantization: none`, `adapter.method: lora`, "
+                  "`adapter.init: default`, `target_modules` only), bf16 or fp32, with or without "
+                  "`gradient_checkpointing` and `offload`")
+
+
+def unproven(spec: JobSpec) -> list[str]:
+    """Combinations no strategy contract run covers: refused here rather than found out on a cluster."""
+    t, a, m = spec.training, spec.adapter, spec.model
+    problems = []
+    if t.strategy in SHARDED:
+        def refuse(field: str, why: str, instead: str) -> None:
+            problems.append(f"{field} under `training.strategy: {t.strategy}` is not proven ({why}): use strategy "
+                            f"`ddp`, or {instead}. Under {t.strategy} kubetune runs {SHARDED_PROVEN} "
+                            "(docs/cluster.md, strategies)")
+
+        if m.quantization != "none":
+            refuse(f"model.quantization: `{m.quantization}` (QLoRA)", "quantized weights sharded across ranks",
+                   "quantization `none`")
+        if a.method != "lora":
+            refuse(f"adapter.method: `{a.method}`", "its magnitude vector needs each whole weight", "method `lora`")
+        if a.init != "default":
+            refuse(f"adapter.init: `{a.init}`", "it rewrites the base weights from each whole weight",
+                   "init `default`")
+        if a.target_parameters:
+            refuse("adapter.target_parameters", "adapters on fused expert tensors", "no target_parameters")
+    if m.dtype == "float16" and is_gpu_job(spec):
+        problems.append("model.dtype: `float16` on GPUs is not proven (fp16 mixed precision with a loss scaler; no "
+                        "strategy contract run covers it); use `bfloat16`, which every GPU kind we schedule computes "
+                        "in natively, or `float32`")
+    return problems
+
+
 def check(spec: JobSpec) -> list[str]:
     """Problems that make the strategy impossible on these resources (empty when fine)."""
     t = spec.training
@@ -81,10 +116,7 @@ def check(spec: JobSpec) -> list[str]:
     if t.strategy not in CPU_STRATEGIES and not is_gpu_job(spec):
         problems.append(f"training.strategy: `{t.strategy}` needs GPUs (resources.gpu is `none`: accelerate runs FSDP "
                         f"on GPUs only); on CPU use {_listed(CPU_STRATEGIES)}")
-    if spec.adapter.init == "pissa" and t.strategy in ("zero3", "fsdp"):
-        problems.append(f"adapter.init: `pissa` rewrites the base weights from their SVD, which needs every weight "
-                        f"whole on each rank; `{t.strategy}` shards them: use strategy `ddp` or `zero2`, or "
-                        "adapter.init `default`")
+    problems += unproven(spec)
     if t.offload != "none" and t.strategy == "ddp":
         problems.append("training.offload: needs a sharded strategy (`zero2`, `zero3` or `fsdp`); `ddp` keeps "
                         "everything on the GPU (set training.strategy, or offload: none)")

@@ -3,8 +3,9 @@
 The rungs, in order: shorter sequences -> lower rank -> no DoRA -> fewer target modules -> QLoRA
 (4bit) -> ZeRO-3 -> more GPUs. Each rung is computed on top of the rungs before it and carries the
 estimate it reaches; a rung that would not lower the estimate (QLoRA cannot shrink experts stored as
-3-D parameters, for example) is listed as no gain and not carried forward. Auto-fit applies the
-rungs in order until the estimate fits.
+3-D parameters, for example) is listed as no gain and not carried forward. A rung whose spec
+`trainer.strategy.check` would refuse (ZeRO-3 on top of QLoRA or DoRA: not proven, see
+docs/cluster.md) is not offered. Auto-fit applies the rungs in order until the estimate fits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from launcher.plan.arch import Architecture
 from launcher.plan.memory import Setup, estimate
+from trainer import strategy
 from trainer.spec import JobSpec
 from trainer.spec_io import SpecError, apply_overrides, spec_from_dict
 
@@ -103,6 +105,15 @@ def _more_gpus(spec: JobSpec, arch: Architecture, capacity: int) -> tuple[tuple[
     return best
 
 
+def _pays_off_over_more_gpus(candidate: JobSpec, current: JobSpec, arch: Architecture, capacity: int) -> bool:
+    """A change of strategy that saves nothing on the GPUs the job has (ZeRO-3 on one GPU shards nothing) but
+    lowers what the more-GPUs rung reaches."""
+    if candidate.training.strategy == current.training.strategy:
+        return False
+    with_it, without = _more_gpus(candidate, arch, capacity), _more_gpus(current, arch, capacity)
+    return with_it is not None and (without is None or with_it[1] < without[1])
+
+
 def climb(spec: JobSpec, arch: Architecture, capacity: int) -> list[Rung]:
     """Every applicable rung, cumulative, with the estimate each reaches."""
     rungs: list[Rung] = []
@@ -113,12 +124,14 @@ def climb(spec: JobSpec, arch: Architecture, capacity: int) -> list[Rung]:
         if not overrides:
             continue
         candidate = with_overrides(current, overrides)
+        if strategy.check(candidate) and not strategy.check(current):
+            continue  # a combination the job would be refused with
         new_total = estimate(arch, Setup.from_spec(candidate)).total
-        helps = new_total < total
-        rungs.append(Rung(label, overrides, new_total if helps else total, helps and new_total <= capacity,
-                          helps, candidate if helps else current))
+        helps = new_total < total or _pays_off_over_more_gpus(candidate, current, arch, capacity)
+        rungs.append(Rung(label, overrides, min(new_total, total) if helps else total,
+                          helps and new_total <= capacity, helps, candidate if helps else current))
         if helps:
-            current, total = candidate, new_total
+            current, total = candidate, min(new_total, total)
     more = _more_gpus(current, arch, capacity)
     if more is not None:
         overrides, new_total = more

@@ -85,6 +85,17 @@ def test_overrides_are_validated_too(tmp_path: Path) -> None:
     assert launch("validate", path, "--set", "training.strategy=zero2").returncode == 0
 
 
+def test_validate_refuses_an_unproven_strategy_combination(tmp_path: Path) -> None:
+    path = str(spec_file(tmp_path, GOOD))
+    done = launch("validate", path, "--set", "resources.gpu=h100", "--set", "training.strategy=fsdp",
+                  "--set", "model.quantization=4bit")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "model.quantization: `4bit` (QLoRA) under `training.strategy: fsdp` is not proven" in done.stderr
+    assert "use strategy `ddp`" in done.stderr
+    done = launch("validate", path, "--set", "resources.gpu=h100", "--set", "training.strategy=fsdp")
+    assert done.returncode == 0, done.stderr
+
+
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
     done = launch("validate", str(tmp_path / "nope.yaml"))
     assert done.returncode == 2 and "file not found" in done.stderr

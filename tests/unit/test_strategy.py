@@ -53,11 +53,12 @@ def test_multi_process_cpu_ddp_really_starts_n_processes(tmp_path: Path) -> None
     assert strategy.process_env(spec) == {"ACCELERATE_USE_CPU": "true"}
 
 
-@pytest.mark.parametrize(("dtype", "expected"), [("bfloat16", "bf16"), ("float16", "fp16"), ("float32", "no")])
+@pytest.mark.parametrize(("dtype", "expected"), [("bfloat16", "bf16"), ("float32", "no")])
 def test_gpu_mixed_precision_follows_model_dtype(dtype: str, expected: str, tmp_path: Path) -> None:
     config = read_back(gpu(dtype=dtype), tmp_path)
     assert config.mixed_precision == expected
     assert config.use_cpu is False
+    assert strategy.render(gpu(dtype="float16"))["mixed_precision"] == "fp16"  # rendered, but refused (below)
 
 
 def test_cpu_never_uses_mixed_precision() -> None:
@@ -152,13 +153,33 @@ def test_fsdp_on_cpu_is_refused_with_the_field_and_the_alternatives() -> None:
     assert strategy.render(spec)["distributed_type"] == "FSDP"  # what the CPU contract test runs anyway
 
 
-@pytest.mark.parametrize(("strat", "refused"), [("ddp", False), ("zero2", False), ("zero3", True), ("fsdp", True)])
-def test_pissa_needs_unsharded_weights(strat: str, refused: bool) -> None:
-    spec = make_spec(resources={"gpu": "h100"}, training={"strategy": strat}, adapter={"init": "pissa"})
-    problems = strategy.check(spec)
-    assert bool(problems) is refused
-    if refused:
-        assert problems[0].startswith("adapter.init:") and "`ddp` or `zero2`" in problems[0]
+@pytest.mark.parametrize(("adapter", "model", "field"), [
+    ({"init": "pissa"}, {}, "adapter.init: `pissa`"),
+    ({"init": "loftq"}, {}, "adapter.init: `loftq`"),
+    ({"method": "dora"}, {}, "adapter.method: `dora`"),
+    ({}, {"quantization": "4bit"}, "model.quantization: `4bit` (QLoRA)"),
+    ({}, {"quantization": "8bit"}, "model.quantization: `8bit` (QLoRA)"),
+    ({"target_parameters": ["mlp.experts.down_proj"], "dropout": 0.0}, {}, "adapter.target_parameters"),
+])
+def test_what_no_contract_covers_is_refused_under_sharded_strategies(
+    adapter: dict[str, Any], model: dict[str, Any], field: str
+) -> None:
+    for strat in ("zero2", "zero3", "fsdp"):
+        spec = make_spec(resources={"gpu": "h100"}, training={"strategy": strat}, adapter=adapter, model=model)
+        (problem,) = strategy.check(spec)
+        assert problem.startswith(f"{field} under `training.strategy: {strat}` is not proven"), problem
+        assert "use strategy `ddp`" in problem and "plain LoRA on unquantized weights" in problem
+        with pytest.raises(strategy.StrategyError):
+            strategy.accelerate_config(spec)
+    # ddp runs each of them (the unit and integration tests of trainer/model.py)
+    assert strategy.check(make_spec(resources={"gpu": "h100"}, adapter=adapter, model=model)) == []
+
+
+def test_float16_on_gpus_is_refused_and_names_bfloat16() -> None:
+    for strat in ("ddp", "zero2", "zero3", "fsdp"):
+        (problem,) = strategy.check(gpu(strat=strat, dtype="float16"))
+        assert problem.startswith("model.dtype: `float16` on GPUs is not proven") and "`bfloat16`" in problem
+    assert strategy.check(make_spec(resources={"gpu": "none"}, model={"dtype": "float16"})) == []
 
 
 def test_every_strategy_on_gpu_passes_check() -> None:
