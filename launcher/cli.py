@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from launcher.cli_cluster import COMMANDS, cluster_options, mlflow_option, namespace_option
+from launcher.cli_cluster import COMMANDS, cluster_options, mlflow_option, namespace_option, stuck_option
 from launcher.cli_data import data as data_group
 from launcher.cli_plan import plan as plan_command
 from launcher.errors import PodFailed, UserError
@@ -127,7 +127,9 @@ def render(
 @click.option("--auto-fit", is_flag=True, help="When the job would not fit its GPUs' memory, apply the first rungs of "
               "the ladder `launch plan` prints (shorter sequences, lower rank, ...) that make it fit, and say so.")
 @cluster_options
-@click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed); --local always waits.")
+@click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed or unable to start "
+              "within --stuck-grace); --local always waits.")
+@stuck_option
 @click.option("--resume", "resume", metavar="JOB", help="With --local: run JOB (an earlier submission's name, e.g. "
               "support-bot-v3-x7k2p) again; it continues from its latest checkpoint in output.uri.")
 @mlflow_option
@@ -143,6 +145,7 @@ def submit(
     context: str | None,
     kubeconfig: str | None,
     wait: bool,
+    stuck_grace: float | None,
     resume: str | None,
     mlflow_uri: str | None,
     output: str,
@@ -150,6 +153,7 @@ def submit(
     """Submit SPEC as a uniquely named job to the cluster (kubeconfig context, namespace); with --local, run its
     pods as processes here."""
     cluster_only = {"--context": context, "--kubeconfig": kubeconfig, "--wait": wait and dry_run,
+                    "--stuck-grace": stuck_grace,
                     "--mlflow-uri": mlflow_uri, "-o": None if output == "table" else output}
     if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
         why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
@@ -172,7 +176,7 @@ def submit(
         from launcher.cli_cluster import submit_to_cluster
 
         submit_to_cluster(subs, values_files, context=context, kubeconfig=kubeconfig, namespace=namespace, wait=wait,
-                          output=output, mlflow_uri=mlflow_uri)
+                          output=output, mlflow_uri=mlflow_uri, stuck_grace=stuck_grace)
         return
     for sub in subs:  # one after the other: each job's pods take this machine's cores
         res = sub.spec.resources

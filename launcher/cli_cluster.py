@@ -38,6 +38,36 @@ def mlflow_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+class Duration(click.ParamType):
+    """`90s`, `10m`, `1h`, `0.5s`, or plain seconds."""
+
+    name = "duration"
+    UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        unit = text[-1:] if text[-1:] in ("s", "m", "h") else ""
+        try:
+            seconds = float(text[: len(text) - len(unit)]) * self.UNITS[unit]
+        except ValueError:
+            seconds = -1.0
+        if seconds <= 0:
+            self.fail(f"{value!r} is not a duration: a number above 0 with s, m or h (90s, 10m, 1h)", param, ctx)
+        return seconds
+
+
+def stuck_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--stuck-grace", metavar="DURATION", type=Duration(), default=None,
+        help="With --wait: how long a job may stay unable to start before the wait ends with exit 1 (the job stays): "
+        "a ResourceQuota refusing its pods, a pod no node can take while no scale-up or preemption is under way, "
+        "an image that cannot be pulled, a missing Secret. Each is printed with its fix as soon as seen. "
+        "Default 10m; e.g. 90s, 30m, 1h.",
+    )(f)
+
+
 def _cluster(context: str | None, kubeconfig: str | None, namespace: str | None) -> Any:
     from launcher.backends.kubeconfig import connect
     from launcher.backends.kubernetes import Cluster
@@ -47,15 +77,17 @@ def _cluster(context: str | None, kubeconfig: str | None, namespace: str | None)
 
 def submit_to_cluster(
     subs: list[Any], values_files: tuple[Path, ...], *, context: str | None, kubeconfig: str | None,
-    namespace: str | None, wait: bool, output: str, mlflow_uri: str | None,
+    namespace: str | None, wait: bool, output: str, mlflow_uri: str | None, stuck_grace: float | None = None,
 ) -> None:
     """The cluster branch of `launch submit`: plan and create every job (a matrix spec has several), then with
-    --wait follow each to its end (exit 1 when one failed). `-o json|yaml` prints one object per job (a list
-    for a matrix)."""
+    --wait follow each to its end (exit 1 when one failed, or could not start within the stuck grace).
+    `-o json|yaml` prints one object per job (a list for a matrix)."""
     from launcher import client
     from launcher.backends.kubeconfig import connect
     from launcher.backends.kubernetes import Cluster
 
+    if stuck_grace is not None and not wait:
+        raise UserError("--stuck-grace: for --wait (how long it waits on a job that cannot start)")
     say = Say(output)
     target = connect(context, kubeconfig, namespace)
     kube = Cluster(target)
@@ -65,17 +97,27 @@ def submit_to_cluster(
         created[sub.name] = client.submit_cluster(sub, target, values_files, say)
         say(f"submitted {sub.name} to namespace {ns}: `launch status {sub.name} -n {ns}`, "
             f"`launch logs {sub.name} -f -n {ns}`")
-    results = [_follow(kube, target, sub, created[sub.name], say, wait, mlflow_uri) for sub in subs]
+    results = [_follow(kube, target, sub, created[sub.name], say, wait, mlflow_uri, stuck_grace) for sub in subs]
     if output != "table":
         emit(results[0] if len(results) == 1 else results, output, [])
     failed = [r["name"] for r in results if r.get("status") == "failed"]
+    stuck = [r for r in results if r.get("gave_up")]
+    if len(failed) + len(stuck) == 1 and stuck:
+        name = stuck[0]["name"]
+        raise PodFailed(f"job {ns}/{name} cannot start ({stuck[0]['gave_up']}): stopped waiting; the job stays "
+                        f"and Kubernetes keeps retrying: fix it and `launch cancel {name} -n {ns}`, or watch it with "
+                        f"`launch status {name} -n {ns}`")
+    if stuck:
+        raise PodFailed(f"{len(failed) + len(stuck)} of {len(subs)} jobs did not succeed: "
+                        + ", ".join([f"{n} failed" for n in failed] + [f"{r['name']} cannot start" for r in stuck])
+                        + f"; `launch status NAME -n {ns}` shows each")
     if failed:
         raise PodFailed(f"job {', '.join(f'{ns}/{name}' for name in failed)} failed" if len(failed) == 1
                         else f"{len(failed)} of {len(subs)} jobs failed: {', '.join(failed)}")
 
 
 def _follow(kube: Any, target: Any, sub: Any, created: list[Any], say: Say, wait: bool,
-            mlflow_uri: str | None) -> dict[str, Any]:
+            mlflow_uri: str | None, stuck_grace: float | None) -> dict[str, Any]:
     """One submitted job's result: as it is now, or (--wait) once it has ended."""
     from launcher import cluster
     from launcher.status import gather
@@ -86,7 +128,11 @@ def _follow(kube: Any, target: Any, sub: Any, created: list[Any], say: Say, wait
         data = cluster.result(gather(kube, sub.name), target, None, None)
         data["objects"] = [{"kind": c.kind, "name": c.name, "note": c.note} for c in created]
         return data
-    snap = cluster.follow(kube, sub.name, say, tracking)
+    snap = cluster.follow(kube, sub.name, say, tracking, cluster.STUCK_GRACE if stuck_grace is None else stuck_grace)
+    if snap.gave_up:  # each blocker was said with its fix when first seen; the error line names the one
+        data = cluster.result(snap, target, None, None)
+        data["objects"] = [{"kind": c.kind, "name": c.name, "note": c.note} for c in created]
+        return data
     found, note = tracking.progress(sub.name)
     if snap.status == "failed":
         for line in cluster.diagnosis(kube, snap):

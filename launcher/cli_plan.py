@@ -19,7 +19,7 @@ import click
 @click.option("--auto-fit", is_flag=True,
               help="Also print what `launch submit --auto-fit` would change (the ladder's first rungs that fit).")
 def plan(spec: Path, overrides: tuple[str, ...], output: str, model_config: Path | None, auto_fit: bool) -> None:
-    """Estimate SPEC's peak memory per GPU and whether it fits H100 / A100 GPUs at 1-8 GPUs and its own layout."""
+    """Estimate SPEC's peak memory per GPU and whether it fits each catalog GPU at 1-8 GPUs and its own layout."""
     from launcher import client
     from launcher.plan import report, source
 

@@ -169,6 +169,19 @@ def with_template_date(spec: JobSpec, recorded: str | None = None) -> JobSpec:
     return spec.model_copy(update={"data": spec.data.model_copy(update={"template_date": day})})
 
 
+def export_params(spec: JobSpec, spec_dir: Path) -> int | None:
+    """The base model's parameter count, for sizing the export pod, when it is known here without a network
+    read (a catalogued hub id, a local folder or .gguf, the local Hugging Face cache); else None."""
+    if spec.export is None or resolve.is_remote(spec.base_model):
+        return None
+    from launcher.plan import source
+
+    try:
+        return source.architecture(spec, spec_dir).total_params
+    except UserError:
+        return None
+
+
 def prepare(
     spec_path: str | Path, overrides: Iterable[str] = (), local: bool = False, dry_run: bool = False,
     auto_fit: bool = False, spec: JobSpec | None = None, matrix_group: str = "", name: str | None = None,
@@ -215,7 +228,7 @@ def prepare(
     if auto_fit and (local or spec.resources.gpu == "none"):
         notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
     name = name or unique_name(spec.name)
-    values = chart_values(spec, name, port, matrix_group)
+    values = chart_values(spec, name, port, matrix_group, params=export_params(spec, spec_dir))
     if local:  # all pods share this machine's cores; each would otherwise take them all
         values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
         from launcher.backends.local import PREFLIGHT_TIMEOUT  # local pods start together: a short wait
@@ -269,7 +282,7 @@ def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequenc
         pods = plan(manifests, Path(tmp) / "training", cwd=Path.cwd())
         outcome = LocalRun(pods, out=out or sys.stdout, preempt=preempt).run()
         _raise_on_failure(sub, outcome, "")
-        if sub.spec.export is not None:  # on a cluster it runs beside training, waiting for _SUCCESS
+        if sub.spec.export is not None:  # suspended until training succeeded: on a cluster rank 0 starts it, here we do
             pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
             outcome = LocalRun(pods, out=out or sys.stdout, label="export").run()
             report = f"\n  the verification report: {sub.spec.output.uri}/export/verify.txt"

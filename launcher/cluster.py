@@ -3,6 +3,9 @@ job to its end (`--wait`), the failure diagnosis, and where its MLflow run is.
 
 Polling, every KUBETUNE_POLL_SECONDS (default 5): a line for each change of a pod's phase or
 reason and of the job's state, and every PROGRESS_EVERY polls a training progress line from MLflow.
+What keeps the job from starting (launcher/blockers.py: a full quota, an unschedulable pod, an image
+that cannot be pulled, a missing Secret) is said with its fix; once one has lasted the stuck grace
+(`--stuck-grace`, STUCK_GRACE by default) with nothing progressing, following stops (exit 1).
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from launcher.tracking_rest import Progress, TrackingUnreachable, progress
 if TYPE_CHECKING:
     from launcher.backends.kubeconfig import Target
     from launcher.backends.kubernetes import Cluster
+    from launcher.blockers import Blocker
     from launcher.client import Submission
     from trainer.spec import JobSpec
 
 POLL_SECONDS = 5.0
+STUCK_GRACE = 600.0  # seconds a blocker may last, with no scale-up or preemption under way, before --wait gives up
 PROGRESS_EVERY = 6
 LOG_TAIL = 200  # lines of a failed pod's log searched for the trainer's own diagnosis
 SHOWN_LOG_LINES = 10
@@ -143,9 +148,30 @@ def _describe(snap: Snapshot) -> dict[str, str]:
     return seen
 
 
-def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tracking | None) -> Snapshot:
-    """Poll until the submission succeeded or failed, saying what changes; Ctrl-C leaves it running."""
+def blocker_lines(b: Blocker, since: bool = True) -> list[str]:
+    """A blocker as `launch` prints it: what happened and where (and for how long), then the fix."""
+    from launcher.status import age
+
+    head = "waiting" if b.progressing else "not starting"
+    lasted = f" (for {age(b.since)})" if since and b.since else ""
+    return [f"{head}: {b.where}: {b.message}{lasted}", f"  fix: {b.fix}"]
+
+
+def seconds_text(seconds: float) -> str:
+    from launcher.status import duration
+
+    return f"{round(seconds, 1):g}s" if seconds < 120 else duration(seconds)
+
+
+def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tracking | None,
+           grace: float = STUCK_GRACE) -> Snapshot:
+    """Poll until the submission succeeded or failed, saying what changes; Ctrl-C leaves it running.
+
+    Also returns, with `gave_up` set, once a blocker (not a scale-up or a preemption under way) has lasted `grace`
+    seconds since this loop first saw it."""
     interval, seen, polls, last_progress = poll_seconds(), {}, 0, ""
+    told: dict[tuple[str, str], str] = {}  # (kind, where) of each blocker said -> its message then
+    stuck: dict[tuple[str, str], float] = {}  # (kind, where) -> when first seen, while nothing progresses
     try:
         while True:
             snap = gather(cluster, name)
@@ -154,7 +180,23 @@ def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tr
                 if seen.get(key) != line:
                     say(line)
             seen = now
+            for b in snap.blockers:
+                key = (b.kind, b.where)
+                if told.get(key) != b.message:
+                    head, fix = blocker_lines(b, since=False)
+                    say(head)
+                    if key not in told:
+                        say(fix)
+                    told[key] = b.message
             if snap.done:
+                return snap
+            clock = time.monotonic()
+            stuck = {key: stuck.get(key, clock) for key in ((b.kind, b.where) for b in snap.blockers
+                                                            if not b.progressing)}
+            if stuck and clock - min(stuck.values()) >= grace:
+                oldest = min(stuck, key=lambda k: stuck[k])
+                b = next(b for b in snap.blockers if (b.kind, b.where) == oldest)
+                snap.gave_up = f"{b.where}: {b.summary} for {seconds_text(clock - stuck[oldest])}"
                 return snap
             if tracking and snap.training == "running" and polls % PROGRESS_EVERY == 0:
                 found, _ = tracking.progress(name)
@@ -193,7 +235,10 @@ def diagnosis(cluster: Cluster, snap: Snapshot) -> list[str]:
         lines += [f"  {line}" for line in shown]
         flag = "--export" if p.component == "export" else f"--rank {p.rank}"
         lines.append(f"  the whole log: launch logs {snap.name} {flag} -n {snap.namespace}")
-    if snap.training == "failed" and snap.export not in (None, "succeeded", "failed"):
+    if snap.training == "failed" and snap.export == "waiting":
+        lines.append(f"the export Job stays suspended (no pod) and goes with the training Job after its TTL: "
+                     f"`launch cancel {snap.name} -n {snap.namespace}` deletes both now")
+    elif snap.training == "failed" and snap.export not in (None, "succeeded", "failed"):
         lines.append(f"the export Job waits for training's _SUCCESS marker until its deadline: "
                      f"`launch cancel {snap.name} -n {snap.namespace}` stops it")
     return lines
@@ -214,4 +259,7 @@ def result(snap: Snapshot, target: Target, found: Progress | None, note: str | N
     elif note:
         data["mlflow"] = {"unavailable": note}
     data["pods"] = snap.to_dict()["pods"]
+    data["blocked"] = snap.to_dict()["blocked"]
+    if snap.gave_up:
+        data["gave_up"] = snap.gave_up
     return data

@@ -4,7 +4,8 @@ Plain functions over the API's own dicts (what `kubectl get -o json` shows). A s
 training Job named after it (or a JobSet, when the chart rendered one), an optional `<name>-export`
 Job, and their pods, all labelled `kubetune.dev/submission=<name>` by the chart. States, the same
 words in tables and in JSON: pending, queued (suspended by Kueue), suspended, running, succeeded,
-failed.
+failed; the export Job also: waiting (suspended until training succeeds, when rank 0 starts it),
+not started (training succeeded but the export is still suspended: blockers.py says how to start it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from launcher.errors import UserError
 
 if TYPE_CHECKING:
     from launcher.backends.kubernetes import Cluster
+    from launcher.blockers import Blocker
 
 PART_OF = "app.kubernetes.io/part-of=kubetune"
 SUBMISSION = "kubetune.dev/submission"
@@ -50,6 +52,14 @@ def state(obj: dict[str, Any]) -> str:
     return "pending"
 
 
+def export_state(export: dict[str, Any], training: str) -> str:
+    """The export Job's state beside the training's: it waits, suspended, until training has succeeded."""
+    found = state(export)
+    if found == "suspended":
+        return "not started" if training == "succeeded" else "waiting"
+    return found
+
+
 def completions(obj: dict[str, Any]) -> str:
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     if obj.get("kind") == "JobSet" or "replicatedJobs" in spec:
@@ -62,7 +72,8 @@ def completions(obj: dict[str, Any]) -> str:
 def age(timestamp: str | None, now: datetime | None = None) -> str:
     if not timestamp:
         return "-"
-    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    then = datetime.fromisoformat(timestamp)  # `...Z`, or an event's MicroTime (`...123456Z`)
+    then = then if then.tzinfo else then.replace(tzinfo=UTC)
     return duration(((now or datetime.now(UTC)) - then).total_seconds())
 
 
@@ -146,6 +157,8 @@ class Snapshot:
     completions: str
     export: str | None  # the export Job's state; None when the spec has no export
     pods: list[Pod] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)  # what keeps it from starting (launcher/blockers.py)
+    gave_up: str | None = None  # `submit --wait` stopped waiting on a blocker: why, in one line
 
     @property
     def status(self) -> str:
@@ -163,7 +176,8 @@ class Snapshot:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "namespace": self.namespace, "status": self.status, "spec_name": self.spec_name,
                 "created": self.created, "training": self.training, "completions": self.completions,
-                "export": self.export, "pods": [asdict(p) for p in self.pods]}
+                "export": self.export, "pods": [asdict(p) for p in self.pods],
+                "blocked": [asdict(b) for b in self.blockers]}
 
 
 def not_found(cluster: Cluster, name: str) -> UserError:
@@ -195,13 +209,20 @@ def jobset(cluster: Cluster, name: str) -> dict[str, Any] | None:
 
 
 def gather(cluster: Cluster, name: str) -> Snapshot:
+    """The submission now; until it has ended, also what keeps it from starting (events read only then)."""
+    from launcher.blockers import find
+
     owner = workload(cluster, name)
     export = cluster.get("Job", f"{name}-export")
-    pods = sorted((pod(p) for p in cluster.list("Pod", f"{SUBMISSION}={name}")),
+    raw = cluster.list("Pod", f"{SUBMISSION}={name}")
+    pods = sorted((pod(p) for p in raw),
                   key=lambda p: (p.component != "training", p.rank if p.rank is not None else -1, p.name))
     meta = owner["metadata"]
-    return Snapshot(name, cluster.namespace, labels(owner).get(SPEC_NAME, ""), meta.get("creationTimestamp", ""),
-                    state(owner), completions(owner), state(export) if export else None, pods)
+    snap = Snapshot(name, cluster.namespace, labels(owner).get(SPEC_NAME, ""), meta.get("creationTimestamp", ""),
+                    state(owner), completions(owner), export_state(export, state(owner)) if export else None, pods)
+    if not snap.done:
+        snap.blockers = find(cluster, owner, export, raw)
+    return snap
 
 
 def pod_for(cluster: Cluster, name: str, component: str, rank: int) -> dict[str, Any]:
@@ -214,8 +235,12 @@ def pod_for(cluster: Cluster, name: str, component: str, rank: int) -> dict[str,
         return max(found, key=lambda p: p["metadata"].get("creationTimestamp", ""))
     where = f"{cluster.namespace}/{name}"
     if component == "export":
-        if cluster.get("Job", f"{name}-export") is None:
+        export = cluster.get("Job", f"{name}-export")
+        if export is None:
             raise UserError(f"submission {where} has no export Job (its spec has no export section)")
+        if export_state(export, state(owner)) == "waiting":
+            raise UserError(f"the export Job of {where} has not started: it waits, suspended, until training has "
+                            f"succeeded (rank 0 starts it); no log yet: `launch status {name}` shows where training is")
         raise UserError(f"the export Job of {where} has no pod (yet): `launch status {name}` shows why")
     nodes = int((owner.get("spec") or {}).get("completions") or 0)
     if owner.get("kind") == "Job" and nodes and rank >= nodes:
@@ -229,3 +254,33 @@ def _no_pod(owner: dict[str, Any], where: str, name: str, rank: int) -> UserErro
         return UserError(f"submission {where} is {st}: no pods yet")
     return UserError(f"submission {where} ({st}) has no pod for rank {rank} (pods are deleted with the Job after its "
                     f"TTL): `launch status {name}` shows what is left")
+
+
+PREFLIGHT_RUNNING = "init container preflight: running"
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ",".join(map(str, sorted(ranks)))
+
+
+def gang_line(snap: Snapshot) -> str | None:
+    """A multi-node job partly started: `ranks 2,3 pending: <why>; ranks 0,1 waiting in preflight for them`.
+
+    Ranks whose `preflight` init container runs wait for the others (trainer/preflight); each other
+    rank still Pending is named with what holds it: its blocker (launcher/blockers.py) or its pod's reason.
+    """
+    training = [p for p in snap.pods if p.component == "training" and p.rank is not None]
+    waiting = sorted({p.rank for p in training if p.phase == "Pending" and p.reason == PREFLIGHT_RUNNING})
+    if not waiting:
+        return None
+    why: dict[str, list[int]] = {}
+    for p in training:
+        if p.phase != "Pending" or p.rank in waiting:
+            continue
+        blocker = next((b for b in snap.blockers if b.where.startswith(f"rank {p.rank} (")), None)
+        text = blocker.message if blocker else (p.reason or "not started yet")
+        why.setdefault(text, []).append(p.rank)
+    if not why:
+        return None
+    held = "; ".join(f"{_ranks(ranks)} pending: {text}" for text, ranks in why.items())
+    return f"{held}; {_ranks(waiting)} waiting in preflight for them"

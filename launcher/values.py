@@ -11,11 +11,14 @@ from trainer.strategy import accelerate_config_yaml, process_env
 DEFAULT_PORT = 29500
 
 
-def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT, matrix_group: str = "") -> dict[str, Any]:
+def chart_values(
+    spec: JobSpec, job_name: str, port: int = DEFAULT_PORT, matrix_group: str = "", params: int | None = None
+) -> dict[str, Any]:
     """Values for `helm template`; `spec` is the resolved spec exactly as the pods will read it, and
-    `matrix_group` the label its matrix's jobs share (trainer.matrix.group), if it is one of them."""
+    `matrix_group` the label its matrix's jobs share (trainer.matrix.group), if it is one of them.
+    `params`: the base model's parameter count when known (sizes the export pod), else None.
+    Requests only: the chart sets each pod's cpu, memory and ephemeral-storage limits equal to them."""
     res = spec.resources
-    requests = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
     job: dict[str, Any] = {
         "name": job_name,
         "specName": spec.name,
@@ -30,9 +33,10 @@ def chart_values(spec: JobSpec, job_name: str, port: int = DEFAULT_PORT, matrix_
         "spec": dump_spec(spec),
         "accelerateConfig": accelerate_config_yaml(spec),
         "gpu": {"type": res.gpu, "perNode": 0 if res.gpu == "none" else res.gpus_per_node},
-        "resources": {"requests": requests} if requests else {},
+        "resources": {"requests": res.requests()},
         "shmSize": res.shm_size,
         "env": process_env(spec),
-        "export": {"enabled": spec.export is not None},
+        "export": {"enabled": False} if spec.export is None else {
+            "enabled": True, "resources": {"requests": spec.export.requests(params, spec.model.dtype)}},
         "scheduling": {"queueName": res.queue or ""},
     }

@@ -15,6 +15,8 @@ from launcher.status import (
     Snapshot,
     age,
     completions,
+    export_state,
+    gang_line,
     labels,
     state,
 )
@@ -37,14 +39,15 @@ def groups(cluster: Cluster, all_namespaces: bool) -> list[dict[str, Any]]:
     except ApiError as e:  # no right to read JobSets: then launch cannot have created any for this user
         if e.code != 403:
             raise
-    exports = {(j["metadata"]["namespace"], labels(j).get(SUBMISSION)): state(j)
+    exports = {(j["metadata"]["namespace"], labels(j).get(SUBMISSION)): j
                for j in cluster.list("Job", f"{PART_OF},{COMPONENT}=export", all_namespaces)}
     found: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for w in workloads:
         meta, lab = w["metadata"], labels(w)
         name, ns = meta["name"], meta.get("namespace", cluster.namespace)
+        export = exports.get((ns, lab.get(SUBMISSION, name)))
         snap = Snapshot(name, ns, lab.get(SPEC_NAME, ""), meta.get("creationTimestamp", ""), state(w),
-                        completions(w), exports.get((ns, lab.get(SUBMISSION, name))))
+                        completions(w), export_state(export, state(w)) if export else None)
         key = ("matrix", lab[MATRIX]) if lab.get(MATRIX) else ("spec", snap.spec_name or name)
         found.setdefault(key, []).append({
             "name": name, "namespace": ns, "status": snap.status, "training": snap.training,
@@ -68,7 +71,7 @@ def list_table(found: list[dict[str, Any]], all_namespaces: bool, namespace: str
 
 
 def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> list[str]:
-    from launcher.cluster import progress_line
+    from launcher.cluster import blocker_lines, progress_line
 
     parts = f"training {snap.training} {snap.completions}" + (f", export {snap.export}" if snap.export else "")
     lines = [f"name:       {snap.name}", f"namespace:  {snap.namespace}", f"spec:       {snap.spec_name or '-'}",
@@ -76,7 +79,13 @@ def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> li
     rows = [[p.rank if p.component == "training" else p.component, p.name, p.phase, p.restarts, p.node, p.reason]
             for p in snap.pods]
     lines += columns(["RANK", "POD", "PHASE", "RESTARTS", "NODE", "REASON"], rows) if rows else ["no pods"]
+    if gang := gang_line(snap):  # some ranks wait in the preflight for others still Pending
+        lines += ["", gang]
     lines.append("")
+    for b in snap.blockers:  # why it does not start, with the fix
+        lines += blocker_lines(b)
+    if snap.blockers:
+        lines.append("")
     if found:
         lines += [f"MLflow run {found.run_id} ({found.run_status}) at {found.tracking_uri}",
                   f"  {progress_line(found)}"]

@@ -8,6 +8,7 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 CACHE=${KUBETUNE_CACHE:-.cache}
 LLAMA_CPP_PYTHON=0.3.36   # the one pinned llama.cpp: converter, quantizer and verifier
+CHECKOV=3.3.30            # the Kubernetes scanner tests/chart/test_checkov.py runs over the chart
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -27,6 +28,13 @@ step "kubetune and its pinned stack (constraints.txt)"
 
 step "helm"
 "$VENV/bin/python" scripts/install_helm.py --bin-dir "$VENV/bin"
+
+# its own environment: checkov pins libraries of its own that the training stack must not share
+step "checkov $CHECKOV (in $CACHE/checkov)"
+if [ "$("$CACHE/checkov/bin/checkov" --version 2>/dev/null)" != "$CHECKOV" ]; then
+  "$PY" -m venv "$CACHE/checkov"
+  "$CACHE/checkov/bin/python" -m pip install --quiet "checkov==$CHECKOV"
+fi
 
 step "llama.cpp $LLAMA_CPP_PYTHON resources (tokenizers, chat templates, converter)"
 "$VENV/bin/python" scripts/fetch_llama_cpp.py --version "$LLAMA_CPP_PYTHON" --dest "$CACHE/llama.cpp"

@@ -5,6 +5,8 @@
                                                    or FSDP shards) + kubetune_state.json (data position of every
                                                    rank, MLflow run id, counters)
     <output>/checkpoints/latest.json              the manifest, written LAST
+    <output>/checkpoints/restarts.json            the job's starts, counted by rank 0 (`count_start`): a job
+                                                   restarts at most `resources.max_restarts` times
 
 A checkpoint exists only when the manifest names it: its files are uploaded first, then the
 manifest is replaced in one write (an `os.replace` for a folder, one PUT for S3, which S3 makes
@@ -34,6 +36,7 @@ FORMAT = 1
 FOLDER = "checkpoints"
 MANIFEST = "latest.json"
 STATE = "kubetune_state.json"  # written by rank 0 into every checkpoint
+RESTARTS = "restarts.json"  # {"job_name", "starts"}: how often this job started (rank 0, at each start)
 CHUNK = 1 << 20
 
 
@@ -120,6 +123,25 @@ def write_manifest(output: str, manifest: Manifest) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+# -- restarts ------------------------------------------------------------------------------
+def count_start(output: str, job_name: str) -> int:
+    """Record one more start of `job_name` in `<output>/checkpoints/restarts.json`; returns its starts so far,
+    this one included (1: the first). Another job's record (an earlier submission to the same output) is replaced."""
+    uri = storage.join(folder(output), RESTARTS)
+    starts = 0
+    if storage.exists(uri):
+        try:
+            raw = json.loads(storage.read_text(uri))
+            if raw.get("job_name") == job_name:
+                starts = int(raw.get("starts", 0))
+        except (ValueError, TypeError, AttributeError):
+            starts = 0  # unreadable: counted afresh
+    starts += 1
+    record = {"job_name": job_name, "starts": starts, "last_start": datetime.now(UTC).isoformat(timespec="seconds")}
+    storage.write_text(uri, json.dumps(record, indent=2) + "\n")
+    return starts
 
 
 # -- writing -------------------------------------------------------------------------------

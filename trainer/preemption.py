@@ -11,6 +11,12 @@ launch` and torchrun turn a worker's exit code into 1, so each rank also writes 
 `$KUBETUNE_EXIT_DIR/rank-<RANK>`, and the supervisor exits with it. The chart's podFailurePolicy
 restarts pods that exit with `EXIT_PREEMPTED` without counting a failure, and fails the Job at once
 on `EXIT_USER_ERROR`.
+
+Only a pod that was itself told to stop (SIGTERM: preemption, eviction, node drain, cancel) exits
+`EXIT_PREEMPTED`, and a job resumes at most `resources.max_restarts` times (`trainer.checkpoint`
+counts the starts). A collective that fails while this pod was not told to stop (a peer pod
+crashed or vanished, an NCCL error, a timeout) exits `EXIT_PEER_LOST`, which the Job counts
+against `job.backoffLimit`: a deterministic NCCL failure ends the Job instead of restarting forever.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 EXIT_USER_ERROR = 2  # bad spec, data or model: a retry cannot help
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after writing a checkpoint; a restart resumes
+EXIT_PEER_LOST = 76  # EX_PROTOCOL: a collective failed, this pod not told to stop; counted against job.backoffLimit
 EXIT_DIR = "KUBETUNE_EXIT_DIR"
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
@@ -50,6 +57,15 @@ def peer_lost(error: BaseException) -> bool:
     except ImportError:  # torch built without distributed
         DistError = ()  # noqa: N806
     return isinstance(error, DistError) or any(m in str(error) for m in PEER_LOST)
+
+
+def peer_lost_diagnosis(error: BaseException, rank: int | str, job: str | None = None) -> str:
+    """The `[kubetune] error:` line of a rank whose collective failed while its pod was not told to stop."""
+    first = (str(error).splitlines() or [""])[0][:300]
+    job = job or os.environ.get("KUBETUNE_JOB_NAME") or "JOB"
+    return (f"rank {rank} lost its peers: {type(error).__name__}: {first}; a peer pod crashed or was deleted, or the "
+            f"network (NCCL) failed. Exiting {EXIT_PEER_LOST}, a failure the Job counts against job.backoffLimit; the "
+            f"pod that failed first has the cause in its log: launch logs {job} --rank N (N: its node index)")
 
 
 def report_exit(code: int) -> None:

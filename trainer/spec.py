@@ -14,11 +14,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainer.spec_base import Section
+from trainer.spec_base import GiB, Section, gibibytes, quantity, quantity_value
 from trainer.spec_export import ExportSpec
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 40  # leaves room for the per-submission suffix and the pod index in a 63-char label
+# Default requests of a training pod (resources.requests()): sized to fit the 8-GPU nodes of the clouds
+# (96 vCPUs and 680 GB or more on A100 and H100 instance types, less the node's own reservations).
+CPU_PER_GPU = 8
+MEMORY_PER_GPU_GIB = 48
+GPU_EPHEMERAL_GIB = 200
+CPU_JOB_CPU = 4
+CPU_JOB_MEMORY_GIB = 8
+CPU_JOB_EPHEMERAL_GIB = 20
 
 
 class ModelSpec(Section):
@@ -263,14 +271,41 @@ class TrainingSpec(Section):
 
 
 class ResourcesSpec(Section):
-    gpu: Literal["h100", "a100", "any", "none"] = Field(
-        "h100", description="GPU type per node, or `none` for a CPU-only job (laptops, tests)."
+    gpu: Literal["h100", "h200", "b200", "a100", "l40s", "a10g", "any", "none"] = Field(
+        "h100",
+        description="GPU type per node (`any`: any node with `nvidia.com/gpu`), or `none` for a CPU-only job "
+        "(laptops, tests). The kinds are `launch plan`'s GPU catalog (launcher/plan/fit.py).",
     )
     gpus_per_node: int = Field(8, ge=1, le=16, description="GPUs per node (one process each). Ignored when `gpu: none`.")
     nodes: int = Field(1, ge=1, le=512, description="Nodes (pods) of the job.")
-    cpu: str | None = Field(None, description="CPU request per pod, e.g. `32`.")
-    memory: str | None = Field(None, description="Memory request per pod, e.g. `400Gi`.")
-    shm_size: str = Field("16Gi", description="Size of the memory-backed `/dev/shm` per pod.")
+    cpu: str | None = Field(
+        None,
+        description=f"CPU request per pod, e.g. `32`; the chart sets the limit to the same (Guaranteed QoS: a quota "
+        f"on `limits.cpu` admits the pod, the static CPU manager gives it whole cores). Unset: {CPU_PER_GPU} per GPU, "
+        f"{CPU_JOB_CPU} for a CPU job.",
+    )
+    memory: str | None = Field(
+        None,
+        description=f"Memory request per pod, e.g. `400Gi`, and its limit (a pod over it is OOM-killed). It must "
+        f"hold `shm_size` too: `/dev/shm` is memory and counts against the limit. Unset: {MEMORY_PER_GPU_GIB}Gi per "
+        f"GPU (loading the model's shards, data workers) plus `shm_size`; {CPU_JOB_MEMORY_GIB}Gi plus `shm_size` for "
+        "a CPU job.",
+    )
+    ephemeral_storage: str | None = Field(
+        None,
+        description="Local disk per pod (`ephemeral-storage` request and limit): the base model's download in "
+        "`/cache`, checkpoints staged in `/tmp` before they are uploaded. A pod over it is evicted. Unset: "
+        f"{GPU_EPHEMERAL_GIB}Gi for a GPU job, {CPU_JOB_EPHEMERAL_GIB}Gi for a CPU job.",
+    )
+    shm_size: str = Field("16Gi", description="Size of the memory-backed `/dev/shm` per pod (part of `memory`).")
+    max_restarts: int = Field(
+        10,
+        ge=0,
+        le=1000,
+        description="Restarts a job may have (preemptions, evictions, node drains, retried failures; each start "
+        "after the first counts, recorded in `<output>/checkpoints/restarts.json`); one more fails the job with exit "
+        "2. Raise it to resume such a job: `launch submit --resume NAME --set resources.max_restarts=N`.",
+    )
     queue: str | None = Field(
         None,
         description="Kueue LocalQueue the job is submitted to (the `kueue.x-k8s.io/queue-name` label); unset: "
@@ -291,6 +326,36 @@ class ResourcesSpec(Section):
     @property
     def world_size(self) -> int:
         return self.nodes * self.processes_per_node
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: object) -> str | None:
+        if isinstance(v, int | float) and not isinstance(v, bool):  # `cpu: 32`, `--set resources.cpu=32`
+            v = f"{v:g}"
+        return quantity(v, "`32` or `500m`")
+
+    @field_validator("memory", "ephemeral_storage", "shm_size")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        return quantity(v, "`400Gi`")
+
+    @model_validator(mode="after")
+    def _memory_holds_shm(self) -> ResourcesSpec:
+        if self.memory and quantity_value(self.memory) <= quantity_value(self.shm_size):
+            raise ValueError(f"resources.memory ({self.memory}) is not more than resources.shm_size "
+                             f"({self.shm_size}): /dev/shm is memory and counts against the pod's memory limit; "
+                             "raise resources.memory or lower resources.shm_size")
+        return self
+
+    def requests(self) -> dict[str, str]:
+        """Requests of each training pod (the chart sets limits equal to them): the spec's, else the defaults
+        its field descriptions state."""
+        gpus = 0 if self.gpu == "none" else self.gpus_per_node
+        cpu = str(CPU_PER_GPU * gpus) if gpus else str(CPU_JOB_CPU)
+        memory = (MEMORY_PER_GPU_GIB * gpus if gpus else CPU_JOB_MEMORY_GIB) * GiB + quantity_value(self.shm_size)
+        disk = GPU_EPHEMERAL_GIB if gpus else CPU_JOB_EPHEMERAL_GIB
+        return {"cpu": self.cpu or cpu, "memory": self.memory or gibibytes(memory),
+                "ephemeral-storage": self.ephemeral_storage or f"{disk}Gi"}
 
 
 class TrackingSpec(Section):

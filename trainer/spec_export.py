@@ -11,7 +11,7 @@ import warnings
 
 from pydantic import Field, field_validator
 
-from trainer.spec_base import Section
+from trainer.spec_base import GiB, Section, gibibytes, quantity
 
 
 class GateSpec(Section):
@@ -79,6 +79,49 @@ class ImatrixSpec(Section):
     )
 
 
+# Default export requests (ExportSpec.requests), and the bytes per parameter of what it holds.
+EXPORT_CPU = 8
+EXPORT_MEMORY_GIB = 64
+EXPORT_EPHEMERAL_GIB = 150
+EXPORT_MIN_MEMORY_GIB = 16
+EXPORT_HEADROOM_GIB = 8
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class ExportResourcesSpec(Section):
+    """Requests of the export pod; the chart sets its limits to the same. Unset fields are sized from the base model
+    when `launch` can tell its parameter count (a catalogued hub id, a local folder or the local Hugging Face cache;
+    `launch plan` reads the same), else fixed defaults for a model of up to about 14B parameters."""
+
+    cpu: str | None = Field(None, description=f"CPU request (and limit). Unset: {EXPORT_CPU} (the quantizer and "
+                            "the verification use every core they get).")
+    memory: str | None = Field(
+        None,
+        description="Memory request (and limit). Unset: two copies of the model in `model.dtype` (the merge, then "
+        f"the merged model next to the GGUF in verification) plus {EXPORT_HEADROOM_GIB}Gi, at least "
+        f"{EXPORT_MIN_MEMORY_GIB}Gi; {EXPORT_MEMORY_GIB}Gi when the parameter count is unknown.",
+    )
+    ephemeral_storage: str | None = Field(
+        None,
+        description="Local disk (`ephemeral-storage` request and limit) for the base model's download, the merged "
+        "model, the float GGUF and every quantized GGUF. Unset: their sizes from the parameter count plus "
+        f"{EXPORT_HEADROOM_GIB}Gi; {EXPORT_EPHEMERAL_GIB}Gi when it is unknown. A model larger than a node's disk "
+        "needs a node pool with larger local disks (`export.nodeSelector` in the chart).",
+    )
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: object) -> str | None:
+        if isinstance(v, int | float) and not isinstance(v, bool):  # `cpu: 32`, `--set resources.cpu=32`
+            v = f"{v:g}"
+        return quantity(v, "`8` or `500m`")
+
+    @field_validator("memory", "ephemeral_storage")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        return quantity(v, "`64Gi`")
+
+
 # `export.register` is the name users write (DESIGN.md); pydantic only notes that it shadows
 # ABCMeta.register, which no spec instance uses.
 warnings.filterwarnings("ignore", message='Field name "register" in "ExportSpec"', category=UserWarning)
@@ -106,7 +149,33 @@ class ExportSpec(Section):
                          "`data.system_prompt`, or a `data.template.system` without placeholders) next to each GGUF.")
     lmstudio_publisher: str | None = Field(None, description="Also lay the GGUFs out for LM Studio as "
                                            "`lmstudio/<publisher>/<name>/<file>.gguf`.")
-    wait_minutes: int = Field(1440, ge=1, description="How long the export job waits for training's `_SUCCESS`.")
+    wait_minutes: int = Field(
+        0, ge=0,
+        description="How long the export job waits for training's `_SUCCESS` (0: as long as it takes, so an export "
+        "whose training queues for days still runs; it logs a line every few minutes while it waits). Training's "
+        "`_FAILED` ends the wait at once either way.",
+    )
+    resources: ExportResourcesSpec = Field(
+        default_factory=ExportResourcesSpec,
+        description="Requests of the export pod (limits equal to them; no GPU): it merges, converts and verifies on "
+        "CPU.",
+    )
+
+    def requests(self, params: int | None, dtype: str) -> dict[str, str]:
+        """Requests of the export pod: `resources`' own, else sized from the base model's parameter count (None:
+        unknown) in `dtype` (model.dtype), as ExportResourcesSpec's field descriptions state."""
+        from trainer.export.quants import QUANTS
+
+        res, weights = self.resources, DTYPE_BYTES[dtype]
+        memory, disk = f"{EXPORT_MEMORY_GIB}Gi", f"{EXPORT_EPHEMERAL_GIB}Gi"
+        if params:
+            memory = gibibytes(max(2 * weights * params + EXPORT_HEADROOM_GIB * GiB, EXPORT_MIN_MEMORY_GIB * GiB))
+            # the download and the merged model in the dtype, the float GGUF (f16/bf16), each type asked for
+            per_param = 2 * weights + 2 + sum(QUANTS[q].bits / 8 for q in self.gguf if QUANTS[q].step == "quantize")
+            per_param += sum(QUANTS[q].bits / 8 for q in self.gguf if q == "f32")
+            disk = gibibytes(per_param * params + EXPORT_HEADROOM_GIB * GiB)
+        return {"cpu": res.cpu or str(EXPORT_CPU), "memory": res.memory or memory,
+                "ephemeral-storage": res.ephemeral_storage or disk}
 
     @field_validator("gguf")
     @classmethod

@@ -15,7 +15,9 @@ failure policy could not tell a preemption (exit 75) from a crash. What it does 
   session of its own, out of reach of a process-group signal), so every rank of the pod sees it
   and stops at the next step boundary with a checkpoint (trainer/preemption.py);
 - exits with the code the ranks reported in `$KUBETUNE_EXIT_DIR` (a user error, 2, wins over a
-  preemption, 75), else with the command's own code.
+  preemption, 75, which wins over a lost peer, 76), else with the command's own code; a pod that got
+  SIGTERM and failed otherwise exits 75 too (it was told to stop: a restart resumes), one that did not
+  never does (trainer/preemption.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from trainer.preemption import EXIT_DIR, EXIT_PREEMPTED, EXIT_USER_ERROR
+from trainer.preemption import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"  # torchrun's default minus SIGTERM
 
@@ -45,11 +47,17 @@ def reported(folder: Path) -> list[int]:
     return codes
 
 
-def exit_code(command_code: int, ranks: list[int]) -> int:
-    """The pod's exit code from the command's and the ranks' own."""
+def exit_code(command_code: int, ranks: list[int], signalled: bool = False) -> int:
+    """The pod's exit code from the command's and the ranks' own; `signalled`: the pod got SIGTERM."""
     if command_code == 0:
         return 0
-    for code in (EXIT_USER_ERROR, EXIT_PREEMPTED):
+    if EXIT_USER_ERROR in ranks:
+        return EXIT_USER_ERROR
+    if signalled and EXIT_PREEMPTED not in ranks:  # told to stop (preemption, drain, cancel): a restart resumes
+        print(f"[kubetune] the ranks ended with code {command_code} after SIGTERM: exiting {EXIT_PREEMPTED} "
+              "(stopped; a restart resumes from the latest checkpoint)", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    for code in (EXIT_PREEMPTED, EXIT_PEER_LOST):  # 75 unsignalled: another pod got SIGTERM, every rank checkpointed
         if code in ranks:
             return code
     return command_code if command_code > 0 else 128 - command_code  # killed by a signal: 128 + N, as a shell
@@ -84,7 +92,7 @@ class Supervisor:
             print(f"[kubetune] error: {self.argv[0]} is not installed in this image", file=sys.stderr, flush=True)
             return 127
         code = proc.wait()
-        return exit_code(code, reported(folder))
+        return exit_code(code, reported(folder), self.forwarded)
 
 
 def _ignore_sigterm() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
-from trainer import checkpoint, preemption, resume, storage, template_date
+from trainer import checkpoint, preemption, resume, start_export, storage, template_date
 from trainer import model as models
 from trainer import samples as sampling
 from trainer.data import Collator, DataError, build_dataset
@@ -77,6 +77,7 @@ class FineTune:
             for marker in ("_SUCCESS", "_FAILED"):
                 if storage.exists(storage.join(self.output, marker)):
                     storage.remove(storage.join(self.output, marker))
+        self._count_start()
         self._find_checkpoint()
         remote = storage.is_remote(self.output)
         run_id = self.resume.state.get("run_id") if self.resume else None
@@ -84,6 +85,22 @@ class FineTune:
                                run_id=run_id, resumed_step=self.resume.step if self.resume else None)
         note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
         self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
+
+    def _count_start(self) -> None:
+        """Rank 0 records this start (trainer/checkpoint.py); past `resources.max_restarts` restarts every rank stops
+        with exit 2, which fails the Job: preemptions are replaced without counting, so this is their bound."""
+        starts = max(resume.gather(checkpoint.count_start(self.output, self.name) if self.main else 0))
+        restarts, budget = starts - 1, self.spec.resources.max_restarts
+        if restarts > budget:
+            raise resume.ResumeError(
+                f"job {self.name} has restarted {restarts} times (preemptions, evictions, node drains, retried "
+                f"failures: {storage.join(checkpoint.folder(self.output), checkpoint.RESTARTS)}), more than "
+                f"resources.max_restarts = {budget}; exiting {preemption.EXIT_USER_ERROR}, which fails the Job. The "
+                f"logs say why it kept stopping (launch logs {self.name}); to go on, resume it with a larger budget: "
+                f"launch submit --resume {self.name} --set resources.max_restarts=N"
+            )
+        if restarts:
+            self.say(f"restart {restarts} of at most {budget} (resources.max_restarts)")
 
     def _find_checkpoint(self) -> None:
         """Resume when the output's checkpoints are this job's; fetch the latest good one to every node."""
@@ -302,6 +319,7 @@ class FineTune:
             storage.publish_dir(self.work / "mlflow", storage.join(self.output, "mlflow"))
         storage.write_text(storage.join(self.output, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
         self.say(f"wrote {len(files)} files and _SUCCESS to {self.output}")
+        start_export.start()  # the chart's suspended export Job, when there is one (never fails training)
         self.say(f"MLflow run {tracker.run_id} — tracking URI {tracker.uri}")
         return marker
 
@@ -363,10 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         if not preemption.peer_lost(e):
             error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
             raise
-        # Another rank is gone (its node lost or its pod killed): a restart resumes from the last checkpoint.
-        job.preempted, ok, code = True, True, preemption.EXIT_PREEMPTED
-        print(f"[kubetune] error: another rank is gone ({str(e).splitlines()[0][:300]}); stopping so that the job "
-              "restarts from its last checkpoint", file=sys.stderr)
+        if job.signals.received is not None:  # this pod was told to stop too: a preemption, not counted
+            job.preempted, ok, code = True, True, preemption.EXIT_PREEMPTED
+            print(f"[kubetune] rank {job.rank}: a collective failed after SIGTERM ({str(e).splitlines()[0][:300]}); "
+                  "stopping: the job resumes from its last checkpoint when restarted", file=sys.stderr)
+        else:  # a peer crashed or vanished, NCCL failed, a timeout: counted against job.backoffLimit
+            # ok: no `_FAILED`, the Job may retry (and resume from the last checkpoint)
+            job.preempted, ok, code = True, True, preemption.EXIT_PEER_LOST
+            print(f"[kubetune] error: {preemption.peer_lost_diagnosis(e, job.rank, job.name)}", file=sys.stderr)
     finally:
         job.cleanup(ok, None if ok else error)
         if ok or code == preemption.EXIT_USER_ERROR:

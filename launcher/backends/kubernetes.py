@@ -49,6 +49,11 @@ KINDS = {
         Kind("Pod", "v1", "pods", "pod"),
         Kind("Job", "batch/v1", "jobs", "job"),
         Kind("JobSet", "jobset.x-k8s.io/v1alpha2", "jobsets", ""),
+        # the export Job's starter (charts/kubetune/templates/rbac.yaml): through the generic path, as a JobSet
+        Kind("Role", "rbac.authorization.k8s.io/v1", "roles", ""),
+        Kind("RoleBinding", "rbac.authorization.k8s.io/v1", "rolebindings", ""),
+        Kind("NetworkPolicy", "networking.k8s.io/v1", "networkpolicies", ""),  # networkPolicy.enabled
+        Kind("Event", "v1", "events", "event"),  # read only: why a Job makes no pods, why a pod does not start
     )
 }
 
@@ -122,8 +127,10 @@ class Cluster:
                 return None
             raise
 
-    def list(self, kind_name: str, selector: str = "", all_namespaces: bool = False) -> list[dict[str, Any]]:
-        """Objects matching the label selector, in this namespace or in all; a custom kind whose CRD is missing: []."""
+    def list(self, kind_name: str, selector: str = "", all_namespaces: bool = False,
+             fields: str = "") -> list[dict[str, Any]]:
+        """Objects matching the label selector (and `fields`, a field selector), in this namespace or in all; a
+        custom kind whose CRD is missing: []."""
         kind = kind_of(kind_name)
         call = self._what("list", kind, all_namespaces=all_namespaces)
         api = self.batch if kind.group == "batch" else self.core
@@ -137,7 +144,8 @@ class Cluster:
             fn = self.custom.list_namespaced_custom_object
             args = (kind.group, kind.version, self.namespace, kind.plural)
         try:
-            return self._json(call, fn, *args, label_selector=selector)["items"]
+            extra = {"field_selector": fields} if fields else {}
+            return self._json(call, fn, *args, label_selector=selector, **extra)["items"]
         except ApiError as e:
             if e.code == 404 and not kind.method:
                 return []

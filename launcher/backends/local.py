@@ -7,7 +7,10 @@ in a cluster is mapped onto this machine:
 - host names `<anything>.<service>` of the Job's headless Service -> 127.0.0.1;
 - configMap volumes -> files in a temp folder, emptyDirs -> empty temp folders; their mount
   paths are rewritten wherever they appear in args and env values;
-- this interpreter's bin folder goes first on PATH, so `accelerate` and `python` are the venv's.
+- this interpreter's bin folder goes first on PATH, so `accelerate` and `python` are the venv's;
+- the ServiceAccount token (a projected volume) and `KUBETUNE_EXPORT_JOB`, with which rank 0
+  starts the suspended export Job on a cluster, are left out: there is no API server here, and
+  the runner itself starts the export once training has succeeded (launcher/client.py run_local).
 
 Init containers (the rendezvous `preflight`) run before the pods' containers: the i-th init
 container of every pod at once, since they rendezvous with each other, and a pod's container only
@@ -42,6 +45,7 @@ INHERITED_BLOCKLIST = {
     "MASTER_PORT",
 }
 INHERITED_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
+CLUSTER_ONLY_ENV = ("KUBETUNE_EXPORT_JOB", "KUBETUNE_EXPORT_QUEUE")  # the trainer starts no export Job here
 # The chart points these at the pod's emptyDir, because a container's root fs is read-only. On this
 # machine the user's own home and caches are better: credentials (~/.aws, the HF token) are found,
 # a hub model is downloaded once, and DeepSpeed's compiled ops are reused across runs.
@@ -111,6 +115,8 @@ def _volumes(pod_spec: dict[str, Any], manifests: list[dict[str, Any]], root: Pa
     dirs: dict[str, Path] = {}
     for vol in pod_spec.get("volumes", []):
         name = vol["name"]
+        if _api_token(vol):  # the Kubernetes API's token: nothing to talk to here (its mount is left out)
+            continue
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         if "configMap" in vol:
@@ -128,6 +134,11 @@ def _volumes(pod_spec: dict[str, Any], manifests: list[dict[str, Any]], root: Pa
             )
         dirs[name] = folder
     return dirs
+
+
+def _api_token(vol: dict[str, Any]) -> bool:
+    """A projected volume with a ServiceAccount token (the chart's `kube-api-token`)."""
+    return any("serviceAccountToken" in source for source in (vol.get("projected") or {}).get("sources") or [])
 
 
 def _secret_value(var: dict[str, Any], manifests: Sequence[dict[str, Any]]) -> str | None:
@@ -216,6 +227,8 @@ def _process(
     mounts = {}
     tmpdir: Path | None = None
     for m in container.get("volumeMounts", []):
+        if m["name"] not in dirs:  # a volume only a cluster has (the API token): see _volumes
+            continue
         if m.get("subPath"):
             raise UserError(f"volumeMount {m['mountPath']}: subPath is not supported by the local runner")
         if m["mountPath"].rstrip("/") == "/tmp":
@@ -227,6 +240,8 @@ def _process(
     rewrite = PathMap(service, mounts)
     env: dict[str, str] = {}
     for var in container.get("env", []):
+        if var["name"] in CLUSTER_ONLY_ENV:
+            continue
         if "value" in var:
             env[var["name"]] = rewrite(expand(str(var["value"]), env))
         elif (value := _secret_value(var, manifests)) is not None:

@@ -77,15 +77,15 @@ def breakdown_lines(est: Estimate) -> list[str]:
 
 
 def fit_lines(plan: Plan) -> list[str]:
-    head = f"  {'GPUs':>6s} {'per GPU':>10s}  " + "  ".join(f"{g.label:>18s}" for g in GPUS)
+    head = f"  {'GPUs':>6s} {'per GPU':>10s}  " + "  ".join(f"{g.label:>15s}" for g in GPUS)
     lines = [head]
     for row in plan.rows:
         cells = []
         for g in GPUS:
             room = row.headroom(g)
-            cells.append(f"{'fits' if room >= 0 else 'OOM':>4s} {'+' if room >= 0 else '-'}{gib(abs(room)):>11s}")
+            cells.append(f"{'fits' if room >= 0 else 'OOM':>4s} {'+' if room >= 0 else '-'}{gib(abs(room)):>9s}")
         mark = f"{row.gpus} *" if row.spec_layout else f"{row.gpus}"
-        lines.append(f"  {mark:>6s} {gib(row.estimate.total):>10s}  " + "  ".join(f"{c:>18s}" for c in cells))
+        lines.append(f"  {mark:>6s} {gib(row.estimate.total):>10s}  " + "  ".join(f"{c:>15s}" for c in cells))
     return [*lines, f"  (* the spec's own layout, strategy {plan.setup.strategy}; +/- is the headroom per GPU)"]
 
 

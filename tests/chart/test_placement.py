@@ -26,6 +26,8 @@ pytestmark = pytest.mark.usefixtures("helm_binary")
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 PRODUCT = "nvidia.com/gpu.product"
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
+_PRESETS = (CHART / "templates" / "_gpu.tpl").read_text().split('define "kubetune.gpuPresets" -}}', 1)[1]
+PRODUCTS = yaml.safe_load(_PRESETS.split("{{- end }}", 1)[0])["nvidia-gfd"]["products"]  # the default preset
 
 
 def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -49,7 +51,8 @@ def trainer(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_products_cover_sxm_pcie_nvl_hbm3_and_both_a100_sizes() -> None:
-    products = DEFAULTS["gpu"]["products"]
+    products = PRODUCTS
+    assert DEFAULTS["gpu"]["placement"] == "nvidia-gfd" and DEFAULTS["gpu"]["products"] == {}
     assert {"NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"} <= set(products["h100"])
     assert {"NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB",
             "NVIDIA-A100-80GB-PCIe"} <= set(products["a100"])
@@ -63,8 +66,8 @@ def test_h100_multi_node() -> None:
     container = trainer(pod)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert container["resources"]["limits"]["memory"] == "1600Gi"  # the platform's limit is kept
-    assert container["resources"]["requests"] == {"cpu": "96", "memory": "1500Gi"}  # from the spec
-    assert product_terms(pod) == [DEFAULTS["gpu"]["products"]["h100"]]
+    assert container["resources"]["requests"] == {"cpu": "96", "memory": "1500Gi", "ephemeral-storage": "200Gi"}  # spec
+    assert product_terms(pod) == [PRODUCTS["h100"]]
     assert pod["spec"]["tolerations"] == [GPU_TOLERATION]
     args = container["args"]
     assert args[args.index("--num_machines") + 1] == "4"
@@ -112,7 +115,7 @@ def test_a100_terms_are_added_to_each_platform_term() -> None:
     assert pod["spec"]["nodeSelector"] == ci["nodeSelector"]
     # the GPU toleration first, then the platform's; the one the platform repeats is not doubled
     assert pod["spec"]["tolerations"] == [GPU_TOLERATION, ci["tolerations"][0]]
-    assert trainer(pod)["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert trainer(pod)["resources"]["limits"]["nvidia.com/gpu"] == 4
 
 
 def test_platform_pod_affinity_is_kept_beside_ours(tmp_path: Path) -> None:
@@ -122,12 +125,12 @@ def test_platform_pod_affinity_is_kept_beside_ours(tmp_path: Path) -> None:
     extra = values_file(tmp_path, {"affinity": {"podAntiAffinity": anti}})
     pod = training_pod(render("h100-zero3", extra))
     assert pod["spec"]["affinity"]["podAntiAffinity"] == anti
-    assert product_terms(pod) == [DEFAULTS["gpu"]["products"]["h100"]]
+    assert product_terms(pod) == [PRODUCTS["h100"]]
 
 
 def test_any_gpu_asks_for_gpus_without_a_product() -> None:
     pod = training_pod(render("any-ddp"))
-    assert trainer(pod)["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert trainer(pod)["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert pod["spec"]["tolerations"] == [GPU_TOLERATION]
     assert "affinity" not in pod["spec"]
 
@@ -152,7 +155,7 @@ def test_the_export_pod_gets_the_platform_placement_but_no_gpu(tmp_path: Path) -
 
 
 def test_platform_products_extend_the_match(tmp_path: Path) -> None:
-    products = [*DEFAULTS["gpu"]["products"]["h100"], "NVIDIA-H100-80GB-HBM3-SHARED"]
+    products = [*PRODUCTS["h100"], "NVIDIA-H100-80GB-HBM3-SHARED"]
     extra = values_file(tmp_path, {"gpu": {"products": {"h100": products}, "productLabel": "example.com/gpu"}})
     pod = training_pod(render("h100-zero3", extra))
     (term,) = required_terms(pod)

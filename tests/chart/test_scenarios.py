@@ -28,13 +28,19 @@ def kubernetes_validate() -> Any:
 
 def test_the_scenarios_cover_the_platform_features() -> None:
     assert {"cpu", "h100-zero3", "a100-fsdp", "any-ddp", "secrets-irsa", "chart-secret", "kueue", "volcano",
-            "jobset"} <= set(SCENARIOS)
+            "jobset", "h100-efa"} <= set(SCENARIOS)
 
 
 def test_kubernetes_validate_ships_the_target_versions() -> None:
     shipped = kubernetes_validate().utils.all_versions()
     for version in KUBERNETES_VERSIONS:
         assert version.rsplit(".", 1)[0] in {v.rsplit(".", 1)[0] for v in shipped}, (version, shipped)
+
+
+def test_the_chart_claims_the_versions_it_is_validated_against() -> None:
+    # Chart.yaml's kubeVersion: the oldest minor validated here, and nothing older (helm refuses older clusters)
+    claimed = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    assert claimed == f">={KUBERNETES_VERSIONS[0]}-0", claimed
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

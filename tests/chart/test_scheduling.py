@@ -25,7 +25,8 @@ from tests.chart.scenarios import (
 
 pytestmark = pytest.mark.usefixtures("helm_binary")
 
-NAMESPACED = {"ConfigMap", "Service", "Job", "ServiceAccount", "Secret", "JobSet"}
+NAMESPACED = {"ConfigMap", "Service", "Job", "ServiceAccount", "Secret", "JobSet", "NetworkPolicy", "Role",
+              "RoleBinding"}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -58,7 +59,7 @@ def test_launch_render_passes_the_namespace(tmp_path: Path) -> None:
                                     "export": {"gguf": ["q8_0"]}}))
     sub = client.prepare(spec, dry_run=True)
     docs = helm.parse_manifests(client.render(sub, namespace="research"))
-    assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Job", "ServiceAccount"}
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Service", "Job", "ServiceAccount", "Role", "RoleBinding"}
     assert {d["metadata"]["namespace"] for d in docs} == {"research"}
     assert {d["metadata"]["labels"]["kubetune.dev/job"] for d in docs} == {"ns-test"}
     assert {d["metadata"]["labels"]["kubetune.dev/submission"] for d in docs} == {sub.name}
@@ -77,9 +78,11 @@ def test_lifetimes_and_grace_period(tmp_path: Path) -> None:
         assert spec["ttlSecondsAfterFinished"] == 604800, where
         assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 300, where
         assert "activeDeadlineSeconds" not in spec and "suspend" not in spec
-    # TTL 0 (delete at once) renders as 0 on both Jobs; null keeps them
-    jobs = list(job_templates(render("kueue")))
-    assert [spec["ttlSecondsAfterFinished"] for _, _, spec in jobs] == [0, 0]
+    # TTL 0 (delete at once) renders as 0; null keeps them. The export Job has its own (export.ttlSecondsAfterFinished):
+    # the training Job's never deletes a running export
+    jobs = {component({"metadata": meta}): spec for _, meta, spec in job_templates(render("kueue"))}
+    assert jobs["training"]["ttlSecondsAfterFinished"] == 0
+    assert jobs["export"]["ttlSecondsAfterFinished"] == 604800
     keep = values_file(tmp_path, {"job": {"ttlSecondsAfterFinished": None, "terminationGracePeriodSeconds": 900,
                                           "activeDeadlineSeconds": 86400}})
     for where, _, spec in job_templates(render("cpu", keep)):
@@ -93,10 +96,17 @@ def test_kueue_queue_label_and_suspended_jobs() -> None:
     jobs = by_kind(docs, "Job")
     assert sorted(component(j) for j in jobs) == ["export", "training"]
     for job in jobs:
-        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
         assert job["spec"]["suspend"] is True  # Kueue unsuspends it on admission
         assert job["spec"]["template"]["spec"]["priorityClassName"] == "ml-high"
         assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]
+    training = next(j for j in jobs if component(j) == "training")
+    export = next(j for j in jobs if component(j) == "export")
+    assert training["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    # the export Job enters the queue only once training succeeded: rank 0 adds the label (trainer/start_export.py)
+    assert "kueue.x-k8s.io/queue-name" not in export["metadata"]["labels"]
+    [trainer] = training["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert env["KUBETUNE_EXPORT_JOB"] == export["metadata"]["name"] and env["KUBETUNE_EXPORT_QUEUE"] == "team-a"
     for doc in by_kind(docs, "ConfigMap") + by_kind(docs, "Service"):
         assert "kueue.x-k8s.io/queue-name" not in doc["metadata"]["labels"]
 
@@ -110,7 +120,9 @@ def test_volcano_gang_and_queue(tmp_path: Path) -> None:
         assert pod["spec"]["schedulerName"] == "volcano", where
         assert pod["metadata"]["annotations"]["scheduling.volcano.sh/queue-name"] == "research", where
     for job in by_kind(docs, "Job"):
-        assert "suspend" not in job["spec"] and "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+        assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+        # the export waits, suspended, for training's rank 0 to start it
+        assert job["spec"].get("suspend", False) is (component(job) == "export")
 
 
 def test_other_schedulers_get_no_volcano_annotations(tmp_path: Path) -> None:
@@ -125,7 +137,7 @@ def test_other_schedulers_get_no_volcano_annotations(tmp_path: Path) -> None:
 
 def test_jobset_rendering() -> None:
     docs = render("jobset")
-    assert {d["kind"] for d in docs} == {"ServiceAccount", "ConfigMap", "JobSet"}  # JobSet makes the Service
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ConfigMap", "JobSet", "NetworkPolicy"}  # JobSet: the Service
     (js,) = by_kind(docs, "JobSet")
     name = scenario_values("jobset")["job"]["name"]
     assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"
@@ -133,20 +145,20 @@ def test_jobset_rendering() -> None:
     assert js["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-b"
     spec = js["spec"]
     assert spec["suspend"] is True and spec["ttlSecondsAfterFinished"] == 604800
-    assert spec["failurePolicy"] == {"maxRestarts": 0}
+    assert spec["failurePolicy"] == {"maxRestarts": 2}  # job.backoffLimit: incidents survived, each restarts all
     assert spec["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True, "subdomain": name}
     (rj,) = spec["replicatedJobs"]
     assert rj["name"] == "node" and rj["replicas"] == 1
     job = rj["template"]["spec"]
     assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == 2
-    assert job["backoffLimit"] == 0
+    assert job["backoffLimit"] == 0 and "backoffLimitPerIndex" not in job  # a counted failure: the JobSet restarts
     assert not {"suspend", "ttlSecondsAfterFinished"} & set(job)  # the JobSet's, not its Jobs'
     pod = job["template"]["spec"]
     assert "subdomain" not in pod  # JobSet sets hostname and subdomain
     (trainer,) = pod["containers"]
     # JobSet names pod i `<jobset>-<replicatedJob>-<job index>-<i>` in the subdomain `<jobset>`
     assert env_of(trainer)["KUBETUNE_MASTER_ADDR"] == f"{name}-node-0-0.{name}"
-    assert trainer["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert len(f"{name}-node-0-511") <= 63  # the longest pod host name of a 512-node job is a DNS label
 

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.usefixtures("helm_binary")
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"gpu": {"type": "v100"}}, "at '/gpu/type': value must be one of 'h100', 'a100', 'any', 'none'"),
+        ({"gpu": {"type": "v100"}}, "at '/gpu/type': value must be one of 'h100', 'h200', 'b200', 'a100', 'l40s', 'a10g', 'any', 'none'"),
+        ({"gpu": {"placement": "aks"}}, "at '/gpu/placement': value must be one of 'nvidia-gfd', 'gke', 'eks'"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'"),
         ({"export": {"image": {"pullPolicy": "always"}}}, "at '/export/image/pullPolicy': value must be one of"),
         ({"tolerations": [{"key": "a", "operator": "Matches"}]}, "at '/tolerations/0/operator': value must be one of 'Exists', 'Equal'"),
@@ -42,7 +43,7 @@ def test_bad_values_are_refused_with_their_path(values: dict, message: str, tmp_
         ({"job": {"nodez": 2}}, "at '/job': additional properties 'nodez' not allowed"),
         ({"scheduling": {"queue": "team-a"}}, "at '/scheduling': additional properties 'queue' not allowed"),
         ({"jobset": {"enable": True}}, "at '/jobset': additional properties 'enable' not allowed"),
-        ({"gpu": {"products": {"h200": ["NVIDIA-H200"]}}}, "at '/gpu/products': additional properties 'h200' not allowed"),
+        ({"gpu": {"products": {"v100": ["Tesla-V100"]}}}, "at '/gpu/products': additional properties 'v100' not allowed"),
         ({"nccl": {"DEBUG": "INFO"}}, "at '/nccl': additional properties 'DEBUG' not allowed"),
         ({"env": {"my-var": "1"}}, "at '/env': additional properties 'my-var' not allowed"),
         ({"podLabels": {"kubetune.dev/job": "other"}}, "at '/podLabels/kubetune.dev~1job'"),

@@ -1,10 +1,14 @@
 """Pod Security Standards "restricted" on every container (init containers included) of every pod
 of every scenario, checked rule by rule as the Kubernetes documentation states the profile; and
-values.schema.json refusing values that would break it."""
+values.schema.json refusing values that would break it. A scenario that opts into the RDMA fabric
+(`fabric.ipcLock`, `fabric.hostNetwork`: docs/chart.md, "Fabric: EFA and InfiniBand") names the
+level its namespace needs in its header (`pod-security.kubernetes.io/enforce: <level>`); its training
+pod is checked against that level, and breaks "restricted" by exactly its opt-ins, no more."""
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ from tests.chart.scenarios import (
     pod_templates,
     render,
     render_error,
+    scenario_file,
+    scenario_values,
     values_file,
 )
 
@@ -80,6 +86,80 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
     return found
 
 
+# "baseline": the capabilities a container may add, and the volume type it forbids
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                         "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+LEVELS = ("restricted", "baseline", "privileged")
+LEVEL_LINE = re.compile(r"pod-security\.kubernetes\.io/enforce: (restricted|baseline|privileged)")
+
+
+def baseline_violations(pod_spec: dict[str, Any]) -> list[str]:
+    """What breaks the "baseline" profile in a pod spec; empty when nothing."""
+    found: list[str] = []
+    psc = pod_spec.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(field):
+            found.append(f"pod: {field}")
+    for vol in pod_spec.get("volumes", []):
+        if "hostPath" in vol:
+            found.append(f"volume {vol['name']}: hostPath")
+    for sysctl in psc.get("sysctls", []):
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            found.append(f"pod: sysctl {sysctl['name']}")
+    if psc.get("windowsOptions", {}).get("hostProcess"):
+        found.append("pod: hostProcess")
+    for c in all_containers(pod_spec):
+        sc = c.get("securityContext", {})
+        name = f"container {c['name']}"
+        if sc.get("privileged"):
+            found.append(f"{name}: privileged")
+        if set(sc.get("capabilities", {}).get("add", [])) - BASELINE_CAPABILITIES:
+            found.append(f"{name}: capabilities add {sc['capabilities']['add']}")
+        if sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") == "Unconfined":
+            found.append(f"{name}: seccompProfile Unconfined")
+        if sc.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        for port in c.get("ports", []):
+            if port.get("hostPort"):
+                found.append(f"{name}: hostPort {port['hostPort']}")
+        se = sc.get("seLinuxOptions", psc.get("seLinuxOptions", {}))
+        if se.get("user") or se.get("role"):
+            found.append(f"{name}: seLinuxOptions user/role")
+        if sc.get("appArmorProfile", psc.get("appArmorProfile", {})).get("type", "RuntimeDefault") == "Unconfined":
+            found.append(f"{name}: appArmorProfile Unconfined")
+    return found
+
+
+def pod_security_level(pod_spec: dict[str, Any]) -> str:
+    """The strictest Pod Security level that admits the pod."""
+    if not restricted_violations(pod_spec):
+        return "restricted"
+    return "privileged" if baseline_violations(pod_spec) else "baseline"
+
+
+def documented_level(scenario: str) -> str:
+    """The level a scenario's header says its namespace enforces; "restricted" when it says none."""
+    m = LEVEL_LINE.search(scenario_file(scenario).read_text(encoding="utf-8"))
+    return m.group(1) if m else "restricted"
+
+
+def fabric_exceptions(pod_spec: dict[str, Any], values: dict[str, Any]) -> list[str]:
+    """The "restricted" violations that the scenario's fabric opt-ins cause, and only those."""
+    fabric = values.get("fabric", {})
+    expected = []
+    if fabric.get("hostNetwork"):
+        expected.append("pod: hostNetwork")
+    for vol in fabric.get("volumes", []):
+        kinds = set(vol) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            expected.append(f"volume {vol['name']}: {sorted(kinds)}")
+    if fabric.get("ipcLock"):
+        for c in all_containers(pod_spec):
+            if c["name"] in ("preflight", "trainer"):
+                expected.append(f"container {c['name']}: capabilities add {c['securityContext']['capabilities']['add']}")
+    return expected
+
+
 def locked_down_violations(pod_spec: dict[str, Any]) -> list[str]:
     """Beyond the profile, what the chart promises: a read-only root filesystem, writable emptyDirs."""
     found = []
@@ -99,13 +179,30 @@ def locked_down_violations(pod_spec: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_container_of_every_pod_is_restricted(scenario: str, tmp_path: Path) -> None:
+    """Every pod of every scenario is "restricted", but the training pod of a scenario that opts
+    into the fabric: that one meets the level its header names, and breaks "restricted" by its
+    opt-ins only. The export pod never gets them."""
     export = values_file(tmp_path, {"export": {"enabled": True}})
     pods = list(pod_templates(render(scenario, export)))
     assert len(pods) == 2  # training (a Job or a JobSet's Job template) and export
+    level = documented_level(scenario)
     for where, pod in pods:
-        assert restricted_violations(pod["spec"]) == [], where
+        training = pod["metadata"]["labels"]["app.kubernetes.io/component"] == "training"
+        if training and level != "restricted":
+            assert restricted_violations(pod["spec"]) == fabric_exceptions(pod["spec"], scenario_values(scenario)), where
+            assert restricted_violations(pod["spec"]), f"{where}: restricted after all; drop the level from the header"
+            assert pod_security_level(pod["spec"]) == level, where
+        else:
+            assert restricted_violations(pod["spec"]) == [], where
         assert locked_down_violations(pod["spec"]) == [], where
         assert pod["spec"]["automountServiceAccountToken"] is False, where
+
+
+def test_only_fabric_scenarios_leave_restricted() -> None:
+    leaving = {s: documented_level(s) for s in SCENARIOS if documented_level(s) != "restricted"}
+    assert leaving == {"h100-efa": "privileged"}  # IPC_LOCK: not in baseline's list either
+    for scenario in leaving:
+        assert scenario_values(scenario)["fabric"], scenario
 
 
 def test_a_multi_node_pod_has_its_init_containers_checked_too() -> None:

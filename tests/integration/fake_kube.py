@@ -4,11 +4,15 @@ No API server can run on these machines, so the tests start this one (a threaded
 and point a generated kubeconfig at it. It speaks the paths the client calls —
 `/api/v1/namespaces/{ns}/{configmaps,services,serviceaccounts,secrets,pods}`, `pods/{name}/log`,
 `/apis/batch/v1/namespaces/{ns}/jobs`, `/apis/jobset.x-k8s.io/v1alpha2/...` (when `jobset=True`:
-the CRD is "installed"), the all-namespaces lists and `/version` — keeps objects in memory with
+the CRD is "installed"), `/api/v1/namespaces/{ns}/events` (label and field selectors: `fieldSelector=
+involvedObject.name=...`), the all-namespaces lists and `/version` — keeps objects in memory with
 uid, resourceVersion and creationTimestamp, and answers errors with real `Status` objects
 (401, 403, 404, 409, 422, 415). Every body it is sent is validated against the Kubernetes
 OpenAPI schema (fake_kube_schema.py), so a malformed object fails the test that sent it.
-It plays the Job and JobSet controllers (fake_kube_workloads.py); tests drive the pods.
+It plays the Job and JobSet controllers (fake_kube_workloads.py); tests drive the pods. It records
+the Events the cluster would: `FailedCreate` on a Job whose pods are refused (`refuse_pods`, e.g. a
+full ResourceQuota: then no pod exists), and from the scheduler and the kubelet for a pod put into
+an unschedulable or waiting state (see PodState); `event()` adds any other (an autoscaler's).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from tests.integration.fake_kube_http import Handler, Reply, matches, merge_patch
+from tests.integration.fake_kube_http import Handler, Reply, fields_match, matches, merge_patch
 from tests.integration.fake_kube_schema import api_causes, schema_causes
 from tests.integration.fake_kube_workloads import (
+    EVENTS,
     JOBS,
     JOBSETS,
     PODS,
@@ -38,6 +43,7 @@ from tests.integration.fake_kube_workloads import (
     apply_state,
     job_pods,
     now,
+    pod_events,
     sync_job,
     sync_jobset,
 )
@@ -45,7 +51,10 @@ from tests.integration.fake_kube_workloads import (
 TOKEN = "kubetune-fake-token"
 USER = "alice@example.com"
 KINDS = {("v1", "configmaps"): "ConfigMap", ("v1", "services"): "Service", ("v1", "secrets"): "Secret",
-         ("v1", "serviceaccounts"): "ServiceAccount", ("v1", "pods"): "Pod", JOBS: "Job", JOBSETS: "JobSet"}
+         ("v1", "serviceaccounts"): "ServiceAccount", ("v1", "pods"): "Pod", JOBS: "Job", JOBSETS: "JobSet",
+         EVENTS: "Event", ("rbac.authorization.k8s.io/v1", "roles"): "Role",
+         ("rbac.authorization.k8s.io/v1", "rolebindings"): "RoleBinding",
+         ("networking.k8s.io/v1", "networkpolicies"): "NetworkPolicy"}
 VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
 
 
@@ -74,6 +83,8 @@ class FakeKube:
         self.requests: list[Request] = []
         self.scripts: dict[str, list[PodState | dict[int, PodState]]] = {}
         self.every_job: list[PodState | dict[int, PodState]] = []  # the script of each Job created from now on
+        self.refuse_pods: str | None = None  # the Job controller's pod creations are forbidden with this message
+        self.trainer_starts_export = True  # a rank-0 pod put into Succeeded starts its export Job, as the trainer does
         self.follow_started = threading.Event()
         self._versions = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
@@ -121,16 +132,26 @@ class FakeKube:
         return obj
 
     def remove(self, gv: str, plural: str, ns: str, name: str, cascade: bool = True) -> None:
-        obj = self.bucket(gv, plural, ns).pop(name)
+        """Delete the object; its dependents go too (`cascade`), each once ALL its owners are gone, as the
+        garbage collector does: until then it only loses the reference to this one."""
+        obj = self.bucket(gv, plural, ns).pop(name, None)
+        if obj is None:  # already collected, through another owner
+            return
         uid = obj["metadata"]["uid"]
         for (dgv, dplural, dns), items in list(self.objects.items()):
             for dname, dep in list(items.items()):
                 refs = dep["metadata"].get("ownerReferences", [])
                 if dns == ns and any(r.get("uid") == uid for r in refs):
-                    if cascade:
+                    rest = [r for r in refs if r.get("uid") != uid]
+                    if cascade and not any(self._alive(ns, r) for r in rest):
                         self.remove(dgv, dplural, dns, dname)
                     else:
-                        dep["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+                        dep["metadata"]["ownerReferences"] = rest
+
+    def _alive(self, ns: str, ref: dict[str, Any]) -> bool:
+        """Whether the owner a reference names still exists (uids are unique)."""
+        return any(o["metadata"]["uid"] == ref.get("uid") for (_g, _p, n), b in self.objects.items() if n == ns
+                   for o in b.values())
 
     def items(self, plural: str, ns: str) -> list[dict[str, Any]]:
         gv = next(g for (g, p) in KINDS if p == plural)
@@ -161,14 +182,61 @@ class FakeKube:
                 if one is None or pod["status"]["phase"] in TERMINAL:
                     continue
                 apply_state(pod, one)
+                for type_, reason, message, component in pod_events(pod, one):
+                    self.event(pod, type_, reason, message, component, pod["spec"].get("nodeName"))
                 if one.log:
                     self.append_log(ns, pod["metadata"]["name"], one.log)
+                if index == 0 and one.phase == "Succeeded" and self.trainer_starts_export:
+                    self._trainer_starts_export(ns, pod)
             sync_job(self, found)
+
+    def _trainer_starts_export(self, ns: str, pod: dict[str, Any]) -> None:
+        """What the trainer of rank 0 does after `_SUCCESS` (trainer/start_export.py): the same merge patch on the
+        Job its `KUBETUNE_EXPORT_JOB` names (the Role allows exactly that), as that pod's ServiceAccount."""
+        from trainer.start_export import patch_for
+
+        env = {e["name"]: e.get("value", "") for c in pod["spec"]["containers"] for e in c.get("env", [])}
+        export = self.bucket(*JOBS, ns).get(env.get("KUBETUNE_EXPORT_JOB", ""))
+        if export is None:
+            return
+        patched = merge_patch(export, patch_for(env.get("KUBETUNE_EXPORT_QUEUE")))
+        patched["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.bucket(*JOBS, ns)[patched["metadata"]["name"]] = patched
+        sync_job(self, patched)
 
     def script(self, job: str, steps: list[PodState | dict[int, PodState]]) -> None:
         """Each time a client reads pods of `job` (a list or one pod), its pods take the next step after the answer."""
         with self.lock:
             self.scripts[job] = list(steps)
+
+    def event(self, obj: dict[str, Any], type_: str, reason: str, message: str, component: str,
+              host: str | None = None) -> dict[str, Any]:
+        """A core/v1 Event about `obj`, as a controller's event recorder writes it: the same reason and message
+        again only counts up (`count`, `lastTimestamp`)."""
+        with self.lock:
+            meta = obj["metadata"]
+            ns = meta["namespace"]
+            for ev in self.bucket(*EVENTS, ns).values():
+                if (ev["involvedObject"]["uid"], ev["reason"], ev["message"]) == (meta["uid"], reason, message):
+                    ev.update(count=ev["count"] + 1, lastTimestamp=now())
+                    ev["metadata"]["resourceVersion"] = str(next(self._versions))
+                    return copy.deepcopy(ev)
+            stamp = now()
+            return copy.deepcopy(self.store(*EVENTS, ns, {
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}"},
+                "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": obj.get("kind", ""),
+                                   "namespace": ns, "name": meta["name"], "uid": meta["uid"],
+                                   "resourceVersion": meta.get("resourceVersion", "")},
+                "reason": reason, "message": message, "type": type_, "count": 1,
+                "source": {"component": component} | ({"host": host} if host else {}),
+                "firstTimestamp": stamp, "lastTimestamp": stamp, "eventTime": None,
+                "reportingComponent": component, "reportingInstance": host or "",
+            }))
+
+    def events(self, ns: str, name: str = "") -> list[dict[str, Any]]:
+        """The events in `ns` (about the object `name` only, when given)."""
+        return [e for e in self.items("events", ns) if not name or e["involvedObject"]["name"] == name]
 
     def append_log(self, ns: str, pod: str, text: str) -> None:
         with self.lock:
@@ -202,7 +270,7 @@ class FakeKube:
                     self._advance_scripts([found])
                 return 200, found
             if method == "GET":
-                return 200, self._list(gv, plural, ns, query.get("labelSelector", ""))
+                return 200, self._list(gv, plural, ns, query.get("labelSelector", ""), query.get("fieldSelector", ""))
             if method == "POST" and not name:
                 return 201, self._create(gv, plural, ns, body)
             if method == "PATCH" and name:
@@ -235,9 +303,11 @@ class FakeKube:
                         {"name": name, "group": group, "kind": plural})
         return found
 
-    def _list(self, gv: str, plural: str, ns: str, selector: str) -> dict[str, Any]:
+    def _list(self, gv: str, plural: str, ns: str, selector: str, fields: str = "") -> dict[str, Any]:
+        fields_match({}, plural, fields)  # an unsupported field is refused even when nothing would match
         buckets = [b for (g, p, n), b in self.objects.items() if (g, p) == (gv, plural) and (not ns or n == ns)]
-        found = [o for b in buckets for o in b.values() if matches(o["metadata"].get("labels") or {}, selector)]
+        found = [o for b in buckets for o in b.values() if matches(o["metadata"].get("labels") or {}, selector)
+                 and fields_match(o, plural, fields)]
         items = [{k: v for k, v in copy.deepcopy(o).items() if k not in ("kind", "apiVersion")} for o in found]
         if plural == "pods":
             self._advance_scripts(found)

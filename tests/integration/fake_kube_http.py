@@ -44,6 +44,38 @@ def matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
+# The fields each resource can be selected by (the API server's ToSelectableFields); every kind has metadata.*
+FIELDS = {
+    "events": {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+               "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+               "reportingComponent", "source", "type"},
+    "pods": {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+             "status.phase", "status.podIP", "status.nominatedNodeName"},
+}
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    if path == "source":  # an Event's `source` selects on source.component
+        path = "source.component"
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def fields_match(obj: dict[str, Any], plural: str, selector: str) -> bool:
+    """A field selector (`a=b`, `a==b`, `a!=b`, comma-separated), as the API server reads it; a field the resource
+    cannot be selected by is a Reply 400 (`field label not supported`)."""
+    for req in (r.strip() for r in selector.split(",") if r.strip()):
+        negate = "!=" in req
+        key, _, value = req.replace("!=", "=").replace("==", "=").partition("=")
+        if key not in FIELDS.get(plural, set()) | {"metadata.name", "metadata.namespace"}:
+            raise Reply(400, "BadRequest", f"field label not supported: {key}")
+        if (_field(obj, key) == value) == negate:
+            return False
+    return True
+
+
 def _split(selector: str) -> list[str]:
     parts, depth, cur = [], 0, ""
     for ch in selector:

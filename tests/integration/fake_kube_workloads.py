@@ -4,7 +4,8 @@ A Job that is not suspended gets one Pending pod per completion index, named, la
 owned the way the Job controller does it (`<job>-<index>-<5 chars>`, `batch.kubernetes.io/
 job-name`, `batch.kubernetes.io/job-completion-index`, the template's labels). Tests then move
 pods through phases with `PodState`s; the Job's status (active, ready, succeeded, failed) and
-its terminal condition (Complete, or Failed after `backoffLimit` failures) follow, as does a
+its terminal condition (Complete, or Failed as the Job controller decides it: `podFailurePolicy` rules (FailJob,
+Ignore, Count, FailIndex), `backoffLimitPerIndex` / `maxFailedIndexes`, `backoffLimit`) follow, as does a
 JobSet's from its child Jobs.
 """
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from tests.integration.fake_kube import FakeKube
 
 JOBS, PODS, JOBSETS = ("batch/v1", "jobs"), ("v1", "pods"), ("jobset.x-k8s.io/v1alpha2", "jobsets")
+EVENTS = ("v1", "events")
 INDEX = "batch.kubernetes.io/job-completion-index"
 JOB_NAME = "batch.kubernetes.io/job-name"
 TERMINAL = ("Succeeded", "Failed")
@@ -40,8 +42,30 @@ class PodState:
     reason: str | None = None  # terminated reason: Completed, Error, OOMKilled; or a waiting reason when Pending
     restarts: int = 0
     last_reason: str | None = None  # lastState.terminated.reason (the previous run of the container)
-    unschedulable: str | None = None  # PodScheduled=False with this message (Pending, no node)
+    unschedulable: str | None = None  # PodScheduled=False with this message (Pending, no node), a FailedScheduling event
+    message: str | None = None  # the waiting reason's message (ErrImagePull, CreateContainerConfigError, ...)
+    nominated: str | None = None  # status.nominatedNodeName: the scheduler is preempting pods there for this one
+    events: tuple[tuple[str, str, str, str], ...] = ()  # more (type, reason, message, component), e.g. an autoscaler's
     log: str = ""  # appended to the container's log when the pod enters this state
+
+
+IMAGE_WAITING = ("ErrImagePull", "ImagePullBackOff")
+
+
+def pod_events(pod: dict[str, Any], state: PodState) -> list[tuple[str, str, str, str]]:
+    """The events the scheduler and the kubelet record when a pod gets into `state`: (type, reason, message, by)."""
+    found = []
+    if state.unschedulable:
+        found.append(("Warning", "FailedScheduling", state.unschedulable, "default-scheduler"))
+    image = pod["spec"]["containers"][0].get("image", "")
+    if state.phase == "Pending" and state.reason in IMAGE_WAITING:
+        found.append(("Warning", "Failed", f'Failed to pull image "{image}": {state.message or "not found"}', "kubelet"))
+        found.append(("Warning", "Failed", f"Error: {state.reason}", "kubelet"))
+        if state.reason == "ImagePullBackOff":
+            found.append(("Normal", "BackOff", f'Back-off pulling image "{image}"', "kubelet"))
+    if state.phase == "Pending" and state.reason == "CreateContainerConfigError":
+        found.append(("Warning", "Failed", f"Error: {state.message or 'configuration error'}", "kubelet"))
+    return found + list(state.events)
 
 
 def _container_status(pod: dict[str, Any], state: PodState) -> dict[str, Any]:
@@ -50,7 +74,12 @@ def _container_status(pod: dict[str, Any], state: PodState) -> dict[str, Any]:
                               "restartCount": state.restarts, "ready": state.phase == "Running",
                               "started": state.phase == "Running"}
     if state.phase == "Pending":
-        status["state"] = {"waiting": {"reason": state.reason or "ContainerCreating"}}
+        waiting = {"reason": state.reason or "ContainerCreating"}
+        if state.reason == "ImagePullBackOff":
+            waiting["message"] = f'Back-off pulling image "{status["image"]}": ErrImagePull: {state.message or ""}'
+        elif state.message:
+            waiting["message"] = state.message
+        status["state"] = {"waiting": waiting}
     elif state.phase == "Running":
         status["state"] = {"running": {"startedAt": now()}}
     else:
@@ -65,6 +94,10 @@ def _container_status(pod: dict[str, Any], state: PodState) -> dict[str, Any]:
 
 def apply_state(pod: dict[str, Any], state: PodState) -> None:
     pod["status"]["phase"] = state.phase
+    if state.nominated:
+        pod["status"]["nominatedNodeName"] = state.nominated
+    else:
+        pod["status"].pop("nominatedNodeName", None)
     if state.unschedulable:
         pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                         "message": state.unschedulable, "lastTransitionTime": now()}]
@@ -103,6 +136,10 @@ def _new_pod(fake: FakeKube, job: dict[str, Any], index: int) -> None:
            "metadata": {"name": f"{name}-{index}-{_suffix()}", "labels": labels, "annotations": annotations,
                         "ownerReferences": [_owner(job)]},
            "spec": spec, "status": {"phase": "Pending"}}
+    if fake.refuse_pods:  # admission (a full ResourceQuota, ...) refuses it: the Job controller records why
+        fake.event(job, "Warning", "FailedCreate",
+                   f'Error creating: pods "{pod["metadata"]["name"]}" is forbidden: {fake.refuse_pods}', "job-controller")
+        return
     fake.store(*PODS, ns, pod)
 
 
@@ -122,13 +159,70 @@ def sync_job(fake: FakeKube, job: dict[str, Any]) -> None:
     completions = int(spec.get("completions") or 1)
     pods = job_pods(fake, job)
     live_or_done = {int(p["metadata"]["labels"][INDEX]) for p in pods if p["status"]["phase"] != "Failed"}
-    failed = sum(p["status"]["phase"] == "Failed" for p in pods)
-    if failed <= int(spec.get("backoffLimit", 6)):
+    if failure(spec, pods) is None:
+        lost = failed_indexes(spec, pods)
         for index in range(completions):
-            if index not in live_or_done:
+            if index not in live_or_done and index not in lost:
                 _new_pod(fake, job, index)
     status.setdefault("startTime", now())
     _recompute(fake, job)
+
+
+def _exit_code(pod: dict[str, Any], container: str | None) -> int | None:
+    for c in pod["status"].get("containerStatuses", []):
+        if container in (None, c["name"]) and "terminated" in c.get("state", {}):
+            return int(c["state"]["terminated"]["exitCode"])
+    return None
+
+
+def _action(spec: dict[str, Any], pod: dict[str, Any]) -> str:
+    """What the Job's podFailurePolicy does with a failed pod: the first matching rule's action, else Count."""
+    for rule in (spec.get("podFailurePolicy") or {}).get("rules", []):
+        codes = rule.get("onExitCodes")
+        if codes:
+            code = _exit_code(pod, codes.get("containerName"))
+            if code is not None and (code in codes["values"]) == (codes["operator"] == "In"):
+                return rule["action"]
+        for cond in rule.get("onPodConditions", []):
+            if any(c["type"] == cond["type"] and c["status"] == cond.get("status", "True")
+                   for c in pod["status"].get("conditions", [])):
+                return rule["action"]
+    return "Count"
+
+
+def counted(spec: dict[str, Any], pods: list[dict[str, Any]]) -> dict[int, int]:
+    """Failures that count, per completion index (podFailurePolicy `Ignore` ones do not)."""
+    per_index: dict[int, int] = {}
+    for pod in pods:
+        if pod["status"]["phase"] == "Failed" and _action(spec, pod) in ("Count", "FailIndex"):
+            index = int(pod["metadata"]["labels"][INDEX])
+            per_index[index] = per_index.get(index, 0) + 1
+    return per_index
+
+
+def failed_indexes(spec: dict[str, Any], pods: list[dict[str, Any]]) -> set[int]:
+    """Indexes past `backoffLimitPerIndex` (or failed by a `FailIndex` rule): not replaced."""
+    if spec.get("backoffLimitPerIndex") is None:
+        return set()
+    limit = int(spec["backoffLimitPerIndex"])
+    lost = {i for i, n in counted(spec, pods).items() if n > limit}
+    lost |= {int(p["metadata"]["labels"][INDEX]) for p in pods
+             if p["status"]["phase"] == "Failed" and _action(spec, p) == "FailIndex"}
+    return lost
+
+
+def failure(spec: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
+    """The reason the Job fails now, as the Job controller gives it, or None."""
+    if any(p["status"]["phase"] == "Failed" and _action(spec, p) == "FailJob" for p in pods):
+        return "PodFailurePolicy"
+    if spec.get("backoffLimitPerIndex") is not None:
+        if len(failed_indexes(spec, pods)) > int(spec.get("maxFailedIndexes", len(pods) + 1)):
+            return "MaxFailedIndexesExceeded"
+        if spec.get("maxFailedIndexes") is None and failed_indexes(spec, pods):
+            return None  # the other indexes go on; the Job fails at the end (FailedIndexes)
+    if sum(counted(spec, pods).values()) > int(spec.get("backoffLimit", 6)):
+        return "BackoffLimitExceeded"
+    return None
 
 
 def _recompute(fake: FakeKube, job: dict[str, Any]) -> None:
@@ -144,8 +238,8 @@ def _recompute(fake: FakeKube, job: dict[str, Any]) -> None:
     if len(done) >= int(spec.get("completions") or 1):
         conditions += [_condition("SuccessCriteriaMet", "CompletionsReached"), _condition("Complete", "CompletionsReached")]
         status["completionTime"] = now()
-    elif status["failed"] > int(spec.get("backoffLimit", 6)):
-        conditions += [_condition("FailureTarget", "BackoffLimitExceeded"), _condition("Failed", "BackoffLimitExceeded")]
+    elif (reason := failure(spec, pods)) is not None:
+        conditions += [_condition("FailureTarget", reason), _condition("Failed", reason)]
         for pod in pods:  # the Job controller terminates the pods still running
             if pod["status"]["phase"] not in TERMINAL:
                 fake.remove(*PODS, job["metadata"]["namespace"], pod["metadata"]["name"])
@@ -160,7 +254,10 @@ def _recompute(fake: FakeKube, job: dict[str, Any]) -> None:
 
 
 def _condition(kind: str, reason: str) -> dict[str, str]:
-    message = "Job has reached the specified backoff limit" if reason == "BackoffLimitExceeded" else "Reached expected number of succeeded pods"
+    message = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+               "PodFailurePolicy": "Container trainer failed with an exit code matching a FailJob rule",
+               "MaxFailedIndexesExceeded": "Job has exceeded the specified maximal number of failed indexes",
+               }.get(reason, "Reached expected number of succeeded pods")
     return {"type": kind, "status": "True", "reason": reason, "message": message, "lastProbeTime": now(),
             "lastTransitionTime": now()}
 

@@ -131,11 +131,11 @@ def test_kubeconfig_from_the_environment_merges_files(kube: Kube, tmp_path: Path
 
 
 def test_rendered_objects_launch_cannot_create_are_refused_by_name() -> None:
-    extra = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "np"}}
+    extra = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "np"}}
     elsewhere = {**CONFIG_MAP, "metadata": {"name": "cm", "namespace": "prod"}}
     with pytest.raises(UserError) as e:
         check([extra, elsewhere], "ml")
-    assert e.value.problems[0].startswith("NetworkPolicy np: launch cannot create a NetworkPolicy")
+    assert e.value.problems[0].startswith("PodDisruptionBudget np: launch cannot create a PodDisruptionBudget")
     assert e.value.problems[1] == ("ConfigMap cm: rendered for namespace prod, but this submission goes to "
                                    "namespace ml")
 

@@ -138,7 +138,7 @@ def test_list_groups_submissions_by_spec_and_matrix(kube: Kube, tmp_path: Path) 
     rows = [line.split() for line in listed.stdout.splitlines()]
     assert rows[0] == ["GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "AGE"]
     assert [r[:2] for r in rows[1:]] == [["alpha", second], ["alpha", first], ["dims", "(matrix)"]]
-    assert rows[2][2:] == ["succeeded", "2/2", "none", "60m"] and rows[3][3:6] == ["pending", "0/2", "pending"]
+    assert rows[2][2:] == ["succeeded", "2/2", "none", "60m"] and rows[3][3:6] == ["pending", "0/2", "waiting"]
 
     everywhere = json.loads(kube.run("list", "-A", "-o", "json").stdout)["groups"]
     alpha = next(g for g in everywhere if g["group"] == "alpha")
@@ -154,8 +154,9 @@ def test_logs_of_a_rank_and_following_to_the_end(kube: Kube, tmp_path: Path) -> 
                                     1: PodState("Running", log="rank one here\n")})
     assert kube.run("logs", name).stdout == "[train] step 1 loss 2.0\n"
     assert kube.run("logs", name, "--rank", "1").stdout == "rank one here\n"
-    pending = kube.run("logs", name, "--export")
-    assert pending.exit_code == 2 and "has not started" in pending.stderr and f"logs {name} --export -f" in pending.stderr
+    pending = kube.run("logs", name, "--export")  # suspended until training succeeded: no pod at all
+    assert pending.exit_code == 2 and "has not started: it waits, suspended, until training has succeeded" \
+        in pending.stderr
     assert "ranks 0 to 1" in kube.run("logs", name, "--rank", "5").stderr
 
     [rank0] = [p["metadata"]["name"] for p in kube.fake.pods("ml", name) if p["metadata"]["name"].startswith(f"{name}-0-")]

@@ -41,20 +41,25 @@ def test_submit_prints_the_plan_then_creates_every_object_owned_by_the_job(kube:
                  "namespace:  ml (context fake", "image:      ghcr.io/kubetune/trainer:", f"Job {name}-export"):
         assert line in plan, plan
     job = kube.fake.get("jobs", "ml", name)
+    export = kube.fake.get("jobs", "ml", f"{name}-export")
     assert job is not None and not job["spec"].get("suspend")  # let go once everything it needs exists
+    assert export is not None and export["spec"]["suspend"]  # left suspended: training's rank 0 starts it
     ref = ("Job", name, job["metadata"]["uid"])
+    assert owners(export) == [ref]  # goes with a training that never succeeds; the trainer drops it on start
     for plural, obj_name in (("configmaps", name), ("services", name), ("serviceaccounts", name),
-                             ("jobs", f"{name}-export")):
-        obj = kube.fake.get(plural, "ml", obj_name)
-        assert obj is not None and owners(obj) == [ref], (plural, obj)
+                             ("roles", f"{name}-export"), ("rolebindings", f"{name}-export")):
+        obj = kube.fake.get(plural, "ml", obj_name)  # owned by both Jobs: they live as long as either
+        assert obj is not None and owners(obj) == [ref, ("Job", f"{name}-export", export["metadata"]["uid"])], obj
     assert owners(job) == []
     # the Job first (suspended: no pod may start before its ConfigMap exists), the rest, then unsuspended
     writes = [(r.method, r.path.rsplit("/", 1)[-1], (r.body or {}).get("spec", {}).get("suspend"))
               for r in kube.fake.requests if r.method in ("POST", "PATCH")]
     assert writes[0] == ("POST", "jobs", True)
-    assert [w[1] for w in writes[1:5]] == ["jobs", "serviceaccounts", "configmaps", "services"]
-    assert sorted(w[1] for w in writes[5:]) == sorted([name, f"{name}-export"]) and {w[0] for w in writes[5:]} == {"PATCH"}
-    assert len(kube.fake.pods("ml", name)) == 2
+    assert [w[1] for w in writes[1:7]] == ["jobs", "serviceaccounts", "configmaps", "services", "roles",
+                                           "rolebindings"]
+    assert writes[7:] == [("PATCH", name, False)]  # the training Job only: the export waits
+    assert len(kube.fake.pods("ml", name)) == 2 and kube.fake.pods("ml", f"{name}-export") == []
+    assert f"waiting Job ml/{name}-export (suspended until training succeeds" in done.stdout
     assert f"launch status {name} -n ml" in done.stdout
 
 
@@ -120,8 +125,9 @@ OOM_LOG = "[train] step 3 loss 2.1\n[kubetune] error: CUDA out of memory on rank
 
 
 def test_wait_reports_a_failed_rank_and_exits_1(kube: Kube, tmp_path: Path) -> None:
-    kube.fake.every_job = [PodState("Running"), {0: PodState("Running"), 1: PodState(
-        "Failed", exit_code=137, reason="OOMKilled", log=OOM_LOG)}]
+    # rank 1 runs out of memory on every attempt: the Job retries it job.backoffLimit (2) times, then fails
+    oom = {1: PodState("Failed", exit_code=137, reason="OOMKilled", log=OOM_LOG)}
+    kube.fake.every_job = [PodState("Running"), {0: PodState("Running"), **oom}, oom, oom]
     code, result, progress = wait_json(kube, cluster_spec(tmp_path))
     [name] = kube.submitted()
     assert code == 1
@@ -154,6 +160,60 @@ def test_a_failure_midway_leaves_nothing_behind(kube: Kube, tmp_path: Path) -> N
     assert "deleted Job ml/bot-" in done.stderr
     assert kube.fake.items("jobs", "ml") == [] and kube.fake.items("configmaps", "ml") == []
     assert kube.fake.items("pods", "ml") == []
+
+
+def test_the_export_starts_when_training_succeeded_and_outlives_the_training_job(kube: Kube, tmp_path: Path) -> None:
+    assert kube.run("submit", str(cluster_spec(tmp_path, export={"gguf": ["q8_0"]}))).exit_code == 0
+    [name] = kube.submitted()
+    status = json.loads(kube.run("status", name, "-o", "json").stdout)
+    assert status["export"] == "waiting" and kube.fake.pods("ml", f"{name}-export") == []  # nothing reserved
+    shown = kube.run("status", name).stdout
+    assert "export waiting" in shown, shown
+    kube.fake.set_pods("ml", name, PodState("Succeeded", exit_code=0))  # rank 0 then starts it (fake: as the trainer)
+    export = kube.fake.get("jobs", "ml", f"{name}-export")
+    assert export is not None and not export["spec"]["suspend"] and owners(export) == []
+    assert len(kube.fake.pods("ml", f"{name}-export")) == 1
+    with kube.fake.lock:  # the training Job's TTL runs out (the TTL controller deletes it in the background)
+        kube.fake.remove("batch/v1", "jobs", "ml", name)
+    assert kube.fake.get("jobs", "ml", f"{name}-export") is not None  # the export runs on
+    for plural in ("configmaps", "serviceaccounts", "roles", "rolebindings"):  # what its pod mounts stays with it
+        obj = kube.fake.get(plural, "ml", name if plural in ("configmaps", "serviceaccounts") else f"{name}-export")
+        assert obj is not None and [o[1] for o in owners(obj)] == [f"{name}-export"], plural
+    with kube.fake.lock:  # then its own TTL
+        kube.fake.remove("batch/v1", "jobs", "ml", f"{name}-export")
+    assert kube.fake.items("configmaps", "ml") == [] and kube.fake.items("roles", "ml") == []
+
+
+def test_a_training_that_never_succeeds_takes_its_waiting_export_along(kube: Kube, tmp_path: Path) -> None:
+    assert kube.run("submit", str(cluster_spec(tmp_path, export={"gguf": ["q8_0"]}))).exit_code == 0
+    [name] = kube.submitted()
+    with kube.fake.lock:  # a failed training Job past its TTL
+        kube.fake.remove("batch/v1", "jobs", "ml", name)
+    for plural in ("jobs", "configmaps", "serviceaccounts", "roles", "rolebindings", "pods"):
+        assert kube.fake.items(plural, "ml") == [], plural
+
+
+def test_an_export_training_could_not_start_is_shown_with_the_command_that_starts_it(kube: Kube,
+                                                                                     tmp_path: Path) -> None:
+    kube.fake.trainer_starts_export = False  # e.g. the trainer's PATCH was refused
+    assert kube.run("submit", str(cluster_spec(tmp_path, export={"gguf": ["q8_0"]}))).exit_code == 0
+    [name] = kube.submitted()
+    kube.fake.set_pods("ml", name, PodState("Succeeded", exit_code=0))
+    status = json.loads(kube.run("status", name, "-o", "json").stdout)
+    assert (status["training"], status["export"], status["status"]) == ("succeeded", "not started", "running")
+    [blocked] = status["blocked"]
+    assert blocked["where"] == f"Job ml/{name}-export" and f"launch logs {name}" in blocked["message"]
+    assert blocked["fix"] == (f"start it: kubectl patch job {name}-export -n ml --type merge "
+                              """-p '{"metadata":{"ownerReferences":null},"spec":{"suspend":false}}'""")
+
+
+def test_a_failed_submit_with_an_export_deletes_both_jobs(kube: Kube, tmp_path: Path) -> None:
+    kube.fake.deny("create", "rolebindings.rbac.authorization.k8s.io")  # the last object created
+    done = kube.process("submit", str(cluster_spec(tmp_path, export={"gguf": ["q8_0"]})))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "deleted Job ml/bot-" in done.stderr and "-export and Job ml/bot-" in done.stderr
+    for plural in ("jobs", "configmaps", "serviceaccounts", "services", "roles", "pods"):
+        assert kube.fake.items(plural, "ml") == [], plural
 
 
 def test_a_jobset_owns_the_rest_and_starts_after_them(tmp_path: Path) -> None:
@@ -205,3 +265,20 @@ def test_ctrl_c_stops_waiting_not_the_job(kube: Kube, tmp_path: Path) -> None:
     assert f"stopped waiting; job ml/{name} keeps running: `launch status {name} -n ml`" in err
     job = kube.fake.get("jobs", "ml", name)
     assert job is not None and job["status"]["active"] == 2
+
+
+def test_a_network_policy_is_created_before_any_pod_and_owned_like_the_rest(kube: Kube, tmp_path: Path) -> None:
+    values = tmp_path / "np.yaml"
+    values.write_text(yaml.safe_dump({"networkPolicy": {"enabled": True}}))
+    done = kube.run("submit", str(cluster_spec(tmp_path, export={"gguf": ["q8_0"]})), "-f", str(values))
+    assert done.exit_code == 0, done.output
+    [name] = kube.submitted()
+    policy = kube.fake.get("networkpolicies", "ml", name)
+    assert policy is not None, [r.path for r in kube.fake.requests if r.method == "POST"]
+    job, export = kube.fake.get("jobs", "ml", name), kube.fake.get("jobs", "ml", f"{name}-export")
+    assert {o[2] for o in owners(policy)} == {job["metadata"]["uid"], export["metadata"]["uid"]}
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"kubetune.dev/submission": name}}
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {53, 443, 6443} <= ports  # DNS, HTTPS (S3, MLflow), the API server (the export's start)
+    posts = [r.path.rsplit("/", 1)[-1] for r in kube.fake.requests if r.method == "POST"]
+    assert posts.index("networkpolicies") < posts.index("configmaps")  # in place before the Job is let go

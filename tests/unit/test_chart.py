@@ -86,7 +86,10 @@ def test_render_indexed_job(nodes: int, tmp_path: Path) -> None:
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == nodes
-    assert spec["backoffLimit"] == 0  # preemptions (DisruptionTarget, exit 75) are replaced without counting
+    # preemptions (DisruptionTarget, exit 75) are replaced without counting; crashes and lost peers (76) count per
+    # index: one incident fails every index once, so job.backoffLimit (2) incidents pass and the next fails the Job
+    assert spec["backoffLimitPerIndex"] == 2 and spec["maxFailedIndexes"] == 0
+    assert spec["backoffLimit"] == 2 * nodes  # the same bound on clusters without per-index limits
     rules = spec["podFailurePolicy"]["rules"]
     assert [r["action"] for r in rules] == ["Ignore", "Ignore", "FailJob"]
     assert rules[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
@@ -160,13 +163,14 @@ def test_pod_is_locked_down_with_writable_emptydirs(tmp_path: Path) -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]] and "emptyDir" in volumes[mounts["/cache"]]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HF_HOME"].startswith("/cache/") and env["HOME"].startswith("/cache/")
-    assert container["resources"] == {"requests": {"memory": "64Gi"}}
+    bounded = {"cpu": "4", "memory": "64Gi", "ephemeral-storage": "20Gi"}  # limits equal to the requests
+    assert container["resources"] == {"requests": bounded, "limits": bounded}
 
 
 def test_gpu_job(tmp_path: Path) -> None:
     _, objs = render(write_spec(tmp_path, nodes=2, gpu="h100", training={"strategy": "zero3"}))
     (container,) = objs["Job"][0]["spec"]["template"]["spec"]["containers"]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
     args = container["args"]
     assert args[args.index("--num_machines") + 1] == "2"
     assert args[args.index("--num_processes") + 1] == "8"

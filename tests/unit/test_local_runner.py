@@ -173,6 +173,17 @@ def test_a_gpu_spec_is_refused_before_anything_starts_on_a_machine_without_gpus(
     assert any(p.startswith("resources.gpu: `a100` asks for GPUs") and "resources.gpu=none" in p for p in e.value.problems)
 
 
+def test_the_api_token_and_the_export_starter_are_left_out_locally(tmp_path: Path) -> None:
+    # on a cluster rank 0 starts the suspended export Job through the API; here the runner starts it after training
+    sub = local_submission(tmp_path, nodes=1)
+    [pod] = rendered_pods(sub, tmp_path, export={"enabled": True})
+    assert "kube-api-token" not in pod.dirs and not {"KUBETUNE_EXPORT_JOB", "KUBETUNE_EXPORT_QUEUE"} & set(pod.env)
+    assert not any("serviceaccount" in a for a in pod.argv)
+    manifests = helm.parse_manifests(client.render(sub, [tmp_path / "test-values.yaml"]))  # the same values
+    [export] = plan(manifests, tmp_path / "export", cwd=tmp_path, component="export")  # rendered suspended: planned
+    assert "trainer.export" in export.argv
+
+
 def test_unsupported_volumes_are_refused(tmp_path: Path) -> None:
     sub = local_submission(tmp_path, nodes=1)
     manifests = helm.parse_manifests(client.render(sub))

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from launcher import client
 from launcher.cli import main
+from launcher.plan.fit import GPUS
 
 REMOTE = {"data": {"train": "s3://datasets/train.jsonl"}, "output": {"uri": "s3://runs/plan/"}}
 SEEDS = {  # the seeds' models, set up as their authors describe
@@ -58,12 +59,12 @@ def test_plan_prints_a_fit_per_gpu_type_and_count_for_each_seed(tmp_path: Path, 
     out = done.stdout
     assert "fit per GPU type and count:" in out
     header = next(line for line in out.splitlines() if "per GPU" in line and "H100 80GB" in line)
-    assert "A100 80GB" in header and "A100 40GB" in header
+    assert all(g.label in header for g in GPUS)  # the whole catalog: H200, B200, L40S, A10G too
     rows = re.findall(r"^\s+(\d+)( \*)?\s+[\d.]+ GiB\s+(fits|OOM) [+-]", out, re.M)
     world = {"gpt-oss-20b": 1, "r1-distill-qwen-7b": 2, "gemma-3-12b": 8}[seed]
     assert [int(n) for n, _, _ in rows] == [1, 2, 4, 8]
     assert [int(n) for n, star, _ in rows if star] == [world]  # the spec's own nodes x gpus_per_node
-    assert all(len(re.findall(r"(fits|OOM) [+-]", line)) == 3 for line in out.splitlines()
+    assert all(len(re.findall(r"(fits|OOM) [+-]", line)) == len(GPUS) for line in out.splitlines()
                if re.match(r"^\s+\d+( \*)?\s+[\d.]+ GiB", line))
     assert re.search(r"^(fits|does not fit): ", out, re.M)
     assert "base weights" in out and "activations" in out and "logits + loss" in out

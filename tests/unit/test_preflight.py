@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ def rendered_pod(tmp_path: Path, nodes: int, **extra_values: Any) -> dict[str, A
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({
         "name": "pf", "base_model": "org/model", "data": {"train": "s3://b/train.jsonl"},
-        "resources": {"gpu": "none", "nodes": nodes, "memory": "8Gi"}, "output": {"uri": "s3://b/out/"},
+        "resources": {"gpu": "none", "nodes": nodes, "memory": "24Gi"}, "output": {"uri": "s3://b/out/"},
     }))  # fmt: skip
     sub = client.prepare(spec)
     extra = tmp_path / "extra.yaml"
@@ -276,7 +277,7 @@ def test_multi_node_pods_run_the_preflight_first_as_the_trainer_would(tmp_path: 
         "--nodes": main_args["--num_machines"],
         "--addr": main_args["--main_process_ip"],
         "--port": main_args["--main_process_port"],
-        "--timeout": "300",
+        "--timeout": "1800",
         "--backend": "auto",
         "--size-mib": "64",
     }
@@ -332,3 +333,55 @@ def test_local_runs_wait_less(tmp_path: Path) -> None:
     defaults = yaml.safe_load((Path(helm.chart_dir()) / "values.yaml").read_text())["preflight"]
     assert client.prepare(spec, local=True).values["preflight"] == {"timeoutSeconds": PREFLIGHT_TIMEOUT}
     assert defaults["timeoutSeconds"] > PREFLIGHT_TIMEOUT
+    assert defaults["timeoutSeconds"] >= 1800  # on an autoscaled pool: a GPU node provisioned, then the image pulled
+
+
+# --- waiting for ranks that start late (nodes provisioned, images pulled) -----------------------
+
+
+def test_each_wait_says_what_it_waits_for(capsys: Any) -> None:
+    listener = listen(0)
+    port = listener.getsockname()[1]
+    rdv = Rendezvous("job-abc12", "127.0.0.1", port, 3, 10.0, report_every=0.3)
+    with listener:
+        server = rank0(rdv, listener, 10)
+        early = Background(lambda: reach(rdv, 1, at(port), deadline(10)))
+        time.sleep(1.2)  # rank 2's node is still being provisioned
+        assert reach(rdv, 2, at(port), deadline(10)) is None
+        assert early.result() is None and server.result() is None
+    out = capsys.readouterr().out
+    waiting = [line for line in out.splitlines() if "rank 0 waiting for rank(s)" in line]
+    assert waiting and all("rank 0 waiting for rank(s) 2 (2 of 3 ranks here)" in line for line in waiting), out
+    assert "`launch status job-abc12` say why" in waiting[0] and " s so far, giving up in " in waiting[0]
+    assert "joined rank 0, which still waits for other ranks" in out
+
+
+def test_a_rank_waiting_for_rank_0_says_so_and_still_gets_in(capsys: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rdv = Rendezvous("job-abc12", "127.0.0.1", port, 2, 10.0, report_every=0.3)
+    early = Background(lambda: reach(rdv, 1, at(port), deadline(10)))
+    time.sleep(1.2)  # rank 0's pod is Pending
+    with listen(port) as listener:
+        gather(rdv, listener, deadline(10))
+    assert early.result() is None
+    out = capsys.readouterr().out
+    assert f"rank 0 at 127.0.0.1:{port} does not answer yet (connection refused)" in out, out
+
+
+def test_an_unresolved_name_is_reported_while_it_is_retried(capsys: Any) -> None:
+    rdv = Rendezvous("job-abc12", "job-abc12-0.job-abc12.invalid", 29500, 2, 2.0, report_every=0.5)
+    with pytest.raises(PreflightError):
+        resolve(rdv, deadline(2.0))
+    assert "rank 0's address job-abc12-0.job-abc12.invalid does not resolve yet" in capsys.readouterr().out
+
+
+def test_the_process_group_does_not_wait_as_long_as_the_ranks_do() -> None:
+    assert Rendezvous("j", "h", 1, 2, 1800.0).group_timeout == 300
+    assert Rendezvous("j", "h", 1, 2, 30.0).group_timeout == 30
+
+
+def test_the_report_interval_is_an_optional_argument(capsys: Any) -> None:
+    assert main([*ARGS, "--report-every", "0"]) == 2
+    assert "--report-every is '0': it must be an integer from 1 to 3600" in capsys.readouterr().err

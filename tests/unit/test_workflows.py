@@ -26,7 +26,8 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 CI_VALUES = ROOT / "charts" / "kubetune" / "ci"
 SUMMARY = ROOT / ".github" / "scripts" / "job_summary.py"
 BIN = Path(sys.executable).parent
-ACTION = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
+# a commit, never a tag (a tag can be moved to other code); the version it is goes in a comment
+PINNED = re.compile(r"^\s*(?:- )?uses: ([\w.-]+/[\w.-]+(?:/[\w./-]+)?)@([0-9a-f]{40})  # v\d+(\.\d+){0,2}$")
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -78,11 +79,84 @@ def run_script(script: str, env: dict[str, str], cwd: Path = ROOT, path: Path | 
 # -- every workflow ------------------------------------------------------------------------------
 
 
-def test_actions_are_pinned_to_a_version() -> None:
+def test_actions_are_pinned_to_a_commit() -> None:
+    pinned: dict[str, set[str]] = {}
     for path in sorted(WORKFLOWS.glob("*.yml")):
-        for job, s in steps(yaml.safe_load(path.read_text())):
-            if "uses" in s:
-                assert ACTION.match(s["uses"]), f"{path.name} {job}: `uses: {s['uses']}`: pin a major version at least"
+        uses = [line for line in path.read_text().splitlines() if re.match(r"^\s*(- )?uses:", line)]
+        assert len(uses) == sum("uses" in s for _, s in steps(workflow(path.name))), path.name
+        for line in uses:
+            m = PINNED.match(line)
+            assert m, f"{path.name}: `{line.strip()}`: pin the action to a commit SHA, with its version in a comment"
+            pinned.setdefault(m.group(1), set()).add(m.group(2))
+    assert {"actions/checkout", "actions/setup-python"} <= set(pinned)
+    assert all(len(shas) == 1 for shas in pinned.values()), f"one commit per action everywhere: {pinned}"
+
+
+def test_every_workflow_states_its_permissions() -> None:
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        wf = workflow(path.name)
+        assert "permissions" in wf, f"{path.name}: no top-level `permissions:` (the token would get the defaults)"
+        granted = {k: v for k, v in wf["permissions"].items() if v != "none"}
+        allowed = {"contents", "id-token"} | ({"packages"} if path.name == "release.yml" else set())
+        assert set(granted) <= allowed and granted.get("contents") == "read", (path.name, granted)
+        if "id-token" in granted:  # only where cloud credentials come from OIDC
+            assert "aws-actions/configure-aws-credentials" in path.read_text(), path.name
+
+
+def test_the_release_builds_and_pushes_both_images_for_the_chart_version() -> None:
+    wf = workflow("release.yml")
+    assert triggers(wf) == {"push": {"tags": ["v*"]}}
+    assert wf["permissions"] == {"contents": "read", "packages": "write"}
+    matrix = wf["jobs"]["images"]["strategy"]["matrix"]["include"]
+    assert {m["name"] for m in matrix} == {"trainer", "export"}
+    for m in matrix:
+        assert (ROOT / m["dockerfile"]).is_file() and m["dockerfile"] == f"images/{m['name']}/Dockerfile"
+        if m["base"]:
+            args = dockerfile.parse(ROOT / m["dockerfile"]).global_args
+            assert {"BASE_IMAGE", "TORCH_INDEX"} <= args.keys()
+            # the CUDA of the base image is the CUDA torch is built for
+            cuda = re.search(r"cuda:(\d+)\.(\d+)", m["base"])
+            assert cuda and m["torch_index"].endswith(f"/cu{cuda[1]}{cuda[2]}"), m
+    default = [m for m in matrix if m["name"] == "trainer" and not m["suffix"]]
+    args = dockerfile.parse(ROOT / "images" / "trainer" / "Dockerfile").global_args
+    assert len(default) == 1 and (default[0]["base"], default[0]["torch_index"]) == (
+        args["BASE_IMAGE"], args["TORCH_INDEX"])  # the untagged variant is what the Dockerfile builds by default
+    script = step(wf, "build and push")["run"]
+    assert 'docker push "$ref"' in script and "GITHUB_STEP_SUMMARY" in script
+    # the tag must be the chart's version: what the chart's default image tag (appVersion) points at
+    check = step(wf, "the tag is the chart's version")["run"]
+    chart = yaml.safe_load((ROOT / "charts" / "kubetune" / "Chart.yaml").read_text())
+    env = {"TAG": f"v{chart['version']}", "GITHUB_ENV": "/dev/null"}
+    assert run_script(check, env).returncode == 0
+    assert run_script(check, env | {"TAG": "v9.9.9"}).returncode == 1
+
+
+def test_the_oidc_session_lasts_as_long_as_the_job() -> None:
+    wf = workflow("train.yml")
+    (creds,) = [s for _, s in steps(wf) if "configure-aws-credentials" in s.get("uses", "")]
+    assert int(creds["with"]["role-duration-seconds"]) >= wf["jobs"]["submit"]["timeout-minutes"] * 60
+    assert "--max-session-duration 21600" in (ROOT / "docs" / "github-actions.md").read_text()
+
+
+def test_the_documented_role_creates_what_launch_creates_and_reads_no_secret() -> None:
+    from launcher.backends.kube_submit import OWNED_ORDER, WORKLOADS
+    from launcher.backends.kubernetes import KINDS
+
+    text = (ROOT / "docs" / "github-actions.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "kind: Role" in b)
+    role = next(d for d in yaml.safe_load_all(re.sub(r"^ {3}", "", block, flags=re.M)) if d["kind"] == "Role")
+    verbs: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for resource in rule["resources"]:
+            verbs.setdefault(resource, set()).update(rule["verbs"])
+    for name in {*OWNED_ORDER, *WORKLOADS}:  # what launch submit creates
+        plural = KINDS[name].plural
+        assert "create" in verbs.get(plural, set()), f"the Role cannot create {plural}"
+    assert verbs["secrets"] == {"create"}, "the Role must not read Secrets"
+    assert {"get", "list"} <= verbs["pods/log"] and {"get", "list"} <= verbs["events"]
+    # RBAC refuses to create a Role granting more than the creator holds: the chart's export starter
+    # (charts/kubetune/templates/rbac.yaml) grants get and patch on jobs
+    assert {"get", "patch"} <= verbs["jobs"]
 
 
 def test_run_scripts_are_valid_bash_without_expressions() -> None:
@@ -169,10 +243,20 @@ def test_kind_job_builds_loads_and_submits_the_same_image(helm_binary: str) -> N
     assert build[build.index("-t") + 1] == "$IMAGE" and build[build.index("-f") + 1] == "images/trainer/Dockerfile"
     (kind_action,) = [s for _, s in steps(wf) if s.get("uses", "").startswith("helm/kind-action@")]
     assert kind_action["with"]["cluster_name"] == env["CLUSTER"]
-    assert 'kind load docker-image "$IMAGE" --name "$CLUSTER"' in step(wf, "load the image into kind")["run"]
+    load = step(wf, "load the images into kind")["run"]
+    assert 'kind load docker-image "$IMAGE" --name "$CLUSTER"' in load
+    assert 'kind load docker-image "$EXPORT_IMAGE" --name "$CLUSTER"' in load
+    export_build = shlex.split(step(wf, "export image")["run"])
+    assert export_build[export_build.index("-t") + 1] == "$EXPORT_IMAGE"
+    assert export_build[export_build.index("-f") + 1] == "images/export/Dockerfile"
+    # the namespace enforces "restricted", and everything goes there
+    namespace = step(wf, "a namespace that enforces the restricted Pod Security level")["run"]
+    assert 'kubectl create namespace "$NAMESPACE"' in namespace
+    assert "pod-security.kubernetes.io/enforce=restricted" in namespace
     # the spec is fit for a cluster and renders with the values file: the loaded image, never pulled
     submit = step(wf, "launch submit --wait")["run"]
-    assert '--context "kind-$CLUSTER"' in submit
+    assert '--context "kind-$CLUSTER"' in submit and '-n "$NAMESPACE"' in submit
+    assert '--namespace "$NAMESPACE"' in step(wf, "the MLflow run and the outputs")["run"]
     sub = client.prepare(ROOT / env["SPEC"], ["tracking.mlflow_uri=http://172.18.0.1:5001"])
     pods = [d["spec"]["template"]["spec"] for d in helm.parse_manifests(client.render(sub, [ROOT / env["VALUES"]]))
             if d["kind"] == "Job"]
@@ -180,10 +264,12 @@ def test_kind_job_builds_loads_and_submits_the_same_image(helm_binary: str) -> N
     secret = re.search(r"kubectl create secret generic (\S+)", step(wf, next(
         s["name"] for _, s in steps(wf) if "kubectl create secret" in s.get("run", "")))["run"])
     assert secret and values["s3"]["existingSecret"] == secret[1]
-    assert pods
+    assert '-n "$NAMESPACE"' in step(wf, next(s["name"] for _, s in steps(wf) if "kubectl create secret" in s.get("run", "")))["run"]
+    assert len(pods) == 2  # training, then the export (merge, GGUF, verify, register)
     for pod in pods:
+        image = env["EXPORT_IMAGE"] if pod["containers"][0]["name"] == "export" else env["IMAGE"]
         for c in pod.get("initContainers", []) + pod["containers"]:
-            assert (c["image"], c["imagePullPolicy"]) == (env["IMAGE"], "Never"), c["name"]
+            assert (c["image"], c["imagePullPolicy"]) == (image, "Never"), c["name"]
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for c in pods[0]["containers"] for e in c.get("env", [])
             if "valueFrom" in e}
     assert refs == {secret[1]}
@@ -311,22 +397,32 @@ def test_kind_check_reads_the_run_and_the_marker(tmp_path: Path) -> None:
         finished = tracking.create_run(experiment, run_name="kind-e2e-ab12c").info.run_id
         tracking.set_terminated(finished, "FINISHED")
         running = tracking.create_run(experiment, run_name="kind-e2e-zz99z").info.run_id
+        tracking.create_registered_model("kind-e2e-ab12c")
+        version = tracking.create_model_version("kind-e2e-ab12c", "s3://kubetune-ci/runs/kind-e2e/export", finished)
+        tracking.set_registered_model_alias("kind-e2e-ab12c", "candidate", version.version)
         s3 = boto3.client("s3", endpoint_url=s3_url, aws_access_key_id="testing", aws_secret_access_key="testing",
                           region_name="us-east-1")
         s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=bucket, Key=f"{prefix}_SUCCESS", Body=json.dumps({"run_id": finished}).encode())
 
-        def check(name: str, run_id: str) -> subprocess.CompletedProcess[str]:
+        def check(name: str, run_id: str, registered: str | None) -> subprocess.CompletedProcess[str]:
             result = tmp_path / "result.json"
-            result.write_text(json.dumps({"name": name, "namespace": "default", "status": "succeeded",
-                                          "mlflow_run_id": run_id, "registered_model": None}))
+            result.write_text(json.dumps({"name": name, "namespace": "kubetune-ci", "status": "succeeded",
+                                          "mlflow_run_id": run_id, "registered_model": registered}))
             return subprocess.run([sys.executable, str(ROOT / ".github" / "kind" / "check_e2e.py"), str(result),
-                                   str(spec_path), "--mlflow", mlflow_url, "--s3", s3_url],
+                                   str(spec_path), "--namespace", "kubetune-ci", "--mlflow", mlflow_url,
+                                   "--s3", s3_url],
                                   capture_output=True, text=True, timeout=60, env=os.environ | s3_env(s3_url))
 
-        done = check("kind-e2e-ab12c", finished)
+        assert spec["export"]["gguf"] == ["q8_0"]  # the e2e exports and registers
+        done = check("kind-e2e-ab12c", finished, "models:/kind-e2e-ab12c@candidate")
         assert done.returncode == 0 and done.stdout.startswith("ok: job kind-e2e-ab12c"), done.stdout + done.stderr
-        done = check("kind-e2e-zz99z", running)
+        assert "registered models:/kind-e2e-ab12c@candidate" in done.stdout
+        done = check("kind-e2e-ab12c", finished, None)
+        assert done.returncode == 1 and "the export registered nothing" in done.stderr, done.stdout + done.stderr
+        done = check("kind-e2e-ab12c", finished, "models:/kind-e2e-ab12c@production")
+        assert done.returncode == 1 and "has no such alias" in done.stderr, done.stdout + done.stderr
+        done = check("kind-e2e-zz99z", running, "models:/kind-e2e-ab12c@candidate")
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"MLflow run {running} is RUNNING, expected FINISHED" in done.stderr
         assert f"runs/kind-e2e/_SUCCESS names run '{finished}'" in done.stderr

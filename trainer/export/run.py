@@ -46,13 +46,18 @@ def _marker(uri: str) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def wait_for_success(output: str, minutes: int, poll_seconds: float = 10.0, job: str | None = None) -> dict[str, Any]:
+WAIT_LOG_SECONDS = 300  # while waiting for training: one line this often
+
+
+def wait_for_success(output: str, minutes: float, poll_seconds: float = 10.0, job: str | None = None) -> dict[str, Any]:
     """Training's `_SUCCESS` marker (JSON) once it exists; ExportError when training wrote `_FAILED` instead,
-    or after `minutes`. With `job` (the submission's name, KUBETUNE_JOB_NAME), markers of other submissions
-    to the same output (an earlier run's) are not taken for this one's."""
+    or after `minutes` (0: no deadline; export.wait_minutes). With `job` (the submission's name,
+    KUBETUNE_JOB_NAME), markers of other submissions to the same output (an earlier run's) are not taken for
+    this one's. Says every few minutes that it is still waiting."""
     success, failed = storage.join(output, "_SUCCESS"), storage.join(output, "_FAILED")
-    deadline = time.monotonic() + minutes * 60
-    announced = False
+    started = time.monotonic()
+    deadline = started + minutes * 60 if minutes > 0 else None
+    next_line = started
     while True:
         for uri in (success, failed):
             found = _marker(uri)
@@ -62,12 +67,14 @@ def wait_for_success(output: str, minutes: int, poll_seconds: float = 10.0, job:
                 raise ExportError(f"training failed ({found.get('error') or 'see its logs'}): nothing to export; "
                                   f"{failed} says so")
             return found
-        if time.monotonic() > deadline:
-            raise ExportError(f"no {success} after {minutes} min: training did not finish (see its logs), or "
-                              "raise export.wait_minutes")
-        if not announced:
-            say(f"waiting for {success}" + (f" of {job}" if job else ""))
-            announced = True
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise ExportError(f"no {success} after {minutes:g} min: training did not finish (see its logs), or "
+                              "raise export.wait_minutes (0: no deadline)")
+        if now >= next_line:
+            waited = f" ({(now - started) / 60:.0f} min so far)" if now > started else ""
+            say(f"waiting for {success}" + (f" of {job}" if job else "") + waited)
+            next_line = now + WAIT_LOG_SECONDS
         time.sleep(poll_seconds)
 
 

@@ -14,6 +14,11 @@ instead of hanging until the c10d/NCCL timeout (30 minutes by default).
    bandwidth, then destroy the group (`collective.py`);
 4. rank 0 checks that the port can be bound again, for accelerate.
 
+`--timeout` bounds the waits of steps 1 and 2, where a rank may wait for another rank's node to be
+provisioned and its image pulled (minutes on an autoscaled pool); each wait says every
+`--report-every` seconds what it still waits for (rank 0: which ranks have not joined). Step 3
+starts once every rank is up, so it gets at most 300 s (`GROUP_TIMEOUT`).
+
 A problem is printed as one `[kubetune] error: preflight: ...` line naming what to check, and
 the process exits with 1 (2 for bad arguments).
 """

@@ -1,6 +1,7 @@
 """`python -m trainer.preflight`: the chart's init container (see the package docstring).
 
-Every argument is required: the chart's values (`job.*`, `preflight.*`) are where the defaults live.
+Every argument but `--report-every` is required: the chart's values (`job.*`, `preflight.*`) are
+where the defaults live.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from trainer.preflight import PreflightError, report, say
 from trainer.preflight.rendezvous import (
     RANK0_GRACE,
+    REPORT_EVERY,
     Rendezvous,
     check_own_address,
     gather,
@@ -35,6 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", required=True, help="seconds to wait for the other ranks, per stage")
     p.add_argument("--backend", required=True, help="auto | gloo | nccl (preflight.backend)")
     p.add_argument("--size-mib", required=True, help="all-reduce size for the bandwidth, 0 to skip")
+    p.add_argument("--report-every", default=str(int(REPORT_EVERY)),
+                   help="seconds between the lines that say what a wait still waits for (default %(default)s)")
     return p.parse_args(argv)
 
 
@@ -56,11 +60,13 @@ def rendezvous_and_rank(args: argparse.Namespace) -> tuple[Rendezvous, int, str,
     port = _int(args, "port", 1, 65535, "the chart value job.port")
     timeout = _int(args, "timeout", 1, 86_400, "the chart value preflight.timeoutSeconds")
     size_mib = _int(args, "size-mib", 0, 65_536, "the chart value preflight.allReduceMiB")
+    report_every = _int(args, "report-every", 1, 3600, "seconds between progress lines")
     if args.backend not in BACKENDS:
         raise PreflightError(f"--backend is {args.backend!r}: use one of {', '.join(BACKENDS)} (preflight.backend)")
     if not args.addr or args.addr.startswith("$("):
         raise PreflightError(f"--addr is {args.addr!r}: set KUBETUNE_MASTER_ADDR to rank 0's host name")
-    return Rendezvous(args.job, args.addr, port, nodes, float(timeout)), rank, args.backend, size_mib
+    rdv = Rendezvous(args.job, args.addr, port, nodes, float(timeout), float(report_every))
+    return rdv, rank, args.backend, size_mib
 
 
 def run(rdv: Rendezvous, rank: int, backend: str, size_mib: int) -> None:

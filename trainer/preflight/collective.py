@@ -43,7 +43,7 @@ def check(rdv: Rendezvous, rank: int, choice: str, size_mib: int, started: float
     import torch.distributed as dist
 
     chosen = backends(choice, torch.cuda.is_available())
-    timeout = timedelta(seconds=rdv.timeout)
+    timeout = timedelta(seconds=rdv.group_timeout)  # every rank is up: seconds, not the wait for nodes
     try:
         dist.init_process_group("gloo", init_method=_url(rdv), rank=rank, world_size=rdv.nodes, timeout=timeout)
     except RuntimeError as e:
@@ -109,7 +109,7 @@ def _first_line(e: BaseException) -> str:
 
 def _not_formed(rdv: Rendezvous, backend: str, e: BaseException) -> str:
     return (
-        f"the {backend} process group of {rdv.nodes} ranks did not form within {rdv.timeout:.0f} s although every rank "
+        f"the {backend} process group of {rdv.nodes} ranks did not form within {rdv.group_timeout:.0f} s although every rank "
         f"had reached rank 0 at {rdv.where} ({_first_line(e)}). {backend} connects every pair of ranks directly, "
         f"on other ports than {rdv.port}: a NetworkPolicy that allows only that port blocks it; on nodes with several "
         "network interfaces set GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME in the chart's `env`"

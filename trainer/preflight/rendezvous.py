@@ -3,6 +3,11 @@
 Rank 0 listens where accelerate will listen (the wildcard address, `SO_REUSEADDR` as torch's
 TCPStore does) and waits until ranks 1..N-1 have said hello; then it tells each of them to go
 on. A rank that cannot reach rank 0 reports first: rank 0 waits `RANK0_GRACE` seconds longer.
+
+Every wait says, each `report_every` seconds (30), what it is still waiting for: a rank the name
+of rank 0 that does not resolve or the port that does not answer yet, rank 0 the ranks that have
+not said hello. On an autoscaled pool a pod can wait here for a node being provisioned and a
+multi-GB image pull, which is why the chart's default timeout is long.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -23,6 +29,8 @@ RETRY_PAUSE = 0.5  # between attempts (DNS and connections)
 REPLY_WAIT = 10.0  # a listener that has not answered a hello by then is not rank 0's preflight
 HELLO_WAIT = 5.0  # rank 0 drops a connection that has not said hello by then
 RANK0_GRACE = 5.0
+REPORT_EVERY = 30.0  # seconds between the lines that say what a wait still waits for
+GROUP_TIMEOUT = 300.0  # once every rank has said hello, forming the process group takes seconds, not the full wait
 UNREACHABLE = (errno.EHOSTUNREACH, errno.ENETUNREACH)
 
 Address = tuple[int, tuple]  # (address family, sockaddr)
@@ -34,7 +42,13 @@ class Rendezvous:
     host: str  # rank 0's address as the pods know it: `<job>-0.<service>` or an IP
     port: int
     nodes: int
-    timeout: float  # seconds each stage waits for the other ranks
+    timeout: float  # seconds the ranks wait for each other to show up (node provisioning, image pulls)
+    report_every: float = REPORT_EVERY
+
+    @property
+    def group_timeout(self) -> float:
+        """Seconds to form the process group, when every rank has already said hello to rank 0."""
+        return min(self.timeout, GROUP_TIMEOUT)
 
     @property
     def where(self) -> str:
@@ -46,6 +60,23 @@ class Rendezvous:
     def log_hint(self, rank: int) -> str:
         index = f"batch.kubernetes.io/job-completion-index={rank}"
         return f"`kubectl logs -l kubetune.dev/submission={self.job},{index} -c preflight`"
+
+
+class Waiting:
+    """A wait until `deadline` that says, each `rdv.report_every` seconds, what it is still waiting for."""
+
+    def __init__(self, rdv: Rendezvous, deadline: float):
+        self.rdv, self.deadline = rdv, deadline
+        self.started = time.monotonic()
+        self.next = self.started + rdv.report_every
+
+    def tick(self, what: str) -> None:
+        """Say `what` (and how long so far, how long left) when a report is due."""
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.rdv.report_every
+        say(f"{what} ({now - self.started:.0f} s so far, giving up in {max(0.0, self.deadline - now):.0f} s)")
 
 
 def _service_of(host: str) -> str | None:
@@ -66,6 +97,7 @@ def _is_ip(host: str) -> bool:
 
 def resolve(rdv: Rendezvous, deadline: float) -> list[Address]:
     """Rank 0's addresses, retrying DNS until `deadline` (the record appears once the pod has an IP)."""
+    waiting = Waiting(rdv, deadline)
     while True:
         try:
             infos = socket.getaddrinfo(rdv.host, rdv.port, type=socket.SOCK_STREAM)
@@ -74,6 +106,10 @@ def resolve(rdv: Rendezvous, deadline: float) -> list[Address]:
             last = e.strerror or str(e)
         if time.monotonic() >= deadline:
             raise PreflightError(_unresolved(rdv, last))
+        waiting.tick(
+            f"rank 0's address {rdv.host} does not resolve yet ({last}): rank 0's pod has no IP yet: it may still be "
+            f"Pending (a node being provisioned); {rdv.pods_hint()} and `launch status {rdv.job}` say why"
+        )
         time.sleep(RETRY_PAUSE * 2)
 
 
@@ -181,11 +217,13 @@ def _readline(conn: socket.socket, timeout: float) -> str:
 def gather(rdv: Rendezvous, listener: socket.socket, deadline: float) -> None:
     """Rank 0: wait for a hello from each of ranks 1..N-1, then tell them all to go on."""
     joined: dict[int, socket.socket] = {}
+    waiting = Waiting(rdv, deadline)
     try:
         while len(joined) < rdv.nodes - 1:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PreflightError(_missing(rdv, joined))
+            waiting.tick(_still_missing(rdv, joined))
             listener.settimeout(min(remaining, 1.0))
             try:
                 conn, peer = listener.accept()
@@ -265,6 +303,16 @@ def _missing(rdv: Rendezvous, joined: dict[int, socket.socket]) -> str:
     )
 
 
+def _still_missing(rdv: Rendezvous, joined: dict[int, socket.socket]) -> str:
+    missing = [r for r in range(1, rdv.nodes) if r not in joined]
+    shown = ", ".join(map(str, missing[:16])) + (f" and {len(missing) - 16} more" if len(missing) > 16 else "")
+    return (
+        f"rank 0 waiting for rank(s) {shown} ({len(joined) + 1} of {rdv.nodes} ranks here): their pods may still be "
+        f"Pending (nodes being provisioned) or pulling the image; {rdv.pods_hint()} and `launch status {rdv.job}` "
+        "say why"
+    )
+
+
 def reach(rdv: Rendezvous, rank: int, addresses: list[Address], deadline: float) -> None:
     """Ranks 1..N-1: connect to rank 0 and say hello; returns once rank 0 has heard from every rank."""
     conn = _connect(rdv, addresses, deadline)
@@ -283,10 +331,7 @@ def reach(rdv: Rendezvous, rank: int, addresses: list[Address], deadline: float)
                 "host; check the chart value `job.port` and any override of KUBETUNE_MASTER_ADDR in `env`"
             )
         say(f"reached rank 0 at {rdv.where}; waiting for the other ranks")
-        try:
-            go = _readline(conn, deadline + RANK0_GRACE + HELLO_WAIT - time.monotonic())
-        except OSError:
-            go = None
+        go = _await_go(rdv, conn, deadline + RANK0_GRACE + HELLO_WAIT)
         if go is None:
             raise PreflightError(
                 f"rank 0 at {rdv.where} accepted this rank, but not every rank joined within {rdv.timeout:.0f} s: "
@@ -299,9 +344,27 @@ def reach(rdv: Rendezvous, rank: int, addresses: list[Address], deadline: float)
             )
 
 
+def _await_go(rdv: Rendezvous, conn: socket.socket, until: float) -> str | None:
+    """Rank 0's word once every rank has joined ('GO', an ERROR, '' when it closed); None when none came in time."""
+    waiting = Waiting(rdv, until)
+    while (left := until - time.monotonic()) > 0:
+        try:
+            ready, _, _ = select.select([conn], [], [], min(left, rdv.report_every, 1.0))
+        except (OSError, ValueError):
+            return ""
+        if ready:
+            try:
+                return _readline(conn, until - time.monotonic())
+            except OSError:
+                return None
+        waiting.tick(f"joined rank 0, which still waits for other ranks (its log names them: {rdv.log_hint(0)})")
+    return None
+
+
 def _connect(rdv: Rendezvous, addresses: list[Address], deadline: float) -> socket.socket:
     """A connection to rank 0, retried until `deadline`; the diagnosis names what the last attempts met."""
     failure = "refused"
+    waiting = Waiting(rdv, deadline)
     while True:
         for family, sockaddr in addresses:
             s = socket.socket(family, socket.SOCK_STREAM)
@@ -318,6 +381,11 @@ def _connect(rdv: Rendezvous, addresses: list[Address], deadline: float) -> sock
             s.close()
         if time.monotonic() >= deadline:
             raise PreflightError(_unreachable(rdv, addresses, failure))
+        waiting.tick(
+            f"rank 0 at {rdv.where} does not answer yet (connection {failure}): its preflight has not started: its "
+            f"pod may still be Pending (a node being provisioned) or pulling the image; {rdv.pods_hint()} and "
+            f"`launch status {rdv.job}` say why"
+        )
         time.sleep(RETRY_PAUSE)
 
 

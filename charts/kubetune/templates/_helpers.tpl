@@ -101,3 +101,10 @@ Where the ConfigMap (spec.yaml, accelerate.yaml) is mounted.
 {{- define "kubetune.configDir" -}}
 /etc/kubetune
 {{- end }}
+
+{{/*
+Name of the export Job: the training rank 0 starts it (KUBETUNE_EXPORT_JOB; the Role of rbac.yaml).
+*/}}
+{{- define "kubetune.exportJobName" -}}
+{{- printf "%s-export" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

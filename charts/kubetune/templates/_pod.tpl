@@ -28,18 +28,15 @@ True ("true") when the training pods ask for GPUs.
 
 {{/*
 Node affinity of the training pods: the platform's `affinity`, with the GPU product term
-(`gpu.productLabel` In `gpu.products.<type>`) added to EVERY required node selector term, so
-that each alternative the platform allows is also of the requested GPU type.
+(the placement's label In its values for `gpu.type`, see _gpu.tpl) added to EVERY required node
+selector term, so that each alternative the platform allows is also of the requested GPU type.
+`any` adds no term (any node with `nvidia.com/gpu`), `none` none either.
 */}}
 {{- define "kubetune.trainingAffinity" -}}
 {{- $affinity := deepCopy (.Values.affinity | default dict) }}
 {{- $type := .Values.gpu.type }}
-{{- if or (eq $type "h100") (eq $type "a100") }}
-{{- $products := index (.Values.gpu.products | default dict) $type | default list }}
-{{- if not $products }}
-{{- fail (printf "gpu.products.%s is empty: list the %s values of your %s nodes (kubectl get nodes -L %s)" $type .Values.gpu.productLabel (upper $type) .Values.gpu.productLabel) }}
-{{- end }}
-{{- $term := dict "key" .Values.gpu.productLabel "operator" "In" "values" $products }}
+{{- if and (ne $type "none") (ne $type "any") }}
+{{- $term := include "kubetune.gpuProductTerm" . | fromYaml }}
 {{- $node := $affinity.nodeAffinity | default dict }}
 {{- $required := $node.requiredDuringSchedulingIgnoredDuringExecution | default dict }}
 {{- $terms := $required.nodeSelectorTerms | default (list dict) }}
@@ -112,5 +109,30 @@ Pod annotations from scheduling values: the Volcano queue.
 {{- end }}
 {{- with $volcano.queue }}
 scheduling.volcano.sh/queue-name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Requests and limits of a container from a `resources` value: each cpu, memory and
+ephemeral-storage limit not given equals its request. Memory: a pod above its request is the
+first killed when the node runs short, so the limit makes the budget explicit (and /dev/shm,
+memory too, is inside it). CPU: Guaranteed QoS (the static CPU manager's whole cores; a quota on
+`limits.cpu` admits the pod); the request is sized so that the limit does not throttle.
+Ephemeral storage: a pod that fills the node's disk is evicted either way; this way it is alone.
+*/}}
+{{- define "kubetune.resources" -}}
+{{- $r := deepCopy (. | default dict) }}
+{{- $requests := $r.requests | default dict }}
+{{- $limits := $r.limits | default dict }}
+{{- range $k := list "cpu" "memory" "ephemeral-storage" }}
+{{- if and (hasKey $requests $k) (not (hasKey $limits $k)) }}
+{{- $_ := set $limits $k (get $requests $k) }}
+{{- end }}
+{{- end }}
+{{- if $limits }}
+{{- $_ := set $r "limits" $limits }}
+{{- end }}
+{{- if $r }}
+{{- toYaml $r }}
 {{- end }}
 {{- end }}
