@@ -43,7 +43,8 @@ class ModelSpec(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa",
         description="Attention kernel. `flash_attention_2` needs a CUDA GPU and the flash-attn "
-        "package; packing keeps samples apart with every choice.",
+        "package, which the trainer image does not have: `launch validate` refuses it for GPU jobs until a "
+        "strategy contract run covers it. Packing keeps samples apart with every choice.",
     )
     trust_remote_code: bool = Field(
         False,

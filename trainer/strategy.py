@@ -102,6 +102,11 @@ def unproven(spec: JobSpec) -> list[str]:
                    "init `default`")
         if a.target_parameters:
             refuse("adapter.target_parameters", "adapters on fused expert tensors", "no target_parameters")
+    if m.attn_implementation == "flash_attention_2" and is_gpu_job(spec):
+        problems.append(
+            "model.attn_implementation: `flash_attention_2` is not proven: the trainer image has no flash-attn, and "
+            "no strategy contract run used it; use `sdpa` (packed rows stay apart with it, docs/data.md)"
+        )
     if m.dtype == "float16" and is_gpu_job(spec):
         problems.append("model.dtype: `float16` on GPUs is not proven (fp16 mixed precision with a loss scaler; no "
                         "strategy contract run covers it); use `bfloat16`, which every GPU kind we schedule computes "

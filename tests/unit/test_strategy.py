@@ -175,6 +175,14 @@ def test_what_no_contract_covers_is_refused_under_sharded_strategies(
     assert strategy.check(make_spec(resources={"gpu": "h100"}, adapter=adapter, model=model)) == []
 
 
+def test_flash_attention_on_gpus_is_refused_and_names_sdpa() -> None:
+    for strat in ("ddp", "fsdp"):
+        spec = make_spec(resources={"gpu": "h100"}, training={"strategy": strat},
+                         model={"attn_implementation": "flash_attention_2"})
+        (problem,) = strategy.check(spec)
+        assert problem.startswith("model.attn_implementation: `flash_attention_2` is not proven") and "`sdpa`" in problem
+
+
 def test_float16_on_gpus_is_refused_and_names_bfloat16() -> None:
     for strat in ("ddp", "zero2", "zero3", "fsdp"):
         (problem,) = strategy.check(gpu(strat=strat, dtype="float16"))
