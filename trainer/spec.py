@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainer.spec_base import GiB, Section, gibibytes, quantity, quantity_value
+from trainer.spec_base import GiB, Section, cpu_quantity, gibibytes, quantity, quantity_value
 from trainer.spec_export import ExportSpec
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -331,9 +331,7 @@ class ResourcesSpec(Section):
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, v: object) -> str | None:
-        if isinstance(v, int | float) and not isinstance(v, bool):  # `cpu: 32`, `--set resources.cpu=32`
-            v = f"{v:g}"
-        return quantity(v, "`32` or `500m`")
+        return cpu_quantity(v, "`32` or `500m`")
 
     @field_validator("memory", "ephemeral_storage", "shm_size")
     @classmethod

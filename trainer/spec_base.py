@@ -27,6 +27,13 @@ def quantity(value: str | None, unit: str) -> str | None:
     return value
 
 
+def cpu_quantity(value: object, unit: str) -> str | None:
+    """A CPU count as a quantity: a number (`cpu: 32`, `--set resources.cpu=32`) becomes its string."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = f"{value:g}"
+    return quantity(value if value is None else str(value), unit)
+
+
 def quantity_value(value: str) -> float:
     """The number a quantity stands for (bytes for memory, cores for CPU)."""
     m = QUANTITY.match(value)

@@ -11,7 +11,7 @@ import warnings
 
 from pydantic import Field, field_validator
 
-from trainer.spec_base import GiB, Section, gibibytes, quantity
+from trainer.spec_base import GiB, Section, cpu_quantity, gibibytes, quantity
 
 
 class GateSpec(Section):
@@ -112,9 +112,7 @@ class ExportResourcesSpec(Section):
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, v: object) -> str | None:
-        if isinstance(v, int | float) and not isinstance(v, bool):  # `cpu: 32`, `--set resources.cpu=32`
-            v = f"{v:g}"
-        return quantity(v, "`8` or `500m`")
+        return cpu_quantity(v, "`8` or `500m`")
 
     @field_validator("memory", "ephemeral_storage")
     @classmethod

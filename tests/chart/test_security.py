@@ -37,22 +37,35 @@ SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.i
                 "net.ipv4.tcp_keepalive_probes"}
 
 
+def _host_namespaces_sysctls(pod_spec: dict[str, Any]) -> list[str]:
+    """The pod-level rules "baseline" and "restricted" share: host namespaces, unsafe sysctls, hostProcess."""
+    found = [f"pod: {field}" for field in ("hostNetwork", "hostPID", "hostIPC") if pod_spec.get(field)]
+    psc = pod_spec.get("securityContext", {})
+    found += [f"pod: sysctl {s['name']}" for s in psc.get("sysctls", []) if s["name"] not in SAFE_SYSCTLS]
+    if psc.get("windowsOptions", {}).get("hostProcess"):
+        found.append("pod: hostProcess")
+    return found
+
+
+def _container_baseline(c: dict[str, Any], psc: dict[str, Any]) -> list[str]:
+    """The container rules both levels share: procMount, host ports, SELinux user and role."""
+    sc, name = c.get("securityContext", {}), f"container {c['name']}"
+    found = [f"{name}: procMount"] if sc.get("procMount", "Default") != "Default" else []
+    found += [f"{name}: hostPort {p['hostPort']}" for p in c.get("ports", []) if p.get("hostPort")]
+    se = sc.get("seLinuxOptions", psc.get("seLinuxOptions", {}))
+    if se.get("user") or se.get("role"):
+        found.append(f"{name}: seLinuxOptions user/role")
+    return found
+
+
 def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
     """What breaks the "restricted" profile (baseline included) in a pod spec; empty when nothing."""
-    found: list[str] = []
     psc = pod_spec.get("securityContext", {})
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod_spec.get(field):
-            found.append(f"pod: {field}")
+    found = _host_namespaces_sysctls(pod_spec)
     for vol in pod_spec.get("volumes", []):
         kinds = set(vol) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
             found.append(f"volume {vol['name']}: {sorted(kinds)}")
-    for sysctl in psc.get("sysctls", []):
-        if sysctl["name"] not in SAFE_SYSCTLS:
-            found.append(f"pod: sysctl {sysctl['name']}")
-    if psc.get("windowsOptions", {}).get("hostProcess"):
-        found.append("pod: hostProcess")
     for c in all_containers(pod_spec):
         sc = c.get("securityContext", {})
         name = f"container {c['name']}"
@@ -72,14 +85,7 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
             found.append(f"{name}: capabilities must drop ALL")
         if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
             found.append(f"{name}: capabilities add {caps['add']}")
-        if sc.get("procMount", "Default") != "Default":
-            found.append(f"{name}: procMount")
-        for port in c.get("ports", []):
-            if port.get("hostPort"):
-                found.append(f"{name}: hostPort {port['hostPort']}")
-        se = sc.get("seLinuxOptions", psc.get("seLinuxOptions", {}))
-        if se.get("user") or se.get("role"):
-            found.append(f"{name}: seLinuxOptions user/role")
+        found += _container_baseline(c, psc)
         apparmor = sc.get("appArmorProfile", psc.get("appArmorProfile", {})).get("type", "RuntimeDefault")
         if apparmor not in ("RuntimeDefault", "Localhost"):
             found.append(f"{name}: appArmorProfile {apparmor}")
@@ -95,19 +101,11 @@ LEVEL_LINE = re.compile(r"pod-security\.kubernetes\.io/enforce: (restricted|base
 
 def baseline_violations(pod_spec: dict[str, Any]) -> list[str]:
     """What breaks the "baseline" profile in a pod spec; empty when nothing."""
-    found: list[str] = []
     psc = pod_spec.get("securityContext", {})
-    for field in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod_spec.get(field):
-            found.append(f"pod: {field}")
+    found = _host_namespaces_sysctls(pod_spec)
     for vol in pod_spec.get("volumes", []):
         if "hostPath" in vol:
             found.append(f"volume {vol['name']}: hostPath")
-    for sysctl in psc.get("sysctls", []):
-        if sysctl["name"] not in SAFE_SYSCTLS:
-            found.append(f"pod: sysctl {sysctl['name']}")
-    if psc.get("windowsOptions", {}).get("hostProcess"):
-        found.append("pod: hostProcess")
     for c in all_containers(pod_spec):
         sc = c.get("securityContext", {})
         name = f"container {c['name']}"
@@ -117,14 +115,7 @@ def baseline_violations(pod_spec: dict[str, Any]) -> list[str]:
             found.append(f"{name}: capabilities add {sc['capabilities']['add']}")
         if sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type") == "Unconfined":
             found.append(f"{name}: seccompProfile Unconfined")
-        if sc.get("procMount", "Default") != "Default":
-            found.append(f"{name}: procMount")
-        for port in c.get("ports", []):
-            if port.get("hostPort"):
-                found.append(f"{name}: hostPort {port['hostPort']}")
-        se = sc.get("seLinuxOptions", psc.get("seLinuxOptions", {}))
-        if se.get("user") or se.get("role"):
-            found.append(f"{name}: seLinuxOptions user/role")
+        found += _container_baseline(c, psc)
         if sc.get("appArmorProfile", psc.get("appArmorProfile", {})).get("type", "RuntimeDefault") == "Unconfined":
             found.append(f"{name}: appArmorProfile Unconfined")
     return found
