@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from launcher.errors import PodFailed, UserError
-from launcher.status import QUEUE, Snapshot, gather, labels, main_container
+from launcher.status import QUEUE, Snapshot, gang_line, gather, labels, main_container
 from launcher.tracking_rest import Progress, TrackingUnreachable, progress
 
 if TYPE_CHECKING:
@@ -260,6 +260,8 @@ def result(snap: Snapshot, target: Target, found: Progress | None, note: str | N
         data["mlflow"] = {"unavailable": note}
     data["pods"] = snap.to_dict()["pods"]
     data["blocked"] = snap.to_dict()["blocked"]
+    if gang := gang_line(snap):  # a multi-node job partly started: who waits for whom
+        data["gang"] = gang
     if snap.gave_up:
         data["gave_up"] = snap.gave_up
     return data

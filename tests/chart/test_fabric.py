@@ -185,6 +185,9 @@ def test_every_opt_in_at_once_is_a_valid_job(tmp_path: Path) -> None:
         ({"resources": {"nvidia.com/gpu": 8}}, "invalid propertyName 'nvidia.com/gpu'"),
         ({"resources": {"vpc.amazonaws.com/efa": "lots"}}, "/fabric/resources/vpc.amazonaws.com~1efa"),
         ({"volumes": [{"name": "tmp", "emptyDir": {}}]}, "at '/fabric/volumes/0/name'"),
+        ({"volumes": [{"name": "kube-api-token", "emptyDir": {}}]}, "at '/fabric/volumes/0/name'"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]},
+         "at '/fabric/volumeMounts/0/mountPath'"),
         ({"volumes": [{"name": "rdma"}]}, "at '/fabric/volumes/0'"),  # a name and no source
         ({"volumeMounts": [{"name": "rdma", "mountPath": "/dev/shm"}]}, "at '/fabric/volumeMounts/0/mountPath'"),
         ({"volumeMounts": [{"name": "rdma"}]}, "missing property 'mountPath'"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from launcher.backends.kubeconfig import Target
 from launcher.blockers import Blocker
+from launcher.cluster import result
 from launcher.status import PREFLIGHT_RUNNING, Pod, Snapshot, gang_line
 from launcher.views import status_table
 
@@ -28,6 +30,8 @@ def test_pending_ranks_are_named_with_why_and_the_ranks_waiting_for_them() -> No
     line = f"ranks 2,3 pending: {UNSCHEDULABLE}; ranks 0,1 waiting in preflight for them"
     assert gang_line(snap) == line
     assert line in status_table(snap, None, "no run")
+    target = Target(api=None, namespace="ml", context="prod", server="https://127.0.0.1:6443")  # type: ignore[arg-type]
+    assert result(snap, target, None, None)["gang"] == line  # -o json says it too
 
 
 def test_without_a_blocker_the_pods_reason_says_why() -> None:
