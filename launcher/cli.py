@@ -130,8 +130,9 @@ def render(
 @click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed or unable to start "
               "within --stuck-grace); --local always waits.")
 @stuck_option
-@click.option("--resume", "resume", metavar="JOB", help="With --local: run JOB (an earlier submission's name, e.g. "
-              "support-bot-v3-x7k2p) again; it continues from its latest checkpoint in output.uri.")
+@click.option("--resume", "resume", metavar="JOB", help="Run JOB (an earlier submission's name, e.g. "
+              "support-bot-v3-x7k2p) again under its own name; it continues from its latest checkpoint in output.uri. "
+              "On a cluster, for a job that failed (its Jobs are deleted first) or was cancelled.")
 @mlflow_option
 @output_option
 def submit(
@@ -158,9 +159,10 @@ def submit(
     if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
         why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
         raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
+    if resume and dry_run:
+        raise UserError("--resume: runs an earlier submission again; --dry-run submits nothing")
     if resume and not local:
-        raise UserError("--resume: for --local runs; on a cluster, Kubernetes restarts a preempted job's pods and "
-                        "they resume by themselves (docs/operations.md)")
+        overrides = _resume_overrides(resume, overrides, context, kubeconfig, namespace)
     if dry_run:
         _render(spec, overrides, local, namespace, values_files, auto_fit)
         return
@@ -188,6 +190,19 @@ def submit(
         click.echo(f"job {sub.name} succeeded")
         for line in client.result_lines(sub):
             click.echo(f"  {line}")
+
+
+def _resume_overrides(resume: str, overrides: tuple[str, ...], context: str | None, kubeconfig: str | None,
+                      namespace: str | None) -> tuple[str, ...]:
+    """A cluster --resume renders chat templates with the date the job first trained with (its spec ConfigMap's
+    `data.template_date`; once that is gone, the trainer refuses a different one and says so)."""
+    if any(o.split("=", 1)[0].strip() == "data.template_date" for o in overrides):
+        return overrides
+    from launcher.backends.kube_resume import recorded_template_date
+    from launcher.cli_cluster import _cluster
+
+    day = recorded_template_date(_cluster(context, kubeconfig, namespace), resume)
+    return overrides if day is None else (*overrides, f"data.template_date={day}")
 
 
 for command in COMMANDS:

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from launcher import helm, resolve
 from launcher.errors import PodFailed, UserError
+from launcher.plan import deadline as plan_deadline
 from launcher.values import DEFAULT_PORT, chart_values
 from trainer import strategy
 from trainer.matrix import group
@@ -45,6 +46,7 @@ class Submission:
     values: dict[str, Any]
     warnings: list[str]  # what a cluster would refuse, shown by a dry run instead of failing it
     notes: list[str] = field(default_factory=list)  # the GPU memory check: verdict, auto-fit changes
+    resumed: bool = False  # `--resume`: an earlier submission's name, run again to continue from its checkpoints
 
 
 def unique_name(base: str) -> str:
@@ -107,7 +109,7 @@ def prepare_all(
 ) -> list[Submission]:
     """`prepare` for every job of the spec file: one, or one per combination of a matrix spec's values.
 
-    `resume`: the name of an earlier local submission of one of these jobs, run again under that name."""
+    `resume`: the name of an earlier submission of one of these jobs, run again under that name."""
     specs = load_all(spec_path, overrides)
     label = matrix_label(spec_path, overrides)
     if resume is not None:
@@ -198,6 +200,7 @@ def prepare(
     spec = spec or load(spec_path, overrides)
     warnings: list[str] = []
     notes: list[str] = []
+    deadline = None  # a cluster job's activeDeadlineSeconds (resources.deadline)
     spec_dir = Path(spec_path).resolve().parent
     if local:
         problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
@@ -219,22 +222,28 @@ def prepare(
                 raise _problems(str(spec_path), problems)
             warnings = problems
         port = DEFAULT_PORT
+        params = None  # the base model's size, found by the fit check
         if spec.resources.gpu != "none":
             from launcher.plan import gate
 
             fit = gate.check(spec, Path(spec_path), auto_fit=auto_fit, dry_run=dry_run)
             spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
+            params = fit.params
+        deadline = plan_deadline.resolve(spec, params)
+        notes += [deadline.line] if deadline.line else []
     spec = with_template_date(spec)  # recorded in the spec the pods read: the same date on every day of the job
     if auto_fit and (local or spec.resources.gpu == "none"):
         notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
-    name = name or unique_name(spec.name)
+    resumed, name = name is not None, name or unique_name(spec.name)
     values = chart_values(spec, name, port, matrix_group, params=export_params(spec, spec_dir))
+    if deadline is not None and deadline.seconds:
+        values["job"]["activeDeadlineSeconds"] = deadline.seconds
     if local:  # all pods share this machine's cores; each would otherwise take them all
         values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
         from launcher.backends.local import PREFLIGHT_TIMEOUT  # local pods start together: a short wait
 
         values["preflight"] = {"timeoutSeconds": PREFLIGHT_TIMEOUT}
-    return Submission(name, spec, Path(spec_path), local, values, warnings, notes)
+    return Submission(name, spec, Path(spec_path), local, values, warnings, notes, resumed=resumed)
 
 
 def render(sub: Submission, extra_values: Sequence[Path] = (), namespace: str = "default") -> str:
@@ -251,9 +260,14 @@ def submit_cluster(
     from launcher.cluster import plan_lines
 
     manifests = helm.parse_manifests(render(sub, extra_values, namespace=target.namespace))
+    cluster = Cluster(target)
+    if sub.resumed:
+        from launcher.backends.kube_resume import retire
+
+        retire(cluster, sub.name, manifests, say)
     for line in plan_lines(sub, manifests, target):
         say(line)
-    return kube_submit.create(Cluster(target), manifests, sub.name, say)
+    return kube_submit.create(cluster, manifests, sub.name, say)
 
 
 def local_preemption() -> tuple[int, re.Pattern[str]] | None:

@@ -212,11 +212,25 @@ def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tr
                         f"`launch logs {name} -f -n {ns}`, `launch cancel {name} -n {ns}`", exit_code=130) from None
 
 
+def failure_lines(snap: Snapshot) -> list[str]:
+    """Why the training workload failed, as Kubernetes recorded it; past its deadline, how to give it more."""
+    if snap.failure is None:
+        return []
+    reason, message = snap.failure
+    lines = [f"training {snap.training}: {reason}" + (f": {message}" if message else "")]
+    if reason == "DeadlineExceeded":
+        ran = f" ({seconds_text(snap.deadline)})" if snap.deadline else ""
+        lines.append(f"  it ran past its deadline{ran}, resources.deadline: Kubernetes stopped every pod. If it was "
+                     f"still making progress, resume it with more time: `launch submit SPEC --resume {snap.name} "
+                     f"--set resources.deadline=72h -n {snap.namespace}` (a resumed job's deadline counts from its own start)")
+    return lines
+
+
 def diagnosis(cluster: Cluster, snap: Snapshot) -> list[str]:
     """For a failed submission: each failed pod's reason and its own `[kubetune] error:` lines (or its log's end)."""
     from launcher.backends.local import ERROR_MARK
 
-    lines = []
+    lines = failure_lines(snap)
     for p in snap.pods:
         if p.phase != "Failed":
             continue
@@ -260,6 +274,7 @@ def result(snap: Snapshot, target: Target, found: Progress | None, note: str | N
         data["mlflow"] = {"unavailable": note}
     data["pods"] = snap.to_dict()["pods"]
     data["blocked"] = snap.to_dict()["blocked"]
+    data["failure"], data["deadline_seconds"] = snap.to_dict()["failure"], snap.deadline
     if gang := gang_line(snap):  # a multi-node job partly started: who waits for whom
         data["gang"] = gang
     if snap.gave_up:

@@ -159,6 +159,8 @@ class Snapshot:
     pods: list[Pod] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)  # what keeps it from starting (launcher/blockers.py)
     gave_up: str | None = None  # `submit --wait` stopped waiting on a blocker: why, in one line
+    failure: tuple[str, str] | None = None  # the training workload's Failed condition: (reason, message)
+    deadline: int | None = None  # the training Job's activeDeadlineSeconds
 
     @property
     def status(self) -> str:
@@ -177,7 +179,9 @@ class Snapshot:
         return {"name": self.name, "namespace": self.namespace, "status": self.status, "spec_name": self.spec_name,
                 "created": self.created, "training": self.training, "completions": self.completions,
                 "export": self.export, "pods": [asdict(p) for p in self.pods],
-                "blocked": [asdict(b) for b in self.blockers]}
+                "blocked": [asdict(b) for b in self.blockers],
+                "failure": None if self.failure is None else {"reason": self.failure[0], "message": self.failure[1]},
+                "deadline_seconds": self.deadline}
 
 
 def not_found(cluster: Cluster, name: str) -> UserError:
@@ -220,9 +224,19 @@ def gather(cluster: Cluster, name: str) -> Snapshot:
     meta = owner["metadata"]
     snap = Snapshot(name, cluster.namespace, labels(owner).get(SPEC_NAME, ""), meta.get("creationTimestamp", ""),
                     state(owner), completions(owner), export_state(export, state(owner)) if export else None, pods)
+    snap.failure = failed_condition(owner)
+    snap.deadline = (owner.get("spec") or {}).get("activeDeadlineSeconds")
     if not snap.done:
         snap.blockers = find(cluster, owner, export, raw)
     return snap
+
+
+def failed_condition(obj: dict[str, Any]) -> tuple[str, str] | None:
+    """A Job's or JobSet's Failed condition, (reason, message); None while it has not failed."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            return cond.get("reason") or "Failed", cond.get("message") or ""
+    return None
 
 
 def pod_for(cluster: Cluster, name: str, component: str, rank: int) -> dict[str, Any]:

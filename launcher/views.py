@@ -71,7 +71,7 @@ def list_table(found: list[dict[str, Any]], all_namespaces: bool, namespace: str
 
 
 def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> list[str]:
-    from launcher.cluster import blocker_lines, progress_line
+    from launcher.cluster import blocker_lines, failure_lines, progress_line
 
     parts = f"training {snap.training} {snap.completions}" + (f", export {snap.export}" if snap.export else "")
     lines = [f"name:       {snap.name}", f"namespace:  {snap.namespace}", f"spec:       {snap.spec_name or '-'}",
@@ -86,6 +86,8 @@ def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> li
         lines += blocker_lines(b)
     if snap.blockers:
         lines.append("")
+    if failed := failure_lines(snap):  # what Kubernetes recorded as the workload's failure
+        lines += [*failed, ""]
     if found:
         lines += [f"MLflow run {found.run_id} ({found.run_status}) at {found.tracking_uri}",
                   f"  {progress_line(found)}"]

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainer.spec_base import GiB, Section, cpu_quantity, gibibytes, quantity, quantity_value
+from trainer.spec_base import GiB, Section, cpu_quantity, duration_seconds, gibibytes, quantity, quantity_value
 from trainer.spec_export import ExportSpec
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -27,6 +27,12 @@ GPU_EPHEMERAL_GIB = 200
 CPU_JOB_CPU = 4
 CPU_JOB_MEMORY_GIB = 8
 CPU_JOB_EPHEMERAL_GIB = 20
+# `resources.deadline: auto` (launcher/plan/deadline.py): this many times the estimated run at this fraction of
+# the GPUs' bf16 peak (LoRA runs on 8 GPUs reach 25-45%; a slow data source or small model less), plus the hours
+# a start may take (pulling the image, downloading the base model, the rendezvous waiting for every node)
+DEADLINE_FACTOR = 3
+DEADLINE_MFU = 0.10
+DEADLINE_STARTUP_HOURS = 2
 
 
 class ModelSpec(Section):
@@ -305,13 +311,40 @@ class ResourcesSpec(Section):
         le=1000,
         description="Restarts a job may have (preemptions, evictions, node drains, retried failures; each start "
         "after the first counts, recorded in `<output>/checkpoints/restarts.json`); one more fails the job with exit "
-        "2. Raise it to resume such a job: `launch submit --resume NAME --set resources.max_restarts=N`.",
+        "2. Raise it to resume such a job: `launch submit SPEC --resume NAME --set resources.max_restarts=N`.",
+    )
+    deadline: str = Field(
+        "auto",
+        description="How long the training Job may run before Kubernetes stops its pods and fails it "
+        "(`activeDeadlineSeconds`, reason DeadlineExceeded), so a job that hangs or keeps failing cannot hold its "
+        f"GPUs forever. `auto`: {DEADLINE_FACTOR} times `launch`'s estimate of the run at {DEADLINE_MFU:.0%} of the "
+        f"GPUs' bf16 peak, plus {DEADLINE_STARTUP_HOURS} h to start, in whole hours; it needs `training.max_steps` "
+        "and a base model whose size `launch` knows, else the job has no deadline and `launch submit` says so (a CPU "
+        "job: none, silently). "
+        "`none`: no deadline. Or a duration: `36h`, `2d`, `1h30m`. It counts from the Job's start, time Pending "
+        "included (Kueue starts it at admission); a resumed job starts it anew.",
     )
     queue: str | None = Field(
         None,
         description="Kueue LocalQueue the job is submitted to (the `kueue.x-k8s.io/queue-name` label); unset: "
         "no queue, the job starts when the scheduler places its pods.",
     )
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, v: object) -> str:
+        if isinstance(v, str) and v.strip() in ("auto", "none"):
+            return v.strip()
+        try:
+            duration_seconds(v, "resources.deadline")
+        except ValueError as e:
+            raise ValueError(f"{e}; or `auto` (from the run's estimate), or `none`") from None
+        return f"{v}".strip()
+
+    @property
+    def deadline_seconds(self) -> int | None:
+        """The deadline the spec states; None for `auto` (the launcher's estimate) and `none`."""
+        return None if self.deadline in ("auto", "none") else duration_seconds(self.deadline, "resources.deadline")
 
     @field_validator("queue")
     @classmethod

@@ -48,3 +48,22 @@ def quantity_value(value: str) -> float:
 def gibibytes(n_bytes: float) -> str:
     """Bytes as a whole number of GiB, rounded up: `24Gi`."""
     return f"{max(1, -(-int(n_bytes) // GiB))}Gi"
+
+
+# A duration as people write one: `36h`, `90m`, `2d`, `1h30m`, `3600s` (or a bare number of seconds).
+DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def duration_seconds(value: object, field: str) -> int:
+    """Seconds in a duration; a ValueError naming `field` and the fix for anything else (zero included)."""
+    text = f"{value}".strip() if isinstance(value, int | str) and not isinstance(value, bool) else None
+    if text is not None and text.isdigit():
+        seconds = int(text)
+    elif text and (m := DURATION.match(text)) and any(m.groups()):
+        days, hours, minutes, secs = (int(g or 0) for g in m.groups())
+        seconds = ((days * 24 + hours) * 60 + minutes) * 60 + secs
+    else:
+        raise ValueError(f"{field}: {value!r} is not a duration: write e.g. `36h`, `90m`, `2d` or `1h30m`")
+    if seconds <= 0:
+        raise ValueError(f"{field}: a duration of {value!r} is no time at all: write e.g. `36h`")
+    return seconds

@@ -97,7 +97,7 @@ class FineTune:
                 f"failures: {storage.join(checkpoint.folder(self.output), checkpoint.RESTARTS)}), more than "
                 f"resources.max_restarts = {budget}; exiting {preemption.EXIT_USER_ERROR}, which fails the Job. The "
                 f"logs say why it kept stopping (launch logs {self.name}); to go on, resume it with a larger budget: "
-                f"launch submit --resume {self.name} --set resources.max_restarts=N"
+                f"launch submit SPEC --resume {self.name} --set resources.max_restarts=N"
             )
         if restarts:
             self.say(f"restart {restarts} of at most {budget} (resources.max_restarts)")

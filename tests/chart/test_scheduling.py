@@ -168,3 +168,13 @@ def test_jobset_carries_the_volcano_gang_on_its_job_template(tmp_path: Path) -> 
     (js,) = by_kind(render("jobset", extra), "JobSet")
     (rj,) = js["spec"]["replicatedJobs"]
     assert rj["template"]["metadata"]["annotations"] == {"scheduling.volcano.sh/group-min-member": "2"}
+
+
+def test_a_deadline_fails_the_jobset_instead_of_restarting_it(tmp_path: Path) -> None:
+    extra = values_file(tmp_path, {"job": {"activeDeadlineSeconds": 7200}})
+    (js,) = by_kind(render("jobset", extra), "JobSet")
+    assert js["spec"]["failurePolicy"] == {
+        "maxRestarts": 2,
+        "rules": [{"name": "deadline", "action": "FailJobSet", "onJobFailureReasons": ["DeadlineExceeded"]}]}
+    (rj,) = js["spec"]["replicatedJobs"]
+    assert rj["template"]["spec"]["activeDeadlineSeconds"] == 7200

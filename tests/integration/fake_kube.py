@@ -204,6 +204,11 @@ class FakeKube:
         self.bucket(*JOBS, ns)[patched["metadata"]["name"]] = patched
         sync_job(self, patched)
 
+    def tick(self, ns: str, job: str) -> None:
+        """The Job controller's periodic look at a Job: what time alone changes (its deadline)."""
+        with self.lock:
+            sync_job(self, self.bucket(*JOBS, ns)[job])
+
     def script(self, job: str, steps: list[PodState | dict[int, PodState]]) -> None:
         """Each time a client reads pods of `job` (a list or one pod), its pods take the next step after the answer."""
         with self.lock:

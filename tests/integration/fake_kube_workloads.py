@@ -5,7 +5,8 @@ owned the way the Job controller does it (`<job>-<index>-<5 chars>`, `batch.kube
 job-name`, `batch.kubernetes.io/job-completion-index`, the template's labels). Tests then move
 pods through phases with `PodState`s; the Job's status (active, ready, succeeded, failed) and
 its terminal condition (Complete, or Failed as the Job controller decides it: `podFailurePolicy` rules (FailJob,
-Ignore, Count, FailIndex), `backoffLimitPerIndex` / `maxFailedIndexes`, `backoffLimit`) follow, as does a
+Ignore, Count, FailIndex), `backoffLimitPerIndex` / `maxFailedIndexes`, `backoffLimit`, `activeDeadlineSeconds`)
+follow, as does a
 JobSet's from its child Jobs.
 """
 
@@ -225,6 +226,16 @@ def failure(spec: dict[str, Any], pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def past_deadline(spec: dict[str, Any], status: dict[str, Any]) -> str | None:
+    """`DeadlineExceeded` once the Job has been active `activeDeadlineSeconds` since its startTime (the Job
+    controller checks on a timer; the fake when the Job is synced: FakeKube.tick)."""
+    limit, started = spec.get("activeDeadlineSeconds"), status.get("startTime")
+    if not limit or not started or spec.get("suspend"):
+        return None
+    elapsed = datetime.now(UTC) - datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return "DeadlineExceeded" if elapsed.total_seconds() >= int(limit) else None
+
+
 def _recompute(fake: FakeKube, job: dict[str, Any]) -> None:
     spec, status = job["spec"], job.setdefault("status", {})
     pods = job_pods(fake, job)
@@ -238,7 +249,7 @@ def _recompute(fake: FakeKube, job: dict[str, Any]) -> None:
     if len(done) >= int(spec.get("completions") or 1):
         conditions += [_condition("SuccessCriteriaMet", "CompletionsReached"), _condition("Complete", "CompletionsReached")]
         status["completionTime"] = now()
-    elif (reason := failure(spec, pods)) is not None:
+    elif (reason := past_deadline(spec, status) or failure(spec, pods)) is not None:
         conditions += [_condition("FailureTarget", reason), _condition("Failed", reason)]
         for pod in pods:  # the Job controller terminates the pods still running
             if pod["status"]["phase"] not in TERMINAL:
@@ -257,6 +268,7 @@ def _condition(kind: str, reason: str) -> dict[str, str]:
     message = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
                "PodFailurePolicy": "Container trainer failed with an exit code matching a FailJob rule",
                "MaxFailedIndexesExceeded": "Job has exceeded the specified maximal number of failed indexes",
+               "DeadlineExceeded": "Job was active longer than specified deadline",
                }.get(reason, "Reached expected number of succeeded pods")
     return {"type": kind, "status": "True", "reason": reason, "message": message, "lastProbeTime": now(),
             "lastTransitionTime": now()}

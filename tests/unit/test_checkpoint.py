@@ -173,5 +173,5 @@ def test_launch_resumes_a_local_job_only_from_its_own_checkpoints(tmp_path: Path
         f"the checkpoints in {tmp_path / 'out' / 'checkpoints'} are job job-abcde's (step 10), not job-fghij's: "
         "--resume job-abcde continues that one"]
     assert resume_problems("job-abcde", "s3://bucket/out") == []  # the trainer decides: no S3 client needed here
-    done = CliRunner().invoke(main, ["submit", str(tmp_path / "job.yaml"), "--resume", "job-abcde"])
-    assert done.exit_code == 2 and "--resume: for --local runs" in done.output
+    done = CliRunner().invoke(main, ["submit", str(tmp_path / "job.yaml"), "--resume", "job-abcde", "--dry-run"])
+    assert done.exit_code == 2 and "--resume: runs an earlier submission again; --dry-run submits nothing" in done.output

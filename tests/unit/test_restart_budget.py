@@ -140,4 +140,4 @@ def test_past_max_restarts_every_rank_stops_with_exit_2(tmp_path: Path) -> None:
     with pytest.raises(resume.ResumeError, match=r"restarted 3 times .* resources.max_restarts = 2; exiting 2") as e:
         job._count_start()
     assert isinstance(e.value, USER_ERRORS)  # main() exits EXIT_USER_ERROR: the podFailurePolicy's FailJob
-    assert "launch submit --resume tune-ccccc --set resources.max_restarts=N" in str(e.value)
+    assert "launch submit SPEC --resume tune-ccccc --set resources.max_restarts=N" in str(e.value)
