@@ -76,7 +76,7 @@ def test_h100_multi_node() -> None:
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory", "sizeLimit": "256Gi"}  # resources.shm_size
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    assert container["image"] == "registry.example.com/ml/kubetune-trainer:0.1.0-cuda12.8"
+    assert container["image"] == "registry.example.com/ml/kubetune-trainer:0.1.0-cuda13.0"
     assert container["imagePullPolicy"] == "Always"
 
 

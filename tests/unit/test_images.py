@@ -3,7 +3,9 @@
 What can be checked without building them: every command the chart renders for an image exists
 in it (executables from its pip step, modules in the wheel built from exactly the files the build
 context admits), it runs as the chart's non-root user with the chart's home and caches, its pins
-are scripts/setup.sh's, no build tool or secret ships in it, and hadolint finds nothing.
+are scripts/setup.sh's and constraints.txt's, the trainer carries one CUDA (torch's) and requires
+its driver, DeepSpeed's CPU Adam is prebuilt (portably) and checked, no build tool or secret ships
+in it, and hadolint finds nothing.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def containers(pods: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[st
 
 
 def dockerfile_of(image: str) -> Dockerfile:
-    repository = image.rsplit(":", 1)[0]
+    repository = image.split("@", 1)[0].rsplit(":", 1)[0]
     built = images()
     assert repository in built, f"the chart runs {image}, which no images/*/Dockerfile builds"
     return built[repository]
@@ -258,7 +260,7 @@ def test_entrypoints_are_what_the_chart_runs(rendered: list[dict[str, Any]]) -> 
     assert commands == {tuple(entrypoint)}
 
 
-def test_torch_is_the_pinned_version_and_the_cuda_build_matches_the_base() -> None:
+def test_torch_is_the_pinned_version_from_the_index_of_its_build() -> None:
     torch = setup_pins()["torch"]
     assert constraint("torch") == torch
     for path in (TRAINER, EXPORT):
@@ -269,12 +271,119 @@ def test_torch_is_the_pinned_version_and_the_cuda_build_matches_the_base() -> No
         (torch_install,) = [a for a in installs if f"torch=={torch}" in a]
         index = torch_install[torch_install.index("--index-url") + 1]
         assert index == df.global_args["TORCH_INDEX"], path
-    trainer = dockerfile.parse(TRAINER)
-    cuda = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-[\w-]*runtime-ubuntu[\d.]+", trainer.global_args["BASE_IMAGE"])
-    assert cuda, trainer.global_args["BASE_IMAGE"]
-    assert trainer.global_args["TORCH_INDEX"] == f"https://download.pytorch.org/whl/cu{cuda[1]}{cuda[2]}"
     assert dockerfile.parse(EXPORT).global_args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
     assert tuple(map(int, dockerfile.parse(EXPORT).global_args["PYTHON"].split("."))) >= (3, 11)
+
+
+def cuda_of_index(index: str) -> str:
+    """`https://download.pytorch.org/whl/cu128` -> `12.8` (the CUDA of the torch build)."""
+    m = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)(\d)", index)
+    assert m, f"not a CUDA build's index: {index}"
+    return f"{m[1]}.{m[2]}"
+
+
+def test_trainer_has_one_cuda_the_torch_wheels_and_requires_its_driver() -> None:
+    """No nvidia/cuda base (a second CUDA runtime beside torch's pip one): plain Ubuntu, the NVIDIA
+    container runtime settings set here, the driver requirement that of the torch build (12.8)."""
+    df = dockerfile.parse(TRAINER)
+    args = df.global_args
+    assert not args["BASE_IMAGE"].startswith(("nvidia/", "nvcr.io/")), args["BASE_IMAGE"]
+    assert re.fullmatch(r"ubuntu:24\.04", args["BASE_IMAGE"]), args["BASE_IMAGE"]
+    assert all(s.base == args["BASE_IMAGE"] for s in df.stages)  # the venv's Python is the final stage's
+    assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cu128"
+    assert args["CUDA_REQUIRE"] == f"cuda>={cuda_of_index(args['TORCH_INDEX'])}"
+    assert "CUDA_REQUIRE" in dockerfile.stage_args(df, df.final)
+    env = df.env(df.final)
+    assert env["NVIDIA_REQUIRE_CUDA"] == "${CUDA_REQUIRE}"
+    assert df.expand(env["NVIDIA_REQUIRE_CUDA"], df.final) == "cuda>=12.8"
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert set(env["NVIDIA_DRIVER_CAPABILITIES"].split(",")) == {"compute", "utility"}
+    # nothing leans on a CUDA toolkit in the image: torch finds its pip CUDA libraries itself
+    text = TRAINER.read_text()
+    assert "LD_LIBRARY_PATH" not in text and "/usr/local/cuda" not in text and "CUDA_HOME" not in text
+
+
+def build_runs(df: Dockerfile, stage: Stage) -> list[str]:
+    """The stage's RUN lines, ARG defaults expanded."""
+    return [df.expand(i.args, stage) for i in stage.all("RUN")]
+
+
+def test_deepspeed_is_built_with_cpu_adam_at_the_constraints_pin() -> None:
+    df = dockerfile.parse(TRAINER)
+    build, _ = venv(df)
+    assert df.global_args["DS_ACCELERATOR"] == "cuda"
+    assert constraint("deepspeed") and "deepspeed" in {
+        requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "optional-dependencies"]["trainer"]}
+    runs = build_runs(df, build)
+    installs = dockerfile.pip_installs(df, build)
+    (ds,) = [a for a in installs if "deepspeed" in a]
+    # from source (the sdist), on the torch already installed, at the pin of constraints.txt
+    assert ds[ds.index("-c") + 1] == "constraints.txt" and ds[-1] == "deepspeed", ds
+    assert {"--no-build-isolation", "--no-deps"} <= set(ds) and ds[ds.index("--no-binary") + 1] == "deepspeed"
+    (step,) = [r for r in runs if "deepspeed" in r and "pip install" in r]
+    words = {w for cmd in dockerfile.commands(step) for w in cmd}
+    assert {"DS_BUILD_OPS=0", "DS_BUILD_CPU_ADAM=1", "DS_ACCELERATOR=cuda"} <= words, words
+    assert {"CC=/opt/portable-cc/gcc", "CXX=/opt/portable-cc/g++"} <= words, "the portable compiler wrappers"
+    setuptools = [a for a in installs if any(w.startswith("setuptools==") for w in a)]
+    assert setuptools and installs.index(setuptools[0]) < installs.index(ds), "setuptools first: the venv has none"
+    # order: torch, then DeepSpeed (built against it), then the stack, which keeps that DeepSpeed
+    torch_at = next(i for i, a in enumerate(installs) if any(w.startswith("torch==") for w in a))
+    stack_at = next(i for i, a in enumerate(installs) if ".[trainer]" in a)
+    assert torch_at < installs.index(ds) < stack_at, installs
+    stack = installs[stack_at]
+    assert stack[stack.index("-c") + 1] == "constraints.txt" and "--upgrade" not in stack and "-U" not in stack
+    assert "--force-reinstall" not in stack
+
+
+def test_the_build_fails_unless_cpu_adam_is_prebuilt_for_the_accelerator() -> None:
+    df = dockerfile.parse(TRAINER)
+    build, _ = venv(df)
+    runs = build_runs(df, build)
+    stack_at = next(i for i, r in enumerate(runs) if ".[trainer]" in r)
+    (check,) = [r for r in runs if "installed_ops" in r]
+    assert runs.index(check) > stack_at, "the check imports deepspeed: after its dependencies are installed"
+    assert "installed_ops.get('cpu_adam')" in check and "accelerator_name == 'cuda'" in check, check
+    assert "sys.exit(" in check
+    # and the op is portable: no AVX-512 instruction in it
+    assert "objdump -d" in check and "grep -q '%zmm'" in check and "exit 1" in check
+    # the final stage, compiler-free and non-root, loads it as a pod would: prebuilt or not at all
+    order = df.final.instructions
+    (load_at,) = [n for n, i in enumerate(order) if i.cmd == "RUN" and "CPUAdamBuilder" in i.args]
+    load = df.expand(order[load_at].args, df.final)
+    assert load.startswith("DS_ACCELERATOR=cuda ") and "CPUAdamBuilder().load()" in load
+    assert any(i.cmd == "USER" for i in order[:load_at]), "load it as the pods' user, who cannot write the venv"
+    assert "DS_ACCELERATOR" in dockerfile.stage_args(df, df.final)
+
+
+def test_the_portable_compiler_wrapper_replaces_the_build_machines_instruction_set(tmp_path: Path) -> None:
+    """DeepSpeed compiles its CPU ops with `-march=native` (and `-D__AVX512__` on an AVX-512 machine):
+    the wrapper the build stage writes hands the real compiler DS_MARCH and AVX2 code instead, and
+    leaves every other argument alone. Run here with a stand-in compiler that prints its arguments."""
+    df = dockerfile.parse(TRAINER)
+    build, _ = venv(df)
+    (make,) = [r for r in build_runs(df, build) if "printf" in r and "/opt/portable-cc" in r]
+    folder, fake = tmp_path / "cc", tmp_path / "bin"
+    fake.mkdir()
+    for name in ("gcc", "g++"):
+        (fake / name).write_text(f'#!/bin/sh\nfor a in "$@"; do echo "{name} $a"; done\n')
+        (fake / name).chmod(0o755)
+    done = subprocess.run(["sh", "-c", make.replace("/opt/portable-cc", str(folder))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    wrapper = (folder / "gcc").read_text().replace("/usr/bin/", f"{fake}/")
+    (folder / "gcc").write_text(wrapper)
+    assert (folder / "g++").is_symlink() and (folder / "g++").resolve() == (folder / "gcc")
+    argv = ["-O3", "-march=native", "-fopenmp", "-D__AVX512__", "a b.cpp", ""]
+    env = {"PATH": "/usr/bin:/bin", "DS_MARCH": df.global_args["DS_MARCH"]}
+    out = subprocess.run([str(folder / "g++"), *argv], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"g++ {a}" for a in ["-O3", "-march=x86-64-v3", "-fopenmp", "-D__AVX256__",
+                                                            "a b.cpp", ""]]
+    assert subprocess.run([str(folder / "gcc"), "-c"], capture_output=True, text=True, env=env).stdout == "gcc -c\n"
+    # without DS_MARCH (an ARG of the build stage, in its RUNs' environment) it refuses
+    unset = subprocess.run([str(folder / "g++"), "-march=native"], capture_output=True, text=True, env={"PATH": "/bin"})
+    assert unset.returncode != 0 and "DS_MARCH" in unset.stderr
+    assert "DS_MARCH" in dockerfile.stage_args(df, build)
 
 
 def test_export_image_builds_the_pinned_llama_cpp() -> None:

@@ -103,32 +103,152 @@ def test_every_workflow_states_its_permissions() -> None:
             assert "aws-actions/configure-aws-credentials" in path.read_text(), path.name
 
 
-def test_the_release_builds_and_pushes_both_images_for_the_chart_version() -> None:
+def test_the_release_builds_and_pushes_both_images_for_the_chart_version(tmp_path: Path) -> None:
     wf = workflow("release.yml")
     assert triggers(wf) == {"push": {"tags": ["v*"]}}
-    assert wf["permissions"] == {"contents": "read", "packages": "write"}
+    assert wf["permissions"] == {"contents": "read"}
+    for job in ("images", "chart"):  # each job gets what it needs, no more: push to ghcr.io
+        assert wf["jobs"][job]["permissions"] == {"contents": "read", "packages": "write"}, job
     matrix = wf["jobs"]["images"]["strategy"]["matrix"]["include"]
     assert {m["name"] for m in matrix} == {"trainer", "export"}
+    trainer = dockerfile.parse(ROOT / "images" / "trainer" / "Dockerfile").global_args
     for m in matrix:
         assert (ROOT / m["dockerfile"]).is_file() and m["dockerfile"] == f"images/{m['name']}/Dockerfile"
-        if m["base"]:
-            args = dockerfile.parse(ROOT / m["dockerfile"]).global_args
-            assert {"BASE_IMAGE", "TORCH_INDEX"} <= args.keys()
-            # the CUDA of the base image is the CUDA torch is built for
-            cuda = re.search(r"cuda:(\d+)\.(\d+)", m["base"])
-            assert cuda and m["torch_index"].endswith(f"/cu{cuda[1]}{cuda[2]}"), m
-    default = [m for m in matrix if m["name"] == "trainer" and not m["suffix"]]
-    args = dockerfile.parse(ROOT / "images" / "trainer" / "Dockerfile").global_args
-    assert len(default) == 1 and (default[0]["base"], default[0]["torch_index"]) == (
-        args["BASE_IMAGE"], args["TORCH_INDEX"])  # the untagged variant is what the Dockerfile builds by default
-    script = step(wf, "build and push")["run"]
-    assert 'docker push "$ref"' in script and "GITHUB_STEP_SUMMARY" in script
+        assert "base" not in m, "one CUDA: the trainer's base is the Dockerfile's plain Ubuntu"
+        if m["name"] == "trainer":
+            # the driver requirement is the CUDA torch is built for
+            cuda = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d+)(\d)", m["torch_index"])
+            assert cuda and m["cuda_require"] == f"cuda>={cuda[1]}.{cuda[2]}", m
+            assert {"TORCH_INDEX", "CUDA_REQUIRE"} <= trainer.keys()
+    variants = {m["suffix"]: m for m in matrix if m["name"] == "trainer"}
+    assert set(variants) == {"", "-cuda13.0"}
+    # the untagged trainer is the CUDA 12.8 build, what the Dockerfile builds by default
+    assert (variants[""]["torch_index"], variants[""]["cuda_require"]) == (trainer["TORCH_INDEX"],
+                                                                           trainer["CUDA_REQUIRE"])
+    assert variants[""]["torch_index"].endswith("/cu128")
+    assert variants["-cuda13.0"]["torch_index"].endswith("/cu130")
+    assert variants["-cuda13.0"]["cuda_require"] == "cuda>=13.0"
     # the tag must be the chart's version: what the chart's default image tag (appVersion) points at
     check = step(wf, "the tag is the chart's version")["run"]
     chart = yaml.safe_load((ROOT / "charts" / "kubetune" / "Chart.yaml").read_text())
-    env = {"TAG": f"v{chart['version']}", "GITHUB_ENV": "/dev/null"}
+    out = tmp_path / "output"
+    env = {"TAG": f"v{chart['version']}", "GITHUB_ENV": "/dev/null", "GITHUB_OUTPUT": str(out)}
     assert run_script(check, env).returncode == 0
+    assert out.read_text() == f"version={chart['version']}\n"
     assert run_script(check, env | {"TAG": "v9.9.9"}).returncode == 1
+
+
+def fake_docker(folder: Path, repo_digests: list[str]) -> Path:
+    """A `docker` that records its calls and answers `inspect` with these RepoDigests."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    lines = "".join(f"{d}\n" for d in repo_digests)
+    docker.write_text(f'#!/bin/sh\necho "$*" >> {folder}/calls\n'
+                      f'if [ "$1" = inspect ]; then printf "%s" "{lines}"; fi\n')
+    docker.chmod(0o755)
+    return bin_dir
+
+
+def test_each_image_leg_passes_its_registry_digest_to_the_chart_job(tmp_path: Path) -> None:
+    """The build step, run with a stand-in docker: the build arguments of the leg, the push, and the
+    digest of the pushed repository as the leg's own job output (a matrix job's outputs are the
+    union of its legs')."""
+    wf = workflow("release.yml")
+    images = wf["jobs"]["images"]
+    matrix = images["strategy"]["matrix"]["include"]
+    outputs = images["outputs"]
+    assert sorted(m["output"] for m in matrix) == sorted(set(m["output"] for m in matrix))  # one name per leg
+    for m in matrix:
+        assert outputs[m["output"]] == f"${{{{ steps.push.outputs.{m['output']} }}}}", m
+    assert outputs["version"] == "${{ steps.version.outputs.version }}"
+    script = step(wf, "build and push")["run"]
+    (leg,) = [m for m in matrix if m["suffix"] == "-cuda13.0"]
+    digest = "sha256:" + "c" * 64
+    env = {"OWNER": "KubeTune-Fork", "NAME": leg["name"], "DOCKERFILE": leg["dockerfile"], "SUFFIX": leg["suffix"],
+           "TORCH_INDEX": leg["torch_index"], "CUDA_REQUIRE": leg["cuda_require"], "OUTPUT": leg["output"],
+           "VERSION": "0.1.0", "GITHUB_OUTPUT": str(tmp_path / "output"), "GITHUB_STEP_SUMMARY": str(tmp_path / "sum")}
+    ref = "ghcr.io/kubetune-fork/trainer:0.1.0-cuda13.0"
+    bin_dir = fake_docker(tmp_path, ["ghcr.io/other/trainer@sha256:" + "d" * 64, f"ghcr.io/kubetune-fork/trainer@{digest}"])
+    done = run_script(script, env, path=bin_dir)
+    assert done.returncode == 0, done.stdout + done.stderr
+    build, push, _ = [shlex.split(line) for line in (tmp_path / "calls").read_text().splitlines()]
+    assert build[:3] == ["build", "-f", "images/trainer/Dockerfile"] and build[build.index("-t") + 1] == ref
+    assert f"TORCH_INDEX={leg['torch_index']}" in build and "CUDA_REQUIRE=cuda>=13.0" in build
+    assert push == ["push", ref]
+    assert (tmp_path / "output").read_text() == f"trainer_cuda13={digest}\n"
+    assert f"`{ref}@{digest}`" in (tmp_path / "sum").read_text()
+    # no digest of this repository (only another one's): the leg fails, no chart pins a wrong image
+    other = tmp_path / "other"
+    other.mkdir()
+    done = run_script(script, env | {"GITHUB_OUTPUT": str(other / "output")},
+                      path=fake_docker(other, ["ghcr.io/other/trainer@sha256:" + "d" * 64]))
+    assert done.returncode == 1 and "no registry digest" in done.stdout
+    assert not (other / "output").exists()
+
+
+def test_the_chart_job_packages_the_chart_with_the_pushed_images_pinned(helm_binary: str, tmp_path: Path) -> None:
+    """The pin step, run on a copy of the chart with the real helm: values.yaml gets the release's
+    repositories, tag and digests (scripts/pin_images.py), lint passes and the pods run them."""
+    wf = workflow("release.yml")
+    job = wf["jobs"]["chart"]
+    assert job["needs"] == "images"
+    pin = step(wf, "the default images, pinned by digest")
+    assert pin["env"] == {"OWNER": "${{ github.repository_owner }}", "VERSION": "${{ needs.images.outputs.version }}",
+                          "TRAINER_DIGEST": "${{ needs.images.outputs.trainer }}",
+                          "EXPORT_DIGEST": "${{ needs.images.outputs.export }}"}
+    shutil.copytree(ROOT / "charts", tmp_path / "charts")
+    shutil.copytree(ROOT / "scripts", tmp_path / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    trainer, export = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    env = {"OWNER": "KubeTune-Fork", "VERSION": "0.1.0", "TRAINER_DIGEST": trainer, "EXPORT_DIGEST": export}
+    done = run_script(pin["run"], env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    values = yaml.safe_load((tmp_path / "charts" / "kubetune" / "values.yaml").read_text())
+    assert {k: values["image"][k] for k in ("repository", "tag", "digest")} == {
+        "repository": "ghcr.io/kubetune-fork/trainer", "tag": "0.1.0", "digest": trainer}
+    assert {k: values["export"]["image"][k] for k in ("repository", "tag", "digest")} == {
+        "repository": "ghcr.io/kubetune-fork/export", "tag": "0.1.0", "digest": export}
+    assert f"ghcr.io/kubetune-fork/trainer:0.1.0@{trainer}" in done.stdout.splitlines()
+    assert f"ghcr.io/kubetune-fork/export:0.1.0@{export}" in done.stdout.splitlines()
+    done = run_script(pin["run"], env | {"TRAINER_DIGEST": ""}, cwd=tmp_path)
+    assert done.returncode != 0, "an empty digest (no output from its leg) must not package a chart"
+    # the step's own check: a chart that does not render the pushed images fails it
+    helpers = tmp_path / "charts" / "kubetune" / "templates" / "_helpers.tpl"
+    helpers.write_text(helpers.read_text().replace('{{- with $image.digest }}@{{ . }}{{ end }}', ""))
+    done = run_script(pin["run"], env, cwd=tmp_path)
+    assert done.returncode == 1 and "the chart renders" in done.stdout, done.stdout + done.stderr
+    package = step(wf, "package and push the chart")
+    assert 'helm package charts/kubetune --destination "$RUNNER_TEMP/chart"' in package["run"]
+    assert 'helm push "$RUNNER_TEMP/chart/kubetune-$VERSION.tgz" "oci://ghcr.io/${OWNER,,}/charts"' in package["run"]
+    assert "helm registry login ghcr.io" in package["run"] and "--password-stdin" in package["run"]
+    names = [s.get("name") for s in job["steps"]]
+    assert names.index("the default images, pinned by digest") < names.index("package and push the chart")
+
+
+def test_pin_images_changes_the_six_image_lines_and_nothing_else(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    original = (ROOT / "charts" / "kubetune" / "values.yaml").read_text()
+    values.write_text(original)
+    trainer, export = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    argv = [sys.executable, str(ROOT / "scripts" / "pin_images.py"), str(values), "--registry", "ghcr.io/acme",
+            "--version", "1.2.3", "--trainer-digest", trainer, "--export-digest", export]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    before, after = original.splitlines(), values.read_text().splitlines()
+    assert len(before) == len(after)
+    changed = {(a.strip(), b.strip()) for a, b in zip(before, after, strict=True) if a != b}
+    assert changed == {("repository: ghcr.io/kubetune/trainer", 'repository: "ghcr.io/acme/trainer"'),
+                       ("repository: ghcr.io/kubetune/export", 'repository: "ghcr.io/acme/export"'),
+                       ('tag: ""', 'tag: "1.2.3"'), ('digest: ""', f'digest: "{trainer}"'),
+                       ('digest: ""', f'digest: "{export}"')}
+    assert sum(a != b for a, b in zip(before, after, strict=True)) == 6
+    # refused: a bad argument (nothing written), a values file without the keys
+    values.write_text(original)
+    bad = subprocess.run([*argv[:-1], "sha256:abc"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--export-digest" in bad.stderr and values.read_text() == original
+    values.write_text(original.replace("  digest: \"\"\n", "", 1))
+    missing = subprocess.run(argv, capture_output=True, text=True)
+    assert missing.returncode == 1 and "image.digest" in missing.stderr
 
 
 def test_the_oidc_session_lasts_as_long_as_the_job() -> None:
@@ -240,6 +360,7 @@ def test_kind_job_builds_loads_and_submits_the_same_image(helm_binary: str) -> N
     args = dict(a.split("=", 1) for a in build[1:] if "=" in a and build[build.index(a) - 1] == "--build-arg")
     trainer = dockerfile.parse(ROOT / "images" / "trainer" / "Dockerfile")
     assert args.keys() <= trainer.global_args.keys() and args["TORCH_INDEX"].endswith("/whl/cpu"), args
+    assert args["DS_ACCELERATOR"] == "cpu", "CPU Adam prebuilt for the accelerator DeepSpeed finds there"
     assert build[build.index("-t") + 1] == "$IMAGE" and build[build.index("-f") + 1] == "images/trainer/Dockerfile"
     (kind_action,) = [s for _, s in steps(wf) if s.get("uses", "").startswith("helm/kind-action@")]
     assert kind_action["with"]["cluster_name"] == env["CLUSTER"]

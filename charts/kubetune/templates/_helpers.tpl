@@ -108,3 +108,16 @@ Name of the export Job: the training rank 0 starts it (KUBETUNE_EXPORT_JOB; the 
 {{- define "kubetune.exportJobName" -}}
 {{- printf "%s-export" (include "kubetune.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/*
+An image reference from an image value (`image`, `export.image`) and the root context:
+`repository:tag` (the tag defaults to the chart's appVersion), `repository:tag@digest` when
+`digest` is set: the kubelet pulls by the digest, the tag stays for people to read.
+Usage: include "kubetune.image" (list .Values.image .)
+*/}}
+{{- define "kubetune.image" -}}
+{{- $image := index . 0 | default dict }}
+{{- $root := index . 1 }}
+{{- printf "%s:%s" $image.repository ($image.tag | default $root.Chart.AppVersion) }}
+{{- with $image.digest }}@{{ . }}{{ end }}
+{{- end }}
