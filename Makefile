@@ -18,7 +18,7 @@ quickstart: setup
 
 lint:
 	$(VENV)/bin/ruff check .
-	$(PY) -m trainer.spec_doc --check docs/spec.md
+	$(PY) -m trainer.spec.doc --check docs/spec.md
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -27,7 +27,7 @@ test-fast: lint
 	$(PY) -m pytest -m "not slow and not integration and not e2e" $(PYTEST_ARGS)
 
 docs:
-	$(PY) -m trainer.spec_doc > docs/spec.md
+	$(PY) -m trainer.spec.doc > docs/spec.md
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

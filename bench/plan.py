@@ -5,7 +5,7 @@
 
 The prediction is `launch plan`'s own code (launcher/plan/memory.py) for the same spec, in its CPU
 mode (float32, no CUDA terms). Each configuration builds a tiny random model of a real architecture
-from a config in code, wraps it with the trainer's own `trainer.model.add_adapter` (the PEFT LoRA /
+from a config in code, wraps it with the trainer's own `trainer.model.load.add_adapter` (the PEFT LoRA /
 DoRA the cluster job gets, checkpointing included), and trains float32 AdamW steps on packed rows
 (two samples per row, position ids restarting, as the collator builds them).
 
@@ -85,7 +85,7 @@ def model_config(case: Case) -> Any:
 
 
 def job_spec(case: Case) -> Any:
-    from trainer.spec_io import spec_from_dict
+    from trainer.spec.io import spec_from_dict
 
     return spec_from_dict({
         "name": "bench-plan", "base_model": "bench/tiny", "data": {"train": "unused.jsonl", "max_seq_len": case.seq},
@@ -130,7 +130,7 @@ def measure(case: Case, config: Any, steps: int = 3) -> int:
     from torch.profiler._memory_profiler import Action
     from transformers import AutoModelForCausalLM
 
-    from trainer.model import BaseModelRef, add_adapter
+    from trainer.model.load import BaseModelRef, add_adapter
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")

@@ -85,7 +85,7 @@ def child(uri: str, mode: str, max_seq_len: int) -> None:
     from tests.resources import tokenizer_for
     from trainer.data import build_dataset
     from trainer.data.stream import TrainStream
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
     tok = tokenizer_for("qwen2")
     spec = JobSpec.model_validate({"name": "bench", "base_model": "m", "training": {"max_steps": 1},

@@ -166,7 +166,7 @@ def main() -> None:
 
     from tests.resources import tokenizer_for
     from trainer.data import Collator, build_dataset
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

@@ -166,8 +166,8 @@ def _succeeded(obj: dict[str, Any]) -> bool:
 
 
 def _export_not_started(owner: dict[str, Any], export: dict[str, Any], ns: str) -> Blocker:
-    """Training succeeded, the export Job is still suspended: rank 0 could not start it (trainer/start_export.py)."""
-    from trainer.start_export import QUEUE_LABEL, manual_command, patch_for
+    """Training succeeded, the export Job is still suspended: rank 0 could not start it (trainer/train/start_export.py)."""
+    from trainer.train.start_export import QUEUE_LABEL, manual_command, patch_for
 
     name = export["metadata"]["name"]
     since = (owner.get("status") or {}).get("completionTime") or ""

@@ -23,11 +23,11 @@ from launcher import helm, resolve
 from launcher.errors import PodFailed, UserError
 from launcher.plan import deadline as plan_deadline
 from launcher.values import DEFAULT_PORT, chart_values
-from trainer import strategy
-from trainer.matrix import group
-from trainer.preemption import EXIT_PREEMPTED
-from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, apply_overrides, load_raw, load_spec, load_specs
+from trainer.spec import strategy
+from trainer.spec.io import SpecError, apply_overrides, load_raw, load_spec, load_specs
+from trainer.spec.job import JobSpec
+from trainer.spec.matrix import group
+from trainer.train.preemption import EXIT_PREEMPTED
 
 if TYPE_CHECKING:
     from launcher.backends.kube_submit import Created
@@ -128,7 +128,7 @@ def resume_problems(name: str, output: str) -> list[str]:
         return []  # the trainer reads it (this launcher may not have the S3 client)
     import json
 
-    from trainer.checkpoint import FOLDER, MANIFEST
+    from trainer.train.checkpoint import FOLDER, MANIFEST
 
     manifest = Path(output) / FOLDER / MANIFEST
     if not manifest.is_file():
@@ -151,7 +151,7 @@ def recorded_template_date(output: str) -> str | None:
         return None  # the trainer reads it (this launcher may not have the S3 client); a different date is refused
     import json
 
-    from trainer.checkpoint import FOLDER, MANIFEST
+    from trainer.train.checkpoint import FOLDER, MANIFEST
 
     try:
         saved = json.loads((Path(output) / FOLDER / MANIFEST).read_text(encoding="utf-8"))
@@ -164,7 +164,7 @@ def recorded_template_date(output: str) -> str | None:
 def with_template_date(spec: JobSpec, recorded: str | None = None) -> JobSpec:
     """`spec` with `data.template_date` set, as the pods receive it: its own, else `recorded` (the date a resumed
     job's checkpoints were trained with), else today. Chat templates that write the date then render the same
-    text in every pod, restart and resume of the job (trainer/template_date.py)."""
+    text in every pod, restart and resume of the job (trainer/data/template_date.py)."""
     if spec.data.template_date is not None:
         return spec
     day = date.fromisoformat(recorded) if recorded else date.today()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from launcher.backends.kubernetes import Cluster
     from launcher.blockers import Blocker
     from launcher.client import Submission
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
 POLL_SECONDS = 5.0
 STUCK_GRACE = 600.0  # seconds a blocker may last, with no scale-up or preemption under way, before --wait gives up
@@ -110,7 +110,7 @@ def spec_of(cluster: Cluster, name: str) -> JobSpec:
     """The resolved spec the pods read (the `spec.yaml` key of the submission's ConfigMap)."""
     from pydantic import ValidationError
 
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
     cm = cluster.get("ConfigMap", name)
     if cm is None or "spec.yaml" not in (cm.get("data") or {}):

@@ -27,7 +27,7 @@ from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.sources import expand, read_records
 from trainer.data.stats import REASONING_DROPPED
-from trainer.spec import BadRowsSpec, JobSpec
+from trainer.spec.job import BadRowsSpec, JobSpec
 
 PRECHECK_ROWS = 1000
 PERCENTILES = (50, 90, 99)
@@ -226,7 +226,7 @@ def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -
 def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[SplitReport]:
     from datetime import date
 
-    from trainer import template_date
+    from trainer.data import template_date
 
     # the date `launch submit` would record: the spec's own, else today's
     tok = template_date.pin(load_tokenizer(spec, spec_dir, tokenizer), spec.data.template_date or date.today())

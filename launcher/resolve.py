@@ -6,8 +6,8 @@ import glob
 import os
 from pathlib import Path
 
-from trainer.spec import JobSpec
-from trainer.spec_io import spec_from_dict
+from trainer.spec.io import spec_from_dict
+from trainer.spec.job import JobSpec
 
 
 def is_remote(uri: str) -> bool:

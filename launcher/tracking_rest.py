@@ -1,7 +1,7 @@
 """A submission's MLflow run, read over MLflow's REST API with the standard library (no mlflow import).
 
 The trainer names its run after the submission (`KUBETUNE_JOB_NAME`) in the spec's experiment
-(trainer/tracking.py). From the run: the last value of each metric; progress and an ETA from the
+(trainer/tracking/tracker.py). From the run: the last value of each metric; progress and an ETA from the
 `loss` history (step and timestamp of each point) against `training.max_steps`, or from `epoch`
 against `training.epochs`; and the model versions the export registered from it.
 Credentials as MLflow's own client reads them: MLFLOW_TRACKING_TOKEN, or

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainer.spec import JobSpec
-from trainer.spec_io import dump_spec
-from trainer.strategy import accelerate_config_yaml, process_env
+from trainer.spec.io import dump_spec
+from trainer.spec.job import JobSpec
+from trainer.spec.strategy import accelerate_config_yaml, process_env
 
 DEFAULT_PORT = 29500
 
@@ -15,7 +15,7 @@ def chart_values(
     spec: JobSpec, job_name: str, port: int = DEFAULT_PORT, matrix_group: str = "", params: int | None = None
 ) -> dict[str, Any]:
     """Values for `helm template`; `spec` is the resolved spec exactly as the pods will read it, and
-    `matrix_group` the label its matrix's jobs share (trainer.matrix.group), if it is one of them.
+    `matrix_group` the label its matrix's jobs share (trainer.spec.matrix.group), if it is one of them.
     `params`: the base model's parameter count when known (sizes the export pod), else None.
     Requests only: the chart sets each pod's cpu, memory and ephemeral-storage limits equal to them."""
     res = spec.resources

@@ -7,7 +7,7 @@
 #   scripts/gpu_check.sh --cpu --tiny    # the same flow on CPU with a tiny model (checks the script itself)
 #
 # For each strategy, one process on one GPU (world size 1), started as a pod starts the trainer
-# (python -m trainer.supervise accelerate launch --config_file <trainer.strategy's config> -m trainer.train),
+# (python -m trainer.train.supervise accelerate launch --config_file <trainer.spec.strategy's config> -m trainer.train),
 # on a random Qwen2 model built from Qwen2.5-1.5B's config (no hub): the run succeeds, the adapter holds
 # every tensor PEFT makes for the model with the right shapes and every lora_B trained, and base + adapter
 # reloaded give the trainer's final eval loss (bf16: within 0.5% relative) and a lower one than the base.
@@ -97,7 +97,7 @@ print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"{torch.cuda.device_count()} GPU(s) {[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}")
 if sys.argv[1] != "1" and not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA GPU here (use --cpu --tiny to try the script on CPU)")
-import trainer.train  # noqa: F401  (the trainer's own dependencies)
+import trainer.train.loop  # noqa: F401  (the trainer's own dependencies)
 EOF
 
 mkdir -p "$WORKDIR"

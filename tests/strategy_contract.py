@@ -5,10 +5,10 @@ For a strategy (`ddp`, `zero2`, `zero3`, `fsdp`, or `ddp-nccl`: `ddp` forced thr
 `zero3-offload`, `fsdp-offload`: the strategy with `training.offload` `optimizer`, `all`, `all`, GPU
 only), on a model built here from a config (no hub):
 
-1. the accelerate config is `trainer.strategy`'s rendering of the job spec (`render`, so that a
+1. the accelerate config is `trainer.spec.strategy`'s rendering of the job spec (`render`, so that a
    combination `check` refuses can still be tried), started as the chart starts it:
-   `python -m trainer.supervise accelerate launch --config_file ... -m trainer.train --spec ...`,
-   all processes on this machine (`--num_machines 1`), with `trainer.strategy.process_env`;
+   `python -m trainer.train.supervise accelerate launch --config_file ... -m trainer.train --spec ...`,
+   all processes on this machine (`--num_machines 1`), with `trainer.spec.strategy.process_env`;
 2. the run succeeds (`_SUCCESS`, every step trained);
 3. the adapter is complete: exactly the tensors PEFT makes for this model and `adapter` section
    (every targeted module's `lora_A` and `lora_B`, the right shapes), finite, every `lora_B`
@@ -187,8 +187,8 @@ def job_spec(plan: Plan) -> dict[str, Any]:
 
 
 def accelerate_config(plan: Plan, spec: Any) -> dict[str, Any]:
-    """`trainer.strategy`'s config for the spec, every process on this machine."""
-    from trainer import strategy
+    """`trainer.spec.strategy`'s config for the spec, every process on this machine."""
+    from trainer.spec import strategy
 
     config = strategy.render(spec) | {"num_machines": 1, "num_processes": plan.processes}
     if plan.strategy == "ddp-nccl":
@@ -208,7 +208,7 @@ def fsdp_on_cpu(plan: Plan) -> bool:
 
 
 def environment(plan: Plan, spec: Any, job_name: str) -> dict[str, str]:
-    from trainer import strategy
+    from trainer.spec import strategy
 
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ACCELERATE_", "TORCHELASTIC_", "FSDP_"))
@@ -227,13 +227,13 @@ def environment(plan: Plan, spec: Any, job_name: str) -> dict[str, str]:
 
 def launch(plan: Plan, job_name: str, log: Path) -> int:
     """One run of the job, as a pod starts it; returns the exit code, the log in `log`."""
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
     spec = JobSpec.model_validate(job_spec(plan))
     (plan.workdir / "job.yaml").write_text(yaml.safe_dump(job_spec(plan), sort_keys=False))
     (plan.workdir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(plan, spec), sort_keys=False))
     module = "fsdp_on_cpu" if fsdp_on_cpu(plan) else "trainer.train"
-    argv = [sys.executable, "-m", "trainer.supervise", "accelerate", "launch",
+    argv = [sys.executable, "-m", "trainer.train.supervise", "accelerate", "launch",
             "--config_file", str(plan.workdir / "accelerate.yaml"),
             "--num_machines", "1", "--num_processes", str(plan.processes), "--machine_rank", "0",
             "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
@@ -255,8 +255,8 @@ def expected_adapter(plan: Plan) -> dict[str, tuple[int, ...]]:
     from peft import get_peft_model, get_peft_model_state_dict
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from trainer.model import lora_config
-    from trainer.spec import JobSpec
+    from trainer.model.load import lora_config
+    from trainer.spec.job import JobSpec
 
     spec = JobSpec.model_validate(job_spec(plan))
     with torch.device("meta"):
@@ -291,14 +291,14 @@ def adapter_problems(adapter: Path, expected: dict[str, tuple[int, ...]]) -> tup
 
 
 def eval_losses(plan: Plan, adapter: Path) -> tuple[float, float]:
-    """(base + `adapter` loaded afresh, the base alone): the trainer's eval loss recomputed (trainer/loss.py: the
+    """(base + `adapter` loaded afresh, the base alone): the trainer's eval loss recomputed (trainer/train/loss.py: the
     mean over every evaluated label token of every rank), on the same rows in batches of the same size."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.data import Collator, build_dataset
-    from trainer.spec import JobSpec
+    from trainer.spec.job import JobSpec
 
     spec = JobSpec.model_validate(job_spec(plan))
     device = "cpu" if plan.cpu or not torch.cuda.is_available() else "cuda"

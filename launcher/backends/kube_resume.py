@@ -1,6 +1,6 @@
 """`launch submit --resume NAME` on a cluster: submission NAME runs again under its own name.
 
-Its pods then continue from NAME's latest checkpoint in `output.uri` (trainer/resume.py resumes the
+Its pods then continue from NAME's latest checkpoint in `output.uri` (trainer/train/resume.py resumes the
 checkpoints of the same job name; another name starts at step 0). Kubernetes itself restarts a
 preempted job's pods, so this is for a job that has ended without finishing: failed (past its
 `resources.max_restarts` or `resources.deadline`, a fixed bug), or cancelled. A failed one's objects

@@ -3,7 +3,7 @@
 The owner goes first: the training Job (or the JobSet, when the chart rendered one), created
 suspended so that no pod starts before its ConfigMap and Service exist. Then the export Job, which
 the chart renders suspended: training's rank 0 starts it once it has succeeded, and drops the
-ownerReference to the owner it gets here (trainer/start_export.py). Until then it goes with the
+ownerReference to the owner it gets here (trainer/train/start_export.py). Until then it goes with the
 training Job (a training that never succeeds takes it along); from then on the training Job's
 `ttlSecondsAfterFinished` cannot delete a running or recent export, which has its own. Then the
 NetworkPolicy (with `networkPolicy.enabled`: before any pod starts), ServiceAccount, Secret, ConfigMap,

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from launcher.plan.fit import KINDS
-from trainer.spec import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS, JobSpec
+from trainer.spec.job import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS, JobSpec
 
 HOUR = 3600
 

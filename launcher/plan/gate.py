@@ -8,7 +8,7 @@ from pathlib import Path
 from launcher.errors import UserError
 from launcher.plan import report, source
 from launcher.plan.ladder import with_overrides
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 
 @dataclass

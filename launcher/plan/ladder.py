@@ -4,7 +4,7 @@ The rungs, in order: shorter sequences -> lower rank -> no DoRA -> fewer target 
 (4bit) -> ZeRO-3 -> more GPUs. Each rung is computed on top of the rungs before it and carries the
 estimate it reaches; a rung that would not lower the estimate (QLoRA cannot shrink experts stored as
 3-D parameters, for example) is listed as no gain and not carried forward. A rung whose spec
-`trainer.strategy.check` would refuse (ZeRO-3 on top of QLoRA or DoRA: not proven, see
+`trainer.spec.strategy.check` would refuse (ZeRO-3 on top of QLoRA or DoRA: not proven, see
 docs/cluster.md) is not offered. Auto-fit applies the rungs in order until the estimate fits.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from launcher.plan.arch import Architecture
 from launcher.plan.memory import Setup, estimate
-from trainer import strategy
-from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, apply_overrides, spec_from_dict
+from trainer.spec import strategy
+from trainer.spec.io import SpecError, apply_overrides, spec_from_dict
+from trainer.spec.job import JobSpec
 
 MIN_SEQ_LEN = 512
 MIN_RANK = 8
@@ -69,7 +69,7 @@ def _fewer_targets(spec: JobSpec, arch: Architecture) -> tuple[str, ...]:
 
 def _qlora(spec: JobSpec, arch: Architecture) -> tuple[str, ...]:
     if spec.model.quantization == "4bit" or spec.base_model.lower().endswith(".gguf") or spec.adapter.init == "pissa":
-        return ()  # a GGUF is de-quantized on load; PiSSA needs unquantized weights (trainer/model.py)
+        return ()  # a GGUF is de-quantized on load; PiSSA needs unquantized weights (trainer/model/load.py)
     return ("model.quantization=4bit",)
 
 

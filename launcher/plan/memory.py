@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from launcher.plan.arch import Architecture, Linear
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -225,7 +225,7 @@ def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
 
 
 def attention_kind(arch: Architecture, setup: Setup) -> str:
-    """What runs: gpt-oss's attention sinks run eager in kubetune whatever is asked (trainer.model_config)."""
+    """What runs: gpt-oss's attention sinks run eager in kubetune whatever is asked (trainer.model.arch)."""
     if setup.attn != "eager" and not arch.sdpa:
         return "eager"
     return setup.attn

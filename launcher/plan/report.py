@@ -10,7 +10,7 @@ from launcher.plan.arch import Architecture
 from launcher.plan.fit import GPUS, Gpu, Row, deciding_gpu, table
 from launcher.plan.ladder import Rung, auto_fit, climb
 from launcher.plan.memory import Estimate, GiB, Setup, estimate
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 
 def gib(n: float) -> str:

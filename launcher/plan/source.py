@@ -17,7 +17,7 @@ from launcher import resolve
 from launcher.errors import UserError
 from launcher.plan import catalog, gguf
 from launcher.plan.arch import Architecture, from_hf_config
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 
 def _read_config_json(read: IO[str], where: str) -> dict[str, Any]:

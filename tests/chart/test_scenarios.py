@@ -10,7 +10,7 @@ import yaml
 
 from launcher.values import chart_values
 from tests.chart.scenarios import CHART, SCENARIOS, by_kind, render, run_helm, scenario_file, scenario_values
-from trainer.spec_io import spec_from_dict
+from trainer.spec.io import spec_from_dict
 
 KUBERNETES_VERSIONS = ["1.33.0", "1.34.0", "1.35.0"]
 CRDS = {"JobSet"}  # not in the Kubernetes schemas: their structure is asserted in tests/chart/test_scheduling.py
@@ -112,7 +112,7 @@ def test_each_strategy_reaches_the_pods(scenario: str, distributed_type: str, de
         assert config["deepspeed_config"]["zero_stage"] == deepspeed_stage
         assert config["deepspeed_config"]["deepspeed_multinode_launcher"] == "standard"  # no pdsh/ssh
     if distributed_type == "FSDP":
-        assert config["fsdp_config"]["fsdp_version"] == 2  # FSDP1 + LoRA crashes in step 2 (trainer/strategy.py)
+        assert config["fsdp_config"]["fsdp_version"] == 2  # FSDP1 + LoRA crashes in step 2 (trainer/spec/strategy.py)
         assert config["fsdp_config"]["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # else no adapter is saved
     spec = yaml.safe_load(cm["data"]["spec.yaml"])
     assert spec["name"] == scenario_values(scenario)["job"]["specName"]

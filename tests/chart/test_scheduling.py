@@ -102,7 +102,7 @@ def test_kueue_queue_label_and_suspended_jobs() -> None:
     training = next(j for j in jobs if component(j) == "training")
     export = next(j for j in jobs if component(j) == "export")
     assert training["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-    # the export Job enters the queue only once training succeeded: rank 0 adds the label (trainer/start_export.py)
+    # the export Job enters the queue only once training succeeded: rank 0 adds the label (trainer/train/start_export.py)
     assert "kueue.x-k8s.io/queue-name" not in export["metadata"]["labels"]
     [trainer] = training["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in trainer["env"]}

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from tests.e2e.submit import submit_local
 from tests.models import tiny_model, write_chat_jsonl
-from trainer.preemption import EXIT_PREEMPTED
+from trainer.train.preemption import EXIT_PREEMPTED
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RESUME = re.compile(r"launch submit --local --resume (\S+) ")

@@ -21,8 +21,8 @@ from launcher.cli import main
 from tests.e2e.submit import submit_local
 from tests.models import tiny_model
 from tests.seeds import SEEDS, Seed
-from trainer.spec import JobSpec
-from trainer.spec_io import load_specs
+from trainer.spec.io import load_specs
+from trainer.spec.job import JobSpec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

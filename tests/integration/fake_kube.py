@@ -191,9 +191,9 @@ class FakeKube:
             sync_job(self, found)
 
     def _trainer_starts_export(self, ns: str, pod: dict[str, Any]) -> None:
-        """What the trainer of rank 0 does after `_SUCCESS` (trainer/start_export.py): the same merge patch on the
+        """What the trainer of rank 0 does after `_SUCCESS` (trainer/train/start_export.py): the same merge patch on the
         Job its `KUBETUNE_EXPORT_JOB` names (the Role allows exactly that), as that pod's ServiceAccount."""
-        from trainer.start_export import patch_for
+        from trainer.train.start_export import patch_for
 
         env = {e["name"]: e.get("value", "") for c in pod["spec"]["containers"] for e in c.get("env", [])}
         export = self.bucket(*JOBS, ns).get(env.get("KUBETUNE_EXPORT_JOB", ""))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.integration.servers import moto_s3, s3_env
-from trainer import checkpoint
+from trainer.train import checkpoint
 
 pytestmark = pytest.mark.integration
 OUTPUT = "s3://runs/job"

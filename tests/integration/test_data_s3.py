@@ -19,7 +19,7 @@ from tests.integration.servers import moto_s3, s3_env
 from tests.resources import tokenizer_for
 from trainer.data import DataError, build_dataset
 from trainer.data.sources import expand, read_records
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 pytestmark = pytest.mark.integration
 

@@ -55,7 +55,7 @@ def write_job(folder: Path, base: Path, **model: Any) -> Path:
 
 
 def train(spec_path: Path) -> str:
-    from trainer import train as trainer
+    from trainer.train import loop as trainer
 
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
@@ -71,9 +71,9 @@ def merged_and_adapted(spec_path: Path, out: Path) -> tuple[Any, Any, Any]:
     import torch
     from peft import PeftModel
 
-    from trainer import model as models
     from trainer.export import merge
-    from trainer.spec_io import spec_from_dict
+    from trainer.model import load as models
+    from trainer.spec.io import spec_from_dict
 
     spec = spec_from_dict(yaml.safe_load(spec_path.read_text()))
     merged = merge.merge(spec, out / "adapter", out / "tokenizer", spec_path.parent / "merged")

@@ -108,7 +108,7 @@ def test_training_outlives_an_mlflow_restart_and_logs_every_step_once(tmp_path: 
 
 # -- the tracker on its own, against the real server --------------------------------------------
 def tracking_spec(url: str) -> Any:
-    from trainer.spec_io import spec_from_dict
+    from trainer.spec.io import spec_from_dict
 
     return spec_from_dict({"name": "tracked", "base_model": "org/model", "data": {"train": "t.jsonl"},
                            "tracking": {"mlflow_uri": url, "experiment": "tracked"}})
@@ -118,7 +118,7 @@ def test_a_job_started_while_mlflow_is_down_creates_its_run_when_it_answers(tmp_
     from mlflow import MlflowClient
 
     from tests.integration.servers import free_port
-    from trainer.tracking import Tracker
+    from trainer.tracking.tracker import Tracker
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -137,7 +137,7 @@ def test_a_job_started_while_mlflow_is_down_creates_its_run_when_it_answers(tmp_
 def test_a_resumed_job_reattaches_and_logs_each_step_once(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from trainer.tracking import Tracker
+    from trainer.tracking.tracker import Tracker
 
     with mlflow_server(tmp_path / "mlflow") as url:
         first = Tracker(tracking_spec(url), tmp_path / "store", active=True)
@@ -160,7 +160,7 @@ def test_a_resumed_job_reattaches_and_logs_each_step_once(tmp_path: Path) -> Non
 
 def test_metrics_mlflow_never_took_are_handed_back(tmp_path: Path) -> None:
     from tests.integration.servers import free_port
-    from trainer.tracking import Tracker
+    from trainer.tracking.tracker import Tracker
 
     tracker = Tracker(tracking_spec(f"http://127.0.0.1:{free_port()}"), tmp_path / "store", active=True)
     tracker.log_metrics({"loss": 1.5, "grad_norm": 0.5}, step=7, timestamp_ms=1_700_000_000_000)

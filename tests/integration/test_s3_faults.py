@@ -29,7 +29,7 @@ from trainer import storage
 from trainer.data import DataError
 from trainer.data.sources import expand
 from trainer.data.stream import TrainStream
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 pytestmark = pytest.mark.integration
 

@@ -1,14 +1,14 @@
 """The strategy contract on CPU, 2 ranks over gloo, for every strategy (tests/strategy_contract.py).
 
 Each strategy trains a tiny random Qwen2 (tied embeddings, q/k/v biases: Qwen2.5's layout) for 4
-steps as a pod starts the trainer (`trainer.supervise` -> `accelerate launch` with the config
-`trainer.strategy` renders -> `trainer.train`), then: the adapter holds exactly the tensors PEFT
+steps as a pod starts the trainer (`trainer.train.supervise` -> `accelerate launch` with the config
+`trainer.spec.strategy` renders -> `trainer.train`), then: the adapter holds exactly the tensors PEFT
 makes for the model (shapes included), every `lora_B` trained; base + adapter reloaded give the
 eval loss the trainer reported within 1e-5 relative, below the base model's; the job started again
 resumes from its step-2 checkpoint to the same adapter.
 
 What runs here and how:
-- `ddp`: gloo process group, `ACCELERATE_USE_CPU=true` (trainer/strategy.py `process_env`);
+- `ddp`: gloo process group, `ACCELERATE_USE_CPU=true` (trainer/spec/strategy.py `process_env`);
 - `zero2` / `zero3`: DeepSpeed with `DS_ACCELERATOR=cpu` (its shared-memory op JIT-built once into
   ~/.cache/kubetune-tests/torch_extensions);
 - `fsdp`: accelerate's FSDP2 path for real (fully_shard, rank-0 loading, FULL_STATE_DICT save,

@@ -48,7 +48,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def run_trainer(folder: Path, monkeypatch: pytest.MonkeyPatch, **sections: dict) -> int:
-    from trainer import train
+    from trainer.train import loop as train
 
     spec = {
         "name": "s3-job",

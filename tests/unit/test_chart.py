@@ -12,9 +12,9 @@ import yaml
 
 from launcher import client, helm
 from launcher.values import chart_values
-from trainer.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR
-from trainer.spec_io import dump_spec, spec_from_dict
-from trainer.strategy import accelerate_config_yaml
+from trainer.spec.io import dump_spec, spec_from_dict
+from trainer.spec.strategy import accelerate_config_yaml
+from trainer.train.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
@@ -104,7 +104,7 @@ def test_render_indexed_job(nodes: int, tmp_path: Path) -> None:
     assert svc["spec"]["selector"].items() <= pod_labels.items()
 
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "trainer.supervise", "accelerate", "launch"]
+    assert container["command"] == ["python", "-m", "trainer.train.supervise", "accelerate", "launch"]
     assert container["args"] == [
         "--config_file", "/etc/kubetune/accelerate.yaml",
         "--num_machines", str(nodes),
@@ -117,7 +117,7 @@ def test_render_indexed_job(nodes: int, tmp_path: Path) -> None:
     ]  # fmt: skip
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["KUBETUNE_MASTER_ADDR"] == f"{name}-0.{name}"
-    assert env["ACCELERATE_USE_CPU"] == "true"  # CPU ddp: see trainer/strategy.py
+    assert env["ACCELERATE_USE_CPU"] == "true"  # CPU ddp: see trainer/spec/strategy.py
 
     assert cm["data"]["spec.yaml"] == dump_spec(sub.spec)
     assert cm["data"]["accelerate.yaml"] == accelerate_config_yaml(sub.spec)

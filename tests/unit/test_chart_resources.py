@@ -19,8 +19,8 @@ from launcher import helm
 from launcher.cli import main
 from launcher.plan import catalog
 from launcher.plan.arch import from_hf_config
-from trainer.spec import ResourcesSpec
-from trainer.spec_io import spec_from_dict
+from trainer.spec.io import spec_from_dict
+from trainer.spec.job import ResourcesSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"

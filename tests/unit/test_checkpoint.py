@@ -11,13 +11,13 @@ import pytest
 from torch.utils.data import DataLoader
 
 from tests.resources import tokenizer_for
-from trainer import checkpoint
 from trainer.data import Collator
 from trainer.data.stream import TrainStream
-from trainer.datastate import TAG, Tagged, TaggedCollator
-from trainer.resume import ResumeError, plan
-from trainer.spec import JobSpec
-from trainer.spec_io import flatten, spec_from_dict
+from trainer.spec.io import flatten, spec_from_dict
+from trainer.spec.job import JobSpec
+from trainer.train import checkpoint
+from trainer.train.datastate import TAG, Tagged, TaggedCollator
+from trainer.train.resume import ResumeError, plan
 
 
 def local_checkpoint(folder: Path, step: int, size: int = 1000) -> Path:

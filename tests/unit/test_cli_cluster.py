@@ -158,7 +158,7 @@ def test_flag_mistakes_are_caught_before_any_cluster() -> None:
 def test_the_cluster_commands_import_nothing_heavy() -> None:
     code = textwrap.dedent("""
         import sys
-        import launcher.cli, launcher.cli_cluster, launcher.cluster, launcher.status, launcher.views
+        import launcher.cli, launcher.cli.cluster, launcher.cluster, launcher.status, launcher.views
         import launcher.tracking_rest, launcher.output, launcher.backends.kubernetes, launcher.backends.kube_submit
         print(sorted(m for m in ("kubernetes", "mlflow", "torch", "urllib3") if m in sys.modules))
     """)

@@ -13,7 +13,7 @@ import pytest
 from tests.resources import tokenizer_for
 from trainer.data import DataError, build_dataset, conversations
 from trainer.data.render import IGNORE
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
 

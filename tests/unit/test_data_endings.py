@@ -23,7 +23,7 @@ from tests.resources import FAMILIES, chat_template, tokenizer_for
 from trainer.data.errors import DataError
 from trainer.data.render import IGNORE, ChatRenderer
 from trainer.export import merge
-from trainer.samples import stop_ids
+from trainer.tracking.samples import stop_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 # The tokenizer family each template we ship (examples/**/*.jinja) is written for.

@@ -14,7 +14,7 @@ from tests.resources import tokenizer_for
 from trainer.data import Collator, build_dataset
 from trainer.data.packing import best_fit_decreasing, efficiency, pack
 from trainer.data.render import IGNORE, Sample
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 
 def test_best_fit_decreasing_small_case() -> None:
@@ -196,7 +196,7 @@ def test_packed_loss_is_the_sum_of_the_samples_losses_alone() -> None:
     """`train_on: all` labels every token but a sample's first (trainer/data/render.py): packed, no sample's first
     token is a target of the sample before it, and the row's loss is the sum of its samples' losses alone."""
     from trainer.data.packing import row
-    from trainer.loss import token_loss_sum
+    from trainer.train.loss import token_loss_sum
 
     g = torch.Generator().manual_seed(2)
     samples = [Sample(ids, [IGNORE, *ids[1:]]) for ids in (torch.randint(1, 200, (n,), generator=g).tolist()

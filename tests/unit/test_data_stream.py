@@ -26,7 +26,7 @@ from trainer.data.shards import fresh, split
 from trainer.data.sources import expand, fetch, scan
 from trainer.data.stream import TrainStream
 from trainer.data.stripes import ACTIVE
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 N = 240  # rows of the test data
 

@@ -106,7 +106,7 @@ def test_a_hub_model_that_is_not_cached_asks_for_a_tokenizer(
 
 
 def test_precheck_reads_local_rows_without_a_tokenizer(tmp_path: Path) -> None:
-    from trainer.spec_io import load_spec
+    from trainer.spec.io import load_spec
 
     spec = write_spec(tmp_path, "org/m", [])
     assert datacheck.precheck(load_spec(spec), tmp_path) == [
@@ -127,7 +127,7 @@ def test_percentiles_are_nearest_rank() -> None:
 def test_quickstart_agrees_with_build_dataset() -> None:
     """The quickstart's data through its GGUF tokenizer: what validate reports is what training builds."""
     from trainer.data import build_dataset
-    from trainer.spec_io import load_spec
+    from trainer.spec.io import load_spec
 
     if not (ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf").exists():
         pytest.skip("run `make setup` first: the quickstart's GGUF is missing")

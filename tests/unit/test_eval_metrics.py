@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from trainer.eval import mermaid
 from trainer.eval.metrics import METRICS, Context, MetricError, citations, lcs_length, score
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 BASE = {"name": "m", "base_model": "org/m", "data": {"train": "t.jsonl"}}
 
@@ -226,7 +226,7 @@ def test_evaluate_a_tiny_model_and_the_quickstart_gguf(tmp_path: Path) -> None:
     assert result.metrics()["eval.perplexity"] == pytest.approx(2.718281828 ** result.loss, rel=1e-6)
 
     from launcher import datacheck
-    from trainer.spec_io import load_spec
+    from trainer.spec.io import load_spec
 
     quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
     gguf = quickstart.parent.parent / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.models import copy_model
-from trainer import template_date
-from trainer.spec_io import spec_from_dict
+from trainer.data import template_date
+from trainer.spec.io import spec_from_dict
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def make_adapter(base, out, quantization="none"):
     from transformers import AutoModelForCausalLM
 
     from trainer.export.merge import load_dense_base
-    from trainer.model import resolve_base_model
+    from trainer.model.load import resolve_base_model
 
     torch.manual_seed(3)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)

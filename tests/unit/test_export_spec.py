@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.export.quants import QUANTS
-from trainer.spec_io import SpecError, spec_from_dict
+from trainer.spec.io import SpecError, spec_from_dict
 
 BASE = {"name": "job", "base_model": "org/model", "data": {"train": "train.jsonl"}}
 

@@ -46,7 +46,7 @@ def test_no_deadline_by_default_and_a_line_every_few_minutes(tmp_path: Path, mon
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """export.wait_minutes 0 (the default): a training Job that queues for days is still exported."""
     from trainer.export import run
-    from trainer.spec_export import ExportSpec
+    from trainer.spec.export import ExportSpec
 
     assert ExportSpec().wait_minutes == 0
     monkeypatch.setattr(run, "WAIT_LOG_SECONDS", 0.1)

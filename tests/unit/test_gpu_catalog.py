@@ -18,8 +18,8 @@ import yaml
 from launcher import client, helm
 from launcher.plan import fit
 from launcher.values import chart_values
-from trainer.spec import JobSpec, ResourcesSpec
-from trainer.spec_io import SpecError, spec_from_dict
+from trainer.spec.io import SpecError, spec_from_dict
+from trainer.spec.job import JobSpec, ResourcesSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"

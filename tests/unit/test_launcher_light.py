@@ -28,8 +28,8 @@ def heavy_modules_after(code: str) -> list[str]:
 def test_importing_the_launcher_imports_no_ml_stack() -> None:
     code = """
         import launcher.cli, launcher.client, launcher.helm, launcher.values, launcher.resolve
-        import launcher.backends.local, trainer.strategy, trainer.spec_io
-        import launcher.cli_plan, launcher.plan.arch, launcher.plan.catalog, launcher.plan.fit, launcher.plan.gate
+        import launcher.backends.local, trainer.spec.strategy, trainer.spec.io
+        import launcher.cli.plan, launcher.plan.arch, launcher.plan.catalog, launcher.plan.fit, launcher.plan.gate
         import launcher.plan.gguf, launcher.plan.ladder, launcher.plan.memory, launcher.plan.report
         import launcher.plan.source
     """

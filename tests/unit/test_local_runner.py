@@ -26,7 +26,7 @@ from launcher.backends.local import PREFLIGHT_TIMEOUT, PathMap, PodProcess, expa
 from launcher.backends.local_run import LocalRun
 from launcher.errors import UserError
 from tests.chat import ONE_ROW
-from trainer import strategy
+from trainer.spec import strategy
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PROBE_LINE = re.compile(r"^\[rank (\d+)\] PROBE rank=(\d+) world_size=(\d+) sum=(\S+) type=(\S+)", re.M)
@@ -107,7 +107,7 @@ def test_plan_translates_each_rendered_pod(tmp_path: Path) -> None:
     for pod in pods:
         config = pod.dirs["config"]
         assert pod.argv == [
-            "python", "-m", "trainer.supervise", "accelerate", "launch",
+            "python", "-m", "trainer.train.supervise", "accelerate", "launch",
             "--config_file", f"{config}/accelerate.yaml",
             "--num_machines", "2", "--num_processes", "2",
             "--machine_rank", str(pod.rank),
@@ -269,7 +269,7 @@ def test_one_node_two_processes(tmp_path: Path) -> None:
 
 
 def test_without_accelerate_use_cpu_each_process_would_run_alone(tmp_path: Path) -> None:
-    """Why trainer.strategy.process_env exists: when this fails, accelerate fixed it and it can go."""
+    """Why trainer.spec.strategy.process_env exists: when this fails, accelerate fixed it and it can go."""
     outcome, log = one_node_two_processes(tmp_path, env={"ACCELERATE_USE_CPU": "false"})
     assert outcome.ok, log
     assert [p[2] for p in probes(log)] == [1, 1], log

@@ -1,4 +1,4 @@
-"""One loss definition (trainer/loss.py): the mean per trained token of the whole accumulated step, for every
+"""One loss definition (trainer/train/loss.py): the mean per trained token of the whole accumulated step, for every
 model class, and token-weighted evaluation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 from trainer.data.collator import Collator
-from trainer.loss import TokenMeanLoss, token_loss_sum
+from trainer.train.loss import TokenMeanLoss, token_loss_sum
 
 VOCAB = 97
 TOKENIZER = SimpleNamespace(pad_token_id=0, eos_token_id=1)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from trainer.matrix import group
-from trainer.spec_io import SpecError, dump_spec, spec_from_dict, specs_from_dict
+from trainer.spec.io import SpecError, dump_spec, spec_from_dict, specs_from_dict
+from trainer.spec.matrix import group
 
 
 def raw(**extra: Any) -> dict[str, Any]:

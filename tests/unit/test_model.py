@@ -1,4 +1,4 @@
-"""trainer/model.py on tiny models of the real architectures: adapters, GGUF bases, 4-bit QLoRA."""
+"""trainer/model/load.py on tiny models of the real architectures: adapters, GGUF bases, 4-bit QLoRA."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from tests.models import tiny_model  # noqa: E402
 from tests.resources import chat_template, llama_cpp_dir  # noqa: E402
-from trainer import model as M  # noqa: E402
-from trainer.spec_io import spec_from_dict  # noqa: E402
+from trainer.model import load as M  # noqa: E402
+from trainer.spec.io import spec_from_dict  # noqa: E402
 
 PROJECTIONS = {
     "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},

@@ -13,8 +13,8 @@ from launcher.errors import UserError
 from launcher.plan import catalog
 from launcher.plan.arch import from_hf_config
 from launcher.plan.memory import Setup, adapter_params, estimate
-from trainer import model_config as C
-from trainer.spec_io import SpecError, spec_from_dict
+from trainer.model import arch as C
+from trainer.spec.io import SpecError, spec_from_dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
@@ -166,7 +166,7 @@ def test_target_parameters_adapt_the_experts_and_the_default_logs_how(capsys: py
     from peft.tuners.lora import ParamWrapper
 
     from tests.models import tiny_model
-    from trainer import model as M
+    from trainer.model import load as M
 
     base = tiny_model("gpt_oss")
     ref = M.resolve_base_model(str(base))
@@ -190,7 +190,7 @@ def test_target_parameters_adapt_the_experts_and_the_default_logs_how(capsys: py
 
 def test_target_parameters_that_match_nothing_name_the_fused_ones() -> None:
     from tests.models import tiny_model
-    from trainer import model as M
+    from trainer.model import load as M
 
     base = tiny_model("gpt_oss")
     ref = M.resolve_base_model(str(base))

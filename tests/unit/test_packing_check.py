@@ -1,4 +1,4 @@
-"""The start-up packing check (trainer/isolation.py) on a tiny model of every architecture the tests build.
+"""The start-up packing check (trainer/model/isolation.py) on a tiny model of every architecture the tests build.
 
 Each model runs the check as a training job does: rows built by the training collator, one packing two
 samples, one a third sample plus padding, against each sample alone; samples longer than the sliding
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.models import tiny_model
-from trainer import isolation
 from trainer.data.collator import Collator
-from trainer.model_config import ModelError
+from trainer.model import isolation
+from trainer.model.arch import ModelError
 
 ARCHS = ["llama", "qwen2", "qwen3", "qwen3_moe", "gemma3", "phi3", "gpt_oss"]
 

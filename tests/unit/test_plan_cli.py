@@ -77,7 +77,7 @@ def test_submit_refuses_a_job_that_cannot_fit_with_the_ladder(tmp_path: Path) ->
     assert "Traceback" not in err + done.stdout
     assert "does not fit: " in err and "A100 40GB has 40.0 GiB" in err
     labels = re.findall(r"- \d\. ([a-zA-Z0-9 ()-]+): --set", err)
-    # no ZeRO-3 rung after QLoRA: that combination is refused (not proven, trainer/strategy.py)
+    # no ZeRO-3 rung after QLoRA: that combination is refused (not proven, trainer/spec/strategy.py)
     assert labels == ["shorter sequences", "lower rank", "no DoRA", "fewer target modules", "QLoRA (4bit)",
                       "more GPUs"]
     assert "--set data.max_seq_len=2048 -> " in err and "auto-fit stops here" in err

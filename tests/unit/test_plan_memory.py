@@ -19,8 +19,8 @@ from launcher.plan.memory import (
     base_weights,
     estimate,
 )
-from trainer import strategy
-from trainer.spec_io import spec_from_dict
+from trainer.spec import strategy
+from trainer.spec.io import spec_from_dict
 
 # h=64, intermediate 128, 2 layers, 4 heads of 16, 2 KV heads, vocabulary 100, untied head
 SMALL = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -147,7 +147,7 @@ def test_the_ladder_in_seed_004_order_each_rung_on_top_of_the_last() -> None:
     spec = job()
     gemma = from_hf_config(catalog.lookup(spec.base_model) or {}, "gemma")
     rungs = climb(spec, gemma, fit.A100_40.capacity)
-    # ZeRO-3 on top of QLoRA is refused (trainer/strategy.py: not proven), so that rung is not offered
+    # ZeRO-3 on top of QLoRA is refused (trainer/spec/strategy.py: not proven), so that rung is not offered
     assert [r.label for r in rungs] == [label for label, _ in RUNGS if label != "ZeRO-3"] + ["more GPUs"]
     assert rungs[0].overrides == ("data.max_seq_len=2048",)
     assert rungs[1].overrides == ("adapter.r=32", "adapter.alpha=64")  # alpha / r kept

@@ -1,4 +1,4 @@
-"""How a pod ends, with real processes: trainer.supervise (the trainer container's PID 1) gets SIGTERM
+"""How a pod ends, with real processes: trainer.train.supervise (the trainer container's PID 1) gets SIGTERM
 to every rank while the launcher keeps waiting, and exits with the code the ranks reported; a rank
 whose peer is gone recognises it (and exits 75, so that the job restarts rather than fails)."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR, peer_lost
-from trainer.supervise import exit_code
+from trainer.train.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR, peer_lost
+from trainer.train.supervise import exit_code
 
 # A "rank": reports its code like trainer.train does, on SIGTERM after a short "checkpoint".
 RANK = textwrap.dedent("""
@@ -44,7 +44,7 @@ LAUNCHER = textwrap.dedent("""
 def supervise(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
     (tmp_path / "rank.py").write_text(RANK)
     (tmp_path / "launcher.py").write_text(LAUNCHER)
-    cmd = [sys.executable, "-m", "trainer.supervise", sys.executable, str(tmp_path / "launcher.py"),
+    cmd = [sys.executable, "-m", "trainer.train.supervise", sys.executable, str(tmp_path / "launcher.py"),
            str(tmp_path / "rank.py"), str(tmp_path / "ready-"), mode]
     env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_EXIT_DIR"} | {"TMPDIR": str(tmp_path)}
     return subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[2], start_new_session=True)

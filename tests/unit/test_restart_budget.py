@@ -1,7 +1,7 @@
 """Restarts are bounded: a lost peer without SIGTERM is a counted failure (exit 76), only a pod that got
 SIGTERM exits 75, and the trainer fails the job (exit 2) past `resources.max_restarts` starts.
 
-The pods are real processes under `trainer.supervise` (tests/unit/test_preemption.py's fake launcher
+The pods are real processes under `trainer.train.supervise` (tests/unit/test_preemption.py's fake launcher
 and ranks); what the Job controller then does with their exit codes is played by `job_controller`
 below from the chart's rendered Job (its podFailurePolicy, backoffLimitPerIndex, maxFailedIndexes),
 as Kubernetes documents those rules, since the local runner stops at the first failure.
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.unit.test_preemption import supervise, wait_ready
-from trainer import checkpoint
-from trainer.preemption import EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR, peer_lost_diagnosis
-from trainer.supervise import exit_code
+from trainer.train import checkpoint
+from trainer.train.preemption import EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR, peer_lost_diagnosis
+from trainer.train.supervise import exit_code
 
 
 def pod_exit(tmp_path: Path, mode: str, sigterm: bool = False) -> int:
@@ -126,8 +126,8 @@ def test_starts_are_counted_per_job_next_to_the_checkpoints(tmp_path: Path) -> N
 
 
 def test_past_max_restarts_every_rank_stops_with_exit_2(tmp_path: Path) -> None:
-    from trainer import resume
-    from trainer.train import USER_ERRORS, FineTune
+    from trainer.train import resume
+    from trainer.train.loop import USER_ERRORS, FineTune
 
     job = FineTune.__new__(FineTune)
     job.output, job.name, job.main, job.rank = str(tmp_path / "out"), "tune-ccccc", True, 0

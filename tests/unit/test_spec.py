@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer import spec_doc
-from trainer.spec import JobSpec
-from trainer.spec_io import (
+from trainer.spec import doc as spec_doc
+from trainer.spec.io import (
     SpecError,
     apply_overrides,
     dump_spec,
@@ -19,6 +18,7 @@ from trainer.spec_io import (
     spec_from_dict,
     spec_hash,
 )
+from trainer.spec.job import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 # job specs; `*-values.yaml` files are chart values (tests/unit/test_seeds_real.py renders the chart with them)

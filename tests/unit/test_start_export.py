@@ -1,4 +1,4 @@
-"""trainer/start_export.py: rank 0 starts the suspended export Job with one PATCH, against a real HTTP server on
+"""trainer/train/start_export.py: rank 0 starts the suspended export Job with one PATCH, against a real HTTP server on
 loopback standing in for the API server; a failure never fails training and says how to start it by hand."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from trainer import start_export
+from trainer.train import start_export
 
 
 @dataclass

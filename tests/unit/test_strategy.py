@@ -1,4 +1,4 @@
-"""trainer.strategy: spec -> accelerate config, read back by accelerate's own config loader."""
+"""trainer.spec.strategy: spec -> accelerate config, read back by accelerate's own config loader."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 
-from trainer import strategy
-from trainer.spec import JobSpec
+from trainer.spec import strategy
+from trainer.spec.job import JobSpec
 
 
 def make_spec(**sections: Any) -> JobSpec:
@@ -171,7 +171,7 @@ def test_what_no_contract_covers_is_refused_under_sharded_strategies(
         assert "use strategy `ddp`" in problem and "plain LoRA on unquantized weights" in problem
         with pytest.raises(strategy.StrategyError):
             strategy.accelerate_config(spec)
-    # ddp runs each of them (the unit and integration tests of trainer/model.py)
+    # ddp runs each of them (the unit and integration tests of trainer/model/load.py)
     assert strategy.check(make_spec(resources={"gpu": "h100"}, adapter=adapter, model=model)) == []
 
 

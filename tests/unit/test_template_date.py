@@ -3,7 +3,7 @@ the job's `data.template_date`; `launch submit` records it in the spec it ships.
 
 Days are simulated by replacing the clock transformers' `strftime_now` reads (`datetime.now()` in
 `transformers.utils.chat_template_utils`). The first test fails when transformers changes how templates get the
-date: trainer/template_date.py then needs another way to fix it.
+date: trainer/data/template_date.py then needs another way to fix it.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import yaml
 from launcher import client
 from tests.chat import ONE_ROW, A, S, U
 from tests.resources import chat_template, tokenizer_for
-from trainer import template_date
+from trainer.data import template_date
 from trainer.data.render import ChatRenderer
-from trainer.spec import DataSpec, JobSpec
-from trainer.spec_io import flatten, spec_from_dict
+from trainer.spec.io import flatten, spec_from_dict
+from trainer.spec.job import DataSpec, JobSpec
 
 DAY = date(2025, 3, 7)
 CONV = [S("Be brief."), U("2+2?"), A("4"), U("Thanks"), A("Bye.")]
@@ -175,7 +175,7 @@ def test_submit_records_the_date_in_the_spec_it_ships(tmp_path: Path) -> None:
 
 
 def test_a_resumed_local_job_keeps_the_date_its_checkpoints_were_trained_with(tmp_path: Path) -> None:
-    from trainer.checkpoint import FOLDER, MANIFEST
+    from trainer.train.checkpoint import FOLDER, MANIFEST
 
     path = spec_file(tmp_path)
     first = client.prepare(path, local=True)

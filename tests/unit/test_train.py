@@ -1,4 +1,4 @@
-"""trainer/train.py end to end on a tiny llama: local data in, adapter + MLflow store + _SUCCESS out."""
+"""trainer/train/loop.py end to end on a tiny llama: local data in, adapter + MLflow store + _SUCCESS out."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from mlflow import MlflowClient  # noqa: E402
 
 from tests.models import chat_rows, tiny_model, write_chat_jsonl  # noqa: E402
-from trainer import train  # noqa: E402
-from trainer.spec_io import spec_from_dict, spec_hash  # noqa: E402
-from trainer.tracking import TRUNCATED, mlflow_params  # noqa: E402
+from trainer.spec.io import spec_from_dict, spec_hash  # noqa: E402
+from trainer.tracking.tracker import TRUNCATED, mlflow_params  # noqa: E402
+from trainer.train import loop as train  # noqa: E402
 
 
 def write_spec(folder: Path, **overrides: dict) -> Path:
@@ -131,7 +131,7 @@ def test_eval_loss_is_the_token_weighted_held_out_loss_of_the_export(finished_ru
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.eval.run import held_out_loss
-    from trainer.spec_io import load_spec
+    from trainer.spec.io import load_spec
 
     spec_path, out, _ = finished_run
     marker = json.loads((out / "_SUCCESS").read_text())
@@ -169,7 +169,7 @@ def test_long_param_values_are_cut_and_named() -> None:
 @pytest.mark.parametrize("family", ["llama3", "qwen2", "phi3", "gemma"])
 def test_samples_stop_at_the_templates_end_of_turn(family: str) -> None:
     from tests.resources import end_of_turn, tokenizer_for
-    from trainer.samples import stop_ids
+    from trainer.tracking.samples import stop_ids
 
     tokenizer = tokenizer_for(family)
     assert tokenizer.convert_tokens_to_ids(end_of_turn(family)) in stop_ids(tokenizer)
@@ -193,8 +193,8 @@ def test_generation_prompts_tokenize_as_training_does(family: str) -> None:
     from tests.chat import A, U
     from tests.resources import tokenizer_for
     from trainer.data.render import ChatRenderer
-    from trainer.samples import prompt_ids
-    from trainer.template_date import pin
+    from trainer.data.template_date import pin
+    from trainer.tracking.samples import prompt_ids
 
     tokenizer = pin(tokenizer_for(family), None)  # as the trainer loads it: dated by the job, not the calendar
     messages = [U("What is the capital of Peru?"), A("Lima.")]

@@ -14,7 +14,7 @@ from trainer.data.formats import Message
 from trainer.data.render import ChatRenderer, Sample
 from trainer.data.sources import Record, SourceFile, expand, read_records
 from trainer.data.stats import DataStats
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 Split = Literal["train", "eval"]
 

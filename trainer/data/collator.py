@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trainer.data.render import IGNORE
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 Item = dict[str, list[int]]
 

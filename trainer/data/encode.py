@@ -10,7 +10,7 @@ from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message, to_messages
 from trainer.data.render import ChatRenderer, Sample
 from trainer.data.sources import Record
-from trainer.spec import DataSpec
+from trainer.spec.job import DataSpec
 
 CHUNK = 256  # conversations tokenized per Rust call
 

@@ -59,7 +59,7 @@ go on after a final answer, and no runtime stops on `<|end|>`. Any other ending 
 special token that ends the turn in no position) stops the job with a DataError.
 
 Templates that write today's date (gpt-oss, Llama 3.2) render with the date the tokenizer is pinned
-to (`data.template_date`, trainer/template_date.py), or template_date.DEFAULT: never the calendar.
+to (`data.template_date`, trainer/data/template_date.py), or template_date.DEFAULT: never the calendar.
 
 Tokens are mapped to spans by character offsets (fast tokenizers): a token is trained when it
 starts inside a span. BOS: when the template writes it, the tokenizer must not add another; when
@@ -73,8 +73,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainer import template_date
 from trainer.data import reasoning as rz
+from trainer.data import template_date
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message
 

@@ -23,7 +23,7 @@ The data position contract (checkpoints rely on it):
   pass's shuffled sequence stands: `stripes.Position`, at most `stripes.ACTIVE` open stripes'
   cursors), and the row accounting. Its size does not grow with the data.
   Take it where the yielded rows have been trained, not where a loader fetched them: accelerate's
-  prepared loaders iterate a batch ahead. trainer/datastate.py attaches it to the last row of
+  prepared loaders iterate a batch ahead. trainer/train/datastate.py attaches it to the last row of
   each micro-batch, and the Trainer keeps the one of the last batch it trained.
 - `load_state_dict(state)`: before iterating, restores a position so the next packed row is
   exactly the one the uninterrupted run would have yielded next. `state` is
@@ -65,7 +65,7 @@ from trainer.data.shards import fresh, split
 from trainer.data.sources import Cursor, Lines, Record, expand, fetch
 from trainer.data.stats import DataStats
 from trainer.data.stripes import Interleave, Plan
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 WINDOW_ROWS = 64  # a packing window holds about this many rows' worth of tokens (x data.max_seq_len)
 FIELD = "data.train"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.eval.metrics import NEEDS_REFERENCE, Context, Score, score
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
 TAG_PREFIX = "kubetune.eval."
@@ -80,7 +80,7 @@ def context(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> Co
 
     root = spec.eval.sources_root
     if root is not None and storage.is_remote(root):
-        from trainer.model import cache_root
+        from trainer.model.load import cache_root
 
         root = str(storage.fetch(root, cache_root().parent / "sources"))
     elif root is not None and base_dir is not None and not Path(root).expanduser().is_absolute():
@@ -91,7 +91,7 @@ def context(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> Co
 def held_out(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tuple[list[Item], str]:
     """The prompts to answer (up to the last user turn) with their references."""
     from trainer.data import conversations
-    from trainer.samples import up_to_last_user
+    from trainer.tracking.samples import up_to_last_user
 
     split = "eval" if spec.data.eval else "train"
     items = []
@@ -119,13 +119,13 @@ def score_items(items: list[Item], names: list[str], ctx: Context) -> tuple[dict
 
 def held_out_loss(model: Any, tokenizer: Any, spec: JobSpec, base_dir: str | os.PathLike[str] | None = None,
                   batch_size: int = 4) -> float:
-    """Mean cross-entropy per trained token of data.eval (nats per token; trainer/loss.py), laid out as training
-    lays it out: packed rows are first checked to keep their samples apart (trainer/isolation.py)."""
+    """Mean cross-entropy per trained token of data.eval (nats per token; trainer/train/loss.py), laid out as training
+    lays it out: packed rows are first checked to keep their samples apart (trainer/model/isolation.py)."""
     import torch
 
     from trainer.data import Collator, build_dataset
-    from trainer.isolation import ensure_isolated
-    from trainer.loss import token_loss_sum
+    from trainer.model.isolation import ensure_isolated
+    from trainer.train.loss import token_loss_sum
 
     rows, _ = build_dataset(spec, tokenizer, "eval", base_dir=base_dir)
     collate = Collator(tokenizer, spec.data.packing)
@@ -151,7 +151,7 @@ def held_out_loss(model: Any, tokenizer: Any, spec: JobSpec, base_dir: str | os.
 def evaluate_hf(model: Any, tokenizer: Any, spec: JobSpec, *, base_dir: str | os.PathLike[str] | None = None,
                 label: str = "merged") -> EvalResult:
     """Greedy answers, task metrics and (with data.eval) held-out loss and perplexity of an HF model."""
-    from trainer.samples import Sample, generate
+    from trainer.tracking.samples import Sample, generate
 
     items, source = held_out(spec, base_dir)
     samples = [Sample(it.prompt, it.reference) for it in items]

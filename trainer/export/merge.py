@@ -9,7 +9,7 @@ Adapters on parameters (`adapter.target_parameters`, gpt-oss's fused experts) me
 The tokenizer saved by training (with its chat template) goes along, as do the base's
 sentencepiece model (llama.cpp's converter needs it for SPM vocabularies), a generation config
 whose `eos_token_id` holds both EOS and the template's end-of-turn token, and `export_info.json`.
-The merged tokenizer renders with the job's `data.template_date` (trainer/template_date.py), as
+The merged tokenizer renders with the job's `data.template_date` (trainer/data/template_date.py), as
 training did: the golden conversations, the Modelfile probes and the task metrics all use it.
 """
 
@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from trainer import model as models
-from trainer import template_date
+from trainer.data import template_date
 from trainer.data.render import stop_tokens
 from trainer.export import vocab
 from trainer.export.errors import ExportError
-from trainer.spec import JobSpec
+from trainer.model import load as models
+from trainer.spec.job import JobSpec
 
 AUX_TOKENIZER_FILES = ("tokenizer.model", "added_tokens.json", "special_tokens_map.json")
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from trainer import storage
 from trainer.export.errors import ExportError
-from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, load_spec, spec_hash
+from trainer.spec.io import SpecError, load_spec, spec_hash
+from trainer.spec.job import JobSpec
 
 
 def say(message: str) -> None:
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.export is None:
         say("the spec has no `export` section: nothing to do")
         return 0
-    from trainer.model import ModelError
+    from trainer.model.load import ModelError
 
     try:
         return Export(spec, Path(args.base_dir or Path(args.spec).resolve().parent)).run()

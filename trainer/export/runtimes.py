@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.spec import DataSpec
+from trainer.spec.job import DataSpec
 
 Message = dict[str, str]
 MARK = "\x00{}\x00"

@@ -15,7 +15,7 @@ import torch
 
 from trainer.data import conversations
 from trainer.data.render import ChatRenderer, stop_tokens
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from launcher.cli_cluster import COMMANDS, cluster_options, mlflow_option, namespace_option, stuck_option
-from launcher.cli_data import data as data_group
-from launcher.cli_plan import plan as plan_command
+from launcher.cli.cluster import COMMANDS, cluster_options, mlflow_option, namespace_option, stuck_option
+from launcher.cli.data import data as data_group
+from launcher.cli.plan import plan as plan_command
 from launcher.errors import PodFailed, UserError
 from launcher.output import output_option
 
@@ -175,7 +175,7 @@ def submit(
         for note in sub.notes:
             click.echo(note, err=True)
     if not local:
-        from launcher.cli_cluster import submit_to_cluster
+        from launcher.cli.cluster import submit_to_cluster
 
         submit_to_cluster(subs, values_files, context=context, kubeconfig=kubeconfig, namespace=namespace, wait=wait,
                           output=output, mlflow_uri=mlflow_uri, stuck_grace=stuck_grace)
@@ -199,7 +199,7 @@ def _resume_overrides(resume: str, overrides: tuple[str, ...], context: str | No
     if any(o.split("=", 1)[0].strip() == "data.template_date" for o in overrides):
         return overrides
     from launcher.backends.kube_resume import recorded_template_date
-    from launcher.cli_cluster import _cluster
+    from launcher.cli.cluster import _cluster
 
     day = recorded_template_date(_cluster(context, kubeconfig, namespace), resume)
     return overrides if day is None else (*overrides, f"data.template_date={day}")

@@ -3,17 +3,17 @@
 Kubernetes sends SIGTERM to a pod it preempts, evicts or drains, and SIGKILL after
 `terminationGracePeriodSeconds`. Each rank's handler only raises a flag; `StopOnSignal` all-reduces
 the flag after every optimizer step, so all ranks see the stop at the same step even when only one
-pod was signalled (`trainer.resume.StopOnSignal`). The Trainer then writes a checkpoint and returns,
-and the process exits with `EXIT_PREEMPTED`. Light (no torch at import): `trainer.supervise` uses it.
+pod was signalled (`trainer.train.resume.StopOnSignal`). The Trainer then writes a checkpoint and returns,
+and the process exits with `EXIT_PREEMPTED`. Light (no torch at import): `trainer.train.supervise` uses it.
 
-The exit code reaches Kubernetes through `trainer.supervise` (the container's PID 1): `accelerate
+The exit code reaches Kubernetes through `trainer.train.supervise` (the container's PID 1): `accelerate
 launch` and torchrun turn a worker's exit code into 1, so each rank also writes its code into
 `$KUBETUNE_EXIT_DIR/rank-<RANK>`, and the supervisor exits with it. The chart's podFailurePolicy
 restarts pods that exit with `EXIT_PREEMPTED` without counting a failure, and fails the Job at once
 on `EXIT_USER_ERROR`.
 
 Only a pod that was itself told to stop (SIGTERM: preemption, eviction, node drain, cancel) exits
-`EXIT_PREEMPTED`, and a job resumes at most `resources.max_restarts` times (`trainer.checkpoint`
+`EXIT_PREEMPTED`, and a job resumes at most `resources.max_restarts` times (`trainer.train.checkpoint`
 counts the starts). A collective that fails while this pod was not told to stop (a peer pod
 crashed or vanished, an NCCL error, a timeout) exits `EXIT_PEER_LOST`, which the Job counts
 against `job.backoffLimit`: a deterministic NCCL failure ends the Job instead of restarting forever.

@@ -5,7 +5,7 @@ when the output is a local folder, or `<staging>/mlflow/` when it is `s3://` (co
 the outputs at the end). Params are the resolved spec flattened; metrics come from the
 Trainer's logs plus the data statistics; artifacts are added by train.py when it saves.
 Metrics are sent by a background thread that keeps them while MLflow is unreachable
-(trainer/mlflow_outbox.py); a resumed job reattaches to its run.
+(trainer/tracking/outbox.py); a resumed job reattaches to its run.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import Trainer, TrainerCallback
 
-from trainer.mlflow_outbox import Outbox
-from trainer.spec import JobSpec
-from trainer.spec_io import dump_spec, flatten, spec_hash
+from trainer.spec.io import dump_spec, flatten, spec_hash
+from trainer.spec.job import JobSpec
+from trainer.tracking.outbox import Outbox
 
 BATCH = 100  # MLflow takes at most 100 params per request
 TRUNCATED = "...[truncated: full value in the spec.yaml artifact]"
@@ -51,7 +51,7 @@ def mlflow_params(spec: JobSpec) -> tuple[dict[str, str], list[str]]:
 class Tracker:
     """One MLflow run, written from rank 0 only; every method is a no-op on other ranks.
 
-    Metrics go through an `Outbox` (trainer/mlflow_outbox.py): training never waits for MLflow and
+    Metrics go through an `Outbox` (trainer/tracking/outbox.py): training never waits for MLflow and
     never fails because of it. `run_id` given: a resumed job reattaches to its run (params and
     spec are there already; metrics it already has are not logged twice)."""
 

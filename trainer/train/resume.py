@@ -1,10 +1,10 @@
 """The Trainer side of checkpoints: what goes into one, when, and how a restarted job continues from it.
 
-- `ResumableTrainer` feeds the Trainer each rank's own data stream (trainer/datastate.py), takes
+- `ResumableTrainer` feeds the Trainer each rank's own data stream (trainer/train/datastate.py), takes
   the stream position off each trained batch, and after the Trainer wrote a checkpoint locally
   (adapter, optimizer, scheduler, RNG states, trainer_state.json; DeepSpeed and FSDP through
   their own state saving) adds `kubetune_state.json` and publishes it to `output.uri`
-  (trainer/checkpoint.py): node by node, then the manifest, last, from rank 0.
+  (trainer/train/checkpoint.py): node by node, then the manifest, last, from rank 0.
 - `StopOnSignal` turns a SIGTERM on any rank into a checkpoint and a stop at the same step on all.
 - `plan` decides at start-up: the output's manifest names this job (same `KUBETUNE_JOB_NAME`)
   -> resume from its latest checkpoint, once the spec is checked to train the same thing;
@@ -32,11 +32,11 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
-from trainer import checkpoint
-from trainer.datastate import TAG, Tagged, TaggedCollator
-from trainer.loss import TokenMeanLoss
-from trainer.preemption import Signals
-from trainer.tracking import MeteredTrainer
+from trainer.tracking.tracker import MeteredTrainer
+from trainer.train import checkpoint
+from trainer.train.datastate import TAG, Tagged, TaggedCollator
+from trainer.train.loss import TokenMeanLoss
+from trainer.train.preemption import Signals
 
 # Spec fields a resumed job may change: where and how it runs, not what it trains.
 MAY_CHANGE = ("resources.", "tracking.", "eval.", "export", "matrix", "output.", "data.eval",
@@ -175,7 +175,7 @@ class ResumableTrainer(MeteredTrainer):
     """A Trainer over each rank's own data stream whose checkpoints go to `output.uri` with the data position."""
 
     def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
-        self.loss_fn = TokenMeanLoss()  # one loss definition for every model (trainer/loss.py)
+        self.loss_fn = TokenMeanLoss()  # one loss definition for every model (trainer/train/loss.py)
         super().__init__(*args, compute_loss_func=self.loss_fn, **kwargs)
         self.checkpointer = checkpointer
         self.data_state: dict[str, Any] | None = None  # the stream position after the last trained batch

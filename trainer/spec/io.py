@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from trainer import matrix
-from trainer.spec import JobSpec
+from trainer.spec import matrix
+from trainer.spec.job import JobSpec
 
 
 class SpecError(Exception):

@@ -1,7 +1,7 @@
 """PID 1 of the trainer container: runs `accelerate launch ...`, passes SIGTERM on to every rank, and exits
 with the trainer's own exit code.
 
-    python -m trainer.supervise accelerate launch --config_file ... -m trainer.train --spec ...
+    python -m trainer.train.supervise accelerate launch --config_file ... -m trainer.train --spec ...
 
 Why it exists: Kubernetes signals only the container's PID 1, and reads only its exit code. As PID 1,
 `accelerate launch` ignores SIGTERM (a PID-1 process without a handler does), or, running torchrun,
@@ -13,11 +13,11 @@ failure policy could not tell a preemption (exit 75) from a crash. What it does 
   `--signals-to-handle`), so the launchers keep waiting for their workers;
 - on SIGTERM: sends SIGTERM once to every process under it (torchrun starts each worker in a
   session of its own, out of reach of a process-group signal), so every rank of the pod sees it
-  and stops at the next step boundary with a checkpoint (trainer/preemption.py);
+  and stops at the next step boundary with a checkpoint (trainer/train/preemption.py);
 - exits with the code the ranks reported in `$KUBETUNE_EXIT_DIR` (a user error, 2, wins over a
   preemption, 75, which wins over a lost peer, 76), else with the command's own code; a pod that got
   SIGTERM and failed otherwise exits 75 too (it was told to stop: a restart resumes), one that did not
-  never does (trainer/preemption.py).
+  never does (trainer/train/preemption.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from trainer.preemption import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
+from trainer.train.preemption import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"  # torchrun's default minus SIGTERM
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m trainer.supervise COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m trainer.train.supervise COMMAND [ARGS...]", file=sys.stderr)
         return 2
     return Supervisor(argv).run()
 

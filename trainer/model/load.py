@@ -4,7 +4,7 @@
 or a `.gguf` file (local or s3) that transformers loads and de-quantizes. `model.quantization`
 loads the base through bitsandbytes (QLoRA); `adapter` becomes a PEFT `LoraConfig`. What the
 checkpoint's own config.json changes (MXFP4 and pre-quantized bitsandbytes checkpoints, gpt-oss's
-attention and experts) is decided in `trainer.model_config`.
+attention and experts) is decided in `trainer.model.arch`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from trainer import model_config, storage
-from trainer.model_config import ModelError
-from trainer.spec import JobSpec
+from trainer import storage
+from trainer.model import arch as model_config
+from trainer.model.arch import ModelError
+from trainer.spec.job import JobSpec
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 PISSA_INIT = "pissa_niter_16"  # fast-SVD PiSSA: near-identical to the exact SVD, minutes faster on 7B+ models

@@ -1,4 +1,4 @@
-"""The base of every spec section (trainer/spec.py, trainer/spec_export.py). Torch-free."""
+"""The base of every spec section (trainer/spec/job.py, trainer/spec/export.py). Torch-free."""
 
 from __future__ import annotations
 

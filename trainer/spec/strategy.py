@@ -20,7 +20,7 @@ Torch-free: the launcher imports this to render the chart. What each strategy be
   while the state dict's keys do not, and peft 0.21 (which finds the adapter's keys from the
   module names) then saves an adapter with no tensors at all, silently. So
   `training.gradient_checkpointing` has to be the model's own non-reentrant checkpointing under
-  every strategy, fsdp included (trainer/model.py `add_adapter`); under FSDP2 that trains to the
+  every strategy, fsdp included (trainer/model/load.py `add_adapter`); under FSDP2 that trains to the
   same weights as without it.
   Not FSDP v1: with LoRA it fails in step 2's forward (`_flat_param.py` `_use_sharded_views`
   asserts on a plain tensor where it expects a parameter; seen on an H200, issue 13), and its
@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from trainer.spec import JobSpec
+from trainer.spec.job import JobSpec
 
 GPU_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
 CPU_STRATEGIES = ("ddp", "zero2", "zero3")

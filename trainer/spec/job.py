@@ -2,7 +2,7 @@
 
 Imported by the launcher (which must stay light), so this module imports no torch and no
 ML library. Field descriptions are the user documentation: `docs/spec.md` is generated
-from them (`python -m trainer.spec_doc`).
+from them (`python -m trainer.spec.doc`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainer.spec_base import GiB, Section, cpu_quantity, duration_seconds, gibibytes, quantity, quantity_value
-from trainer.spec_export import ExportSpec
+from trainer.spec.base import GiB, Section, cpu_quantity, duration_seconds, gibibytes, quantity, quantity_value
+from trainer.spec.export import ExportSpec
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 40  # leaves room for the per-submission suffix and the pod index in a 63-char label

@@ -4,7 +4,7 @@ The training data is a rank-local stream with a position (trainer/data/stream.py
 `state_dict()` after the last row it yielded, `load_state_dict({"ranks": [every rank's state]})`
 to continue, re-sharded when the world size changed. Each rank's stream yields only that rank's
 rows, so the Trainer's dataloader must never shard it again, nor skip batches on resume
-(`trainer.resume.ResumableTrainer.get_train_dataloader`, `TrainingArguments(ignore_data_skip=True)`).
+(`trainer.train.resume.ResumableTrainer.get_train_dataloader`, `TrainingArguments(ignore_data_skip=True)`).
 
 A checkpoint must hold the position after the rows that were *trained*, not after the rows a
 loader has fetched ahead. So `Tagged` attaches the stream's `state_dict()` to the last row of each

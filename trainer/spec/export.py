@@ -1,6 +1,6 @@
 """The `export` section of the job spec: merge, GGUF types, the verification gate, the registry.
 
-Part of THE job spec (trainer/spec.py, where `JobSpec` holds it); split out to keep files small.
+Part of THE job spec (trainer/spec/job.py, where `JobSpec` holds it); split out to keep files small.
 Torch-free: the launcher imports it.
 """
 
@@ -11,7 +11,7 @@ import warnings
 
 from pydantic import Field, field_validator
 
-from trainer.spec_base import GiB, Section, cpu_quantity, gibibytes, quantity
+from trainer.spec.base import GiB, Section, cpu_quantity, gibibytes, quantity
 
 
 class GateSpec(Section):

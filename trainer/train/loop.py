@@ -8,9 +8,9 @@ Every rank runs this file; rank 0 alone prints, tracks and writes. Results land 
 `samples.json`, and `_SUCCESS` last — a reader that sees the marker sees everything.
 
 Checkpoints go to `output.uri/checkpoints/` every `training.save_steps` and when SIGTERM arrives
-(then every rank stops at the same step and the process exits 75: trainer/preemption.py). A job
+(then every rank stops at the same step and the process exits 75: trainer/train/preemption.py). A job
 started again under the same name (`KUBETUNE_JOB_NAME`) resumes from the latest one: weights,
-optimizer, scheduler, RNG, data position and MLflow run (trainer/resume.py, docs/operations.md).
+optimizer, scheduler, RNG, data position and MLflow run (trainer/train/resume.py, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -28,16 +28,17 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
-from trainer import checkpoint, preemption, resume, start_export, storage, template_date
-from trainer import model as models
-from trainer import samples as sampling
-from trainer.data import Collator, DataError, build_dataset
+from trainer import storage
+from trainer.data import Collator, DataError, build_dataset, template_date
 from trainer.data.stream import TrainStream
-from trainer.isolation import PackingCheck
+from trainer.model import load as models
+from trainer.model.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
-from trainer.spec import JobSpec
-from trainer.spec_io import SpecError, dump_spec, flatten, load_spec, spec_hash
-from trainer.tracking import MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
+from trainer.spec.io import SpecError, dump_spec, flatten, load_spec, spec_hash
+from trainer.spec.job import JobSpec
+from trainer.tracking import samples as sampling
+from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
+from trainer.train import checkpoint, preemption, resume, start_export
 
 USER_ERRORS = (DataError, models.ModelError, resume.ResumeError, checkpoint.CheckpointError)
 
@@ -87,7 +88,7 @@ class FineTune:
         self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
 
     def _count_start(self) -> None:
-        """Rank 0 records this start (trainer/checkpoint.py); past `resources.max_restarts` restarts every rank stops
+        """Rank 0 records this start (trainer/train/checkpoint.py); past `resources.max_restarts` restarts every rank stops
         with exit 2, which fails the Job: preemptions are replaced without counting, so this is their bound."""
         starts = max(resume.gather(checkpoint.count_start(self.output, self.name) if self.main else 0))
         restarts, budget = starts - 1, self.spec.resources.max_restarts
@@ -136,7 +137,7 @@ class FineTune:
             gradient_accumulation_steps=t.grad_accum, seed=t.seed, data_seed=t.seed,
             logging_steps=t.logging_steps, logging_first_step=True,
             save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,  # + on SIGTERM
-            save_only_model=False, ignore_data_skip=True,  # the data position is the stream's (trainer/datastate.py)
+            save_only_model=False, ignore_data_skip=True,  # the data position is the stream's (trainer/train/datastate.py)
             eval_strategy="steps" if has_eval and t.eval_steps else "no", eval_steps=t.eval_steps,
             bf16=gpu_dtype == "bfloat16", fp16=gpu_dtype == "float16",
             use_cpu=cpu and not deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu (strategy.py)
@@ -151,7 +152,7 @@ class FineTune:
         with self.args.main_process_first(local=True, desc="fetch the base model"):
             self.ref = models.resolve_base_model(self.spec.base_model, self.base_dir)
         self.tokenizer = models.load_tokenizer(self.ref, self.spec, self.base_dir)
-        # Templates that write today's date render the job's date instead (trainer/template_date.py).
+        # Templates that write today's date render the job's date instead (trainer/data/template_date.py).
         self.tokenizer = template_date.pin(self.tokenizer, self.spec.data.template_date)
         self.say(template_date.describe(self.spec.data.template_date, self.tokenizer.chat_template))
         # Each rank streams its own share of data.train at flat memory (trainer/data/stream.py).
@@ -221,7 +222,7 @@ class FineTune:
         self.stop = resume.StopOnSignal(self.signals)
         callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
         packing_check = None
-        if spec.data.packing:  # before step 1, on the model as the strategy wrapped it (trainer/isolation.py)
+        if spec.data.packing:  # before step 1, on the model as the strategy wrapped it (trainer/model/isolation.py)
             packing_check = PackingCheck(Collator.for_spec(spec, self.tokenizer), len(self.tokenizer), self.say)
             callbacks.insert(0, packing_check)
         self.trainer = resume.ResumableTrainer(

@@ -14,7 +14,7 @@ visible whole or not at all). A job killed while uploading leaves a folder no ma
 the next commit deletes it. Every file is listed with its size and sha256, checked on fetch; a
 checkpoint that fails the check is skipped for the one before it.
 
-Torch-free: the Trainer side (what goes into a checkpoint, and when) is `trainer/resume.py`.
+Torch-free: the Trainer side (what goes into a checkpoint, and when) is `trainer/train/resume.py`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Entry:
 class Manifest:
     job_name: str
     run_id: str | None
-    spec: dict[str, str]  # the flattened job spec (trainer.spec_io.flatten) that wrote the checkpoints
+    spec: dict[str, str]  # the flattened job spec (trainer.spec.io.flatten) that wrote the checkpoints
     entries: list[Entry] = field(default_factory=list)  # oldest first; the last one is the latest
     format: int = FORMAT
 

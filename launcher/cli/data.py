@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from launcher.cli_datagen import COMMANDS as DATAGEN_COMMANDS
+from launcher.cli.datagen import COMMANDS as DATAGEN_COMMANDS
 from launcher.errors import UserError
 from launcher.output import emit
 

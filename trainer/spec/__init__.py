@@ -1,0 +1,3 @@
+"""The contract: the job spec's models (`job`, `export`, `base`), strategies and matrices, YAML I/O and `--set`
+overrides (`io`), and the docs generated from it (`doc`). Imports pydantic and yaml only: never torch or
+transformers, so the launcher and every pod can read a spec."""
