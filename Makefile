@@ -18,6 +18,8 @@ quickstart: setup
 
 lint:
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/deptry .
 	$(PY) -m trainer.spec.doc --check docs/spec.md
 
 test: setup lint

@@ -35,7 +35,7 @@ def by_hand(model: Path, out: Path, types: list[str]) -> float:
     import llama_cpp
 
     from trainer.export.gguf import llama_cpp_dir
-    from trainer.export.quants import QUANTS
+    from trainer.spec.quants import QUANTS
 
     tree = llama_cpp_dir()
     started = time.perf_counter()
@@ -54,7 +54,7 @@ def by_hand(model: Path, out: Path, types: list[str]) -> float:
 
 def ours(model: Path, out: Path, types: list[str]) -> tuple[float, dict[str, Path]]:
     from trainer.export import gguf
-    from trainer.export.quants import QUANTS
+    from trainer.spec.quants import QUANTS
 
     started = time.perf_counter()
     f16 = gguf.convert(model, out / "ours-f16.gguf", "f16", out / "convert.log").path
@@ -113,7 +113,7 @@ def main() -> int:
     from tests.models import chat_rows, tiny_model
     from trainer.data.render import end_of_turn
     from trainer.export import gguf, imatrix, verify
-    from trainer.export.quants import QUANTS
+    from trainer.spec.quants import QUANTS
 
     base = tiny_model(args.arch)  # Phi-3 comes with the tokenizer.model llama.cpp's converter reads
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,56 +1,29 @@
-"""What `launch` does, as plain functions: load a spec, prepare a submission, render it, run it.
+"""What `launch` does, as plain functions: load a spec, prepare a submission, render it.
 
-The CLI is a thin layer over this module; tests and notebooks call it directly.
+The CLI is a thin layer over this module; tests and notebooks call it directly. A prepared submission
+runs on this machine through launcher/local_job.py, on a cluster through launcher/cluster_submit.py.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import secrets
-import signal
 import socket
-import string
-import sys
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
-from launcher import helm, resolve
-from launcher.errors import PodFailed, UserError
+from launcher import resolve
+from launcher.errors import UserError
+from launcher.local_resume import recorded_template_date, resume_problems
 from launcher.plan import deadline as plan_deadline
+from launcher.submission import Submission, unique_name
+from launcher.submission import render as render  # the API: client.render(client.prepare(spec))
 from launcher.values import DEFAULT_PORT, chart_values
 from trainer.spec import strategy
 from trainer.spec.io import SpecError, apply_overrides, load_raw, load_spec, load_specs
 from trainer.spec.job import JobSpec
 from trainer.spec.matrix import group
-from trainer.train.preemption import EXIT_PREEMPTED
-
-if TYPE_CHECKING:
-    from launcher.backends.kube_submit import Created
-    from launcher.backends.kubeconfig import Target
-    from launcher.backends.local_run import Outcome
-
-SUFFIX_CHARS = string.ascii_lowercase + string.digits
-
-
-@dataclass
-class Submission:
-    name: str  # unique per submission: `<spec.name>-<5 chars>`
-    spec: JobSpec  # resolved: what the pods read
-    spec_path: Path
-    local: bool
-    values: dict[str, Any]
-    warnings: list[str]  # what a cluster would refuse, shown by a dry run instead of failing it
-    notes: list[str] = field(default_factory=list)  # the GPU memory check: verdict, auto-fit changes
-    resumed: bool = False  # `--resume`: an earlier submission's name, run again to continue from its checkpoints
-
-
-def unique_name(base: str) -> str:
-    return f"{base}-{''.join(secrets.choice(SUFFIX_CHARS) for _ in range(5))}"
 
 
 def _problems(source: str, problems: list[str]) -> UserError:
@@ -59,9 +32,10 @@ def _problems(source: str, problems: list[str]) -> UserError:
 
 
 def load(spec_path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
-    """Read, override and validate a spec, strategy included; every problem in one UserError."""
+    """Read, override and validate a spec, strategy included; every problem in one UserError. Relative paths in
+    `overrides` are read from the current directory, those in the file from its folder."""
     try:
-        spec = load_spec(spec_path, overrides)
+        spec = load_spec(spec_path, resolve.overrides_from_cwd(overrides))
     except SpecError as e:
         raise _problems(e.source, e.problems) from None
     if problems := strategy.check(spec):
@@ -86,9 +60,10 @@ def free_port() -> int:
 
 
 def load_all(spec_path: str | Path, overrides: Iterable[str] = ()) -> list[JobSpec]:
-    """Every job of a spec file (several for a `matrix` spec), strategy checked; every problem in one UserError."""
+    """Every job of a spec file (several for a `matrix` spec), strategy checked; every problem in one UserError.
+    Relative paths in `overrides` are read from the current directory, those in the file from its folder."""
     try:
-        specs = load_specs(spec_path, overrides)
+        specs = load_specs(spec_path, resolve.overrides_from_cwd(overrides))
     except SpecError as e:
         raise _problems(e.source, e.problems) from None
     problems = [f"[{s.name}] {p}" if len(specs) > 1 else p for s in specs for p in strategy.check(s)]
@@ -120,45 +95,6 @@ def prepare_all(
                             f"<name>-<5 characters> with name {' or '.join(names)} (launch printed it: `job <name>: ...`)")
     return [prepare(spec_path, overrides, local, dry_run, auto_fit, spec=s, matrix_group=label, name=resume)
             for s in specs]
-
-
-def resume_problems(name: str, output: str) -> list[str]:
-    """Why job `name` cannot resume from a local `output` (empty when its checkpoints are there)."""
-    if resolve.is_remote(output):
-        return []  # the trainer reads it (this launcher may not have the S3 client)
-    import json
-
-    from trainer.train.checkpoint import FOLDER, MANIFEST
-
-    manifest = Path(output) / FOLDER / MANIFEST
-    if not manifest.is_file():
-        return [f"{manifest.parent} holds no checkpoint, so job {name} cannot resume; submit without --resume to "
-                "start afresh"]
-    try:
-        saved = json.loads(manifest.read_text(encoding="utf-8"))
-        job, step = saved["job_name"], saved["entries"][-1]["step"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return [f"{manifest} is not a kubetune checkpoint manifest; delete {manifest.parent} and submit afresh"]
-    if job != name:
-        return [f"the checkpoints in {manifest.parent} are job {job}'s (step {step}), not {name}'s: "
-                f"--resume {job} continues that one"]
-    return []
-
-
-def recorded_template_date(output: str) -> str | None:
-    """The `data.template_date` the checkpoints in a local `output` were trained with (None: none recorded)."""
-    if resolve.is_remote(output):
-        return None  # the trainer reads it (this launcher may not have the S3 client); a different date is refused
-    import json
-
-    from trainer.train.checkpoint import FOLDER, MANIFEST
-
-    try:
-        saved = json.loads((Path(output) / FOLDER / MANIFEST).read_text(encoding="utf-8"))
-        recorded = saved["spec"].get("data.template_date")
-        return date.fromisoformat(recorded).isoformat()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 def with_template_date(spec: JobSpec, recorded: str | None = None) -> JobSpec:
@@ -203,34 +139,11 @@ def prepare(
     deadline = None  # a cluster job's activeDeadlineSeconds (resources.deadline)
     spec_dir = Path(spec_path).resolve().parent
     if local:
-        problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
-        if not problems and not dry_run:  # an empty or misformatted dataset fails here, not after the pods start
-            from launcher.datacheck import precheck
-
-            problems = precheck(spec, spec_dir)
-        if problems:
-            raise _problems(str(spec_path), problems)
-        spec = resolve.for_local(spec, spec_dir)
-        if name is not None and (problems := resume_problems(name, spec.output.uri or "")):
-            raise _problems(str(spec_path), problems)
-        if name is not None:  # a resumed job renders with the date its checkpoints were trained with
-            spec = with_template_date(spec, recorded_template_date(spec.output.uri or ""))
+        spec = _for_local(spec, spec_path, spec_dir, dry_run, name)
         port = free_port()  # the pods share this machine's ports, unlike pods on a cluster
     else:
-        if problems := resolve.cluster_problems(spec, spec_dir):
-            if not dry_run:
-                raise _problems(str(spec_path), problems)
-            warnings = problems
+        spec, warnings, notes, deadline = _for_cluster(spec, spec_path, spec_dir, dry_run, auto_fit)
         port = DEFAULT_PORT
-        params = None  # the base model's size, found by the fit check
-        if spec.resources.gpu != "none":
-            from launcher.plan import gate
-
-            fit = gate.check(spec, Path(spec_path), auto_fit=auto_fit, dry_run=dry_run)
-            spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
-            params = fit.params
-        deadline = plan_deadline.resolve(spec, params)
-        notes += [deadline.line] if deadline.line else []
     spec = with_template_date(spec)  # recorded in the spec the pods read: the same date on every day of the job
     if auto_fit and (local or spec.resources.gpu == "none"):
         notes.append("--auto-fit: nothing to fit; only cluster GPU jobs are checked against GPU memory")
@@ -238,106 +151,56 @@ def prepare(
     values = chart_values(spec, name, port, matrix_group, params=export_params(spec, spec_dir))
     if deadline is not None and deadline.seconds:
         values["job"]["activeDeadlineSeconds"] = deadline.seconds
-    if local:  # all pods share this machine's cores; each would otherwise take them all
-        values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
-        from launcher.backends.local import PREFLIGHT_TIMEOUT  # local pods start together: a short wait
-
-        values["preflight"] = {"timeoutSeconds": PREFLIGHT_TIMEOUT}
+    if local:
+        _share_this_machine(values, spec)
     return Submission(name, spec, Path(spec_path), local, values, warnings, notes, resumed=resumed)
 
 
-def render(sub: Submission, extra_values: Sequence[Path] = (), namespace: str = "default") -> str:
-    """The manifests `helm template` renders for this submission."""
-    return helm.template(sub.name, sub.values, extra_values, namespace)
+def _for_local(spec: JobSpec, spec_path: str | Path, spec_dir: Path, dry_run: bool, name: str | None) -> JobSpec:
+    """The job for this machine: its local inputs must exist (and its data read, unless a dry run), its paths
+    made absolute; resuming as `name`, that job's checkpoints must be there, and their template date is kept."""
+    problems = resolve.local_problems(spec, spec_dir) + ([] if dry_run else resolve.gpu_problems(spec))
+    if not problems and not dry_run:  # an empty or misformatted dataset fails here, not after the pods start
+        from launcher.datacheck import precheck
+
+        problems = precheck(spec, spec_dir)
+    if problems:
+        raise _problems(str(spec_path), problems)
+    spec = resolve.for_local(spec, spec_dir)
+    if name is not None and (problems := resume_problems(name, spec.output.uri or "")):
+        raise _problems(str(spec_path), problems)
+    if name is not None:  # a resumed job renders with the date its checkpoints were trained with
+        spec = with_template_date(spec, recorded_template_date(spec.output.uri or ""))
+    return spec
 
 
-def submit_cluster(
-    sub: Submission, target: Target, extra_values: Sequence[Path] = (), say: Callable[[str], None] = print
-) -> list[Created]:
-    """Render for the target's namespace, say the plan, then create the objects (backends/kube_submit.py)."""
-    from launcher.backends import kube_submit
-    from launcher.backends.kubernetes import Cluster
-    from launcher.cluster import plan_lines
+def _for_cluster(
+    spec: JobSpec, spec_path: str | Path, spec_dir: Path, dry_run: bool, auto_fit: bool
+) -> tuple[JobSpec, list[str], list[str], plan_deadline.Deadline]:
+    """The job for a cluster, with the warnings (a dry run's) and notes said about it, and its deadline: local
+    paths refused, a GPU job checked against its GPUs' memory (and fitted, with `auto_fit`)."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    if problems := resolve.cluster_problems(spec, spec_dir):
+        if not dry_run:
+            raise _problems(str(spec_path), problems)
+        warnings = problems
+    params = None  # the base model's size, found by the fit check
+    if spec.resources.gpu != "none":
+        from launcher.plan import gate
 
-    manifests = helm.parse_manifests(render(sub, extra_values, namespace=target.namespace))
-    cluster = Cluster(target)
-    if sub.resumed:
-        from launcher.backends.kube_resume import retire
-
-        retire(cluster, sub.name, manifests, say)
-    for line in plan_lines(sub, manifests, target):
-        say(line)
-    return kube_submit.create(cluster, manifests, sub.name, say)
-
-
-def local_preemption() -> tuple[int, re.Pattern[str]] | None:
-    """`KUBETUNE_LOCAL_SIGTERM=RANK:REGEX`: SIGTERM to pod RANK when its log matches REGEX (a simulated
-    preemption, for tests and for trying out resuming; launcher/backends/local_run.py)."""
-    value = os.environ.get("KUBETUNE_LOCAL_SIGTERM")
-    if not value:
-        return None
-    rank, sep, pattern = value.partition(":")
-    try:
-        if not (sep and rank.isdigit()):
-            raise ValueError("not RANK:REGEX")
-        return int(rank), re.compile(pattern)
-    except (ValueError, re.error) as e:
-        raise UserError(f"KUBETUNE_LOCAL_SIGTERM={value!r}: {e}; write RANK:REGEX, e.g. 0:\\[train\\] step 7/") from None
+        fit = gate.check(spec, Path(spec_path), auto_fit=auto_fit, dry_run=dry_run)
+        spec, warnings, notes = fit.spec, warnings + fit.warnings, fit.notes
+        params = fit.params
+    deadline = plan_deadline.resolve(spec, params)
+    notes += [deadline.line] if deadline.line else []
+    return spec, warnings, notes, deadline
 
 
-def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
-    """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
-    from launcher.backends.local import plan
-    from launcher.backends.local_run import LocalRun
+def _share_this_machine(values: dict[str, Any], spec: JobSpec) -> None:
+    """Chart values for local pods: all share this machine's cores (each would otherwise take them all), and
+    start together (a short rendezvous wait)."""
+    values["env"]["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // spec.resources.world_size))
+    from launcher.backends.local import PREFLIGHT_TIMEOUT  # local pods start together: a short wait
 
-    manifests = helm.parse_manifests(render(sub, extra_values))
-    preempt = local_preemption()
-    with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
-        pods = plan(manifests, Path(tmp) / "training", cwd=Path.cwd())
-        outcome = LocalRun(pods, out=out or sys.stdout, preempt=preempt).run()
-        _raise_on_failure(sub, outcome, "")
-        if sub.spec.export is not None:  # suspended until training succeeded: on a cluster rank 0 starts it, here we do
-            pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
-            outcome = LocalRun(pods, out=out or sys.stdout, label="export").run()
-            report = f"\n  the verification report: {sub.spec.output.uri}/export/verify.txt"
-            _raise_on_failure(sub, outcome, report)
-
-
-def _raise_on_failure(sub: Submission, outcome: Outcome, report: str) -> None:
-    if outcome.signal is not None:
-        raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
-    if outcome.first_failure is not None and outcome.codes[outcome.first_failure] == EXIT_PREEMPTED:
-        raise PodFailed(
-            f"job {sub.name}: stopped after SIGTERM at a step boundary, with a checkpoint in "
-            f"{sub.spec.output.uri}/checkpoints; continue it with: launch submit --local --resume {sub.name} "
-            f"{sub.spec_path}", exit_code=EXIT_PREEMPTED,
-        )
-    if outcome.first_failure is not None:
-        rank = outcome.first_failure
-        stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
-        cause = f"\n  {outcome.errors[rank]}" if rank in outcome.errors else ""
-        raise PodFailed(
-            f"job {sub.name}: {outcome.who(rank)} exited with code {outcome.codes[rank]}{stopped}{cause}{report}"
-        )
-    if not outcome.ok:
-        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}{report}")
-
-
-def result_lines(sub: Submission) -> list[str]:
-    """Where a finished job's results are, read from its `_SUCCESS` marker when the output is local."""
-    uri = sub.spec.output.uri or ""
-    marker = Path(uri) / "_SUCCESS"
-    if resolve.is_remote(uri) or not marker.is_file():
-        return [f"results: {uri}"]
-    import json
-
-    done = json.loads(marker.read_text(encoding="utf-8"))
-    lines = [
-        f"adapter:    {Path(uri) / 'adapter'}",
-        f"MLflow run: {done.get('run_id')} ({done.get('tracking_uri')})",
-        f"steps:      {done.get('steps')}, final loss {done.get('final_loss')}",
-    ]
-    tracking = str(done.get("tracking_uri") or "")
-    if tracking.startswith("sqlite:///"):
-        lines.append(f"browse it:  mlflow ui --backend-store-uri {tracking}")
-    return lines
+    values["preflight"] = {"timeoutSeconds": PREFLIGHT_TIMEOUT}

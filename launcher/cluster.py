@@ -1,5 +1,5 @@
-"""`launch` against a cluster, above the API calls: the plan printed before submitting, following a
-job to its end (`--wait`), the failure diagnosis, and where its MLflow run is.
+"""`launch` against a cluster, above the API calls, once a job is submitted (launcher/cluster_submit.py):
+following it to its end (`--wait`), the failure diagnosis, and where its MLflow run is.
 
 Polling, every KUBETUNE_POLL_SECONDS (default 5): a line for each change of a pod's phase or
 reason and of the job's state, and every PROGRESS_EVERY polls a training progress line from MLflow.
@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from launcher.errors import PodFailed, UserError
-from launcher.status import QUEUE, Snapshot, gang_line, gather, labels, main_container
+from launcher.status import Snapshot, gang_line, gather, main_container
 from launcher.tracking_rest import Progress, TrackingUnreachable, progress
 
 if TYPE_CHECKING:
     from launcher.backends.kubeconfig import Target
     from launcher.backends.kubernetes import Cluster
-    from launcher.blockers import Blocker
-    from launcher.client import Submission
+    from launcher.blocker import Blocker
     from trainer.spec.job import JobSpec
 
 POLL_SECONDS = 5.0
@@ -47,36 +46,6 @@ def poll_seconds() -> float:
     if value <= 0:
         raise UserError(f"KUBETUNE_POLL_SECONDS={raw!r}: seconds between status polls, a number above 0")
     return value
-
-
-def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
-    spec = workload["spec"]
-    if workload["kind"] == "JobSet":
-        spec = spec["replicatedJobs"][0]["template"]["spec"]
-    return spec["template"]
-
-
-def plan_lines(sub: Submission, manifests: list[dict[str, Any]], target: Target) -> list[str]:
-    from launcher.backends.kube_submit import owner_of
-
-    spec, res = sub.spec, sub.spec.resources
-    owner = owner_of(manifests, sub.name)
-    template = pod_template(owner)
-    image = next(c["image"] for c in template["spec"]["containers"] if c["name"] == main_container(template))
-    gpus = "none (CPU only)" if res.gpu == "none" else (
-        f"{res.gpu} x {res.gpus_per_node} per node x {res.nodes} node(s) = {res.gpus_per_node * res.nodes}")
-    queue = labels(owner).get(QUEUE)
-    export = next((m for m in manifests if m["kind"] == "Job" and m["metadata"]["name"] == f"{sub.name}-export"), None)
-    return [
-        f"plan for {sub.name} (spec {spec.name}):",
-        f"  GPUs:       {gpus}",
-        f"  strategy:   {spec.training.strategy}",
-        f"  nodes:      {res.nodes} pod(s) of {owner['kind']} {sub.name}, {res.processes_per_node} process(es) each",
-        f"  queue:      {queue + ' (Kueue LocalQueue)' if queue else 'none: starts when the scheduler places the pods'}",
-        f"  namespace:  {target.namespace} (context {target.context}, {target.server})",
-        f"  image:      {image}",
-        f"  export:     {'Job ' + export['metadata']['name'] if export else 'none (no export section in the spec)'}",
-    ]
 
 
 @dataclass

@@ -27,7 +27,8 @@ from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.sources import expand, read_records
 from trainer.data.stats import REASONING_DROPPED
-from trainer.spec.job import BadRowsSpec, JobSpec
+from trainer.spec.data import BadRowsSpec
+from trainer.spec.job import JobSpec
 
 PRECHECK_ROWS = 1000
 PERCENTILES = (50, 90, 99)
@@ -124,61 +125,85 @@ def _files(spec: JobSpec, split: str, spec_dir: Path) -> list[Any]:
         raise UserError(str(e)) from None
 
 
-def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, sample: int | None) -> SplitReport:
-    """Read `sample` rows (None: all) of one split through format, template and tokenizer."""
-    from trainer.data import packing as pk
-    from trainer.data.render import ChatRenderer
+@dataclass
+class _Tally:
+    """What the rows of one split read so far add up to: bad rows by reason, and the encoded samples' lengths,
+    trained and truncated tokens, and assistant turns whose reasoning the template dropped."""
 
-    data = spec.data
-    files = _files(spec, split, spec_dir)
-    try:
-        renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
-                                reasoning=data.reasoning)
-    except DataError as e:
-        raise UserError(f"{spec.base_model}: {e}") from None
-    log = BadRowLog(BadRowsSpec(policy="skip", max_bad_fraction=1.0), split)  # count all; the policy is judged below
-    lengths: list[int] = []
-    trained = truncated = rows = dropped = 0
-    records = read_records(files, f"data.{split}")
-    limited = islice(records, sample) if sample else records
-    pending: list[Located] = []
+    log: BadRowLog
+    lengths: list[int] = field(default_factory=list)
+    rows: int = 0
+    trained: int = 0
+    truncated: int = 0
+    dropped: int = 0
 
-    def flush() -> None:
-        nonlocal trained, truncated, dropped
+    def encode(self, renderer: Any, pending: list[Located], split: str) -> None:
+        """Encode a chunk of pending rows and count them in; `pending` is emptied."""
         try:
             results = encode_chunk(renderer, pending, split)
         except DataError as e:
             raise UserError(str(e)) from None
         for (location, _), result in zip(pending, results, strict=True):
             if isinstance(result, BadRow):
-                log.add(location, result)
+                self.log.add(location, result)
             else:
-                lengths.append(len(result.input_ids))
-                trained += result.trained
-                truncated += result.truncated
-                dropped += result.reasoning_dropped
+                self.lengths.append(len(result.input_ids))
+                self.trained += result.trained
+                self.truncated += result.truncated
+                self.dropped += result.reasoning_dropped
         pending.clear()
 
-    try:
-        for rec in limited:
-            rows += 1
-            pending.append((rec.location, conversation(rec, data)))
-            if len(pending) >= CHUNK:
-                flush()
-        flush()
-        sampled = bool(sample) and rows == sample and next(records, None) is not None
-    except DataError as e:
-        raise UserError(str(e)) from None
+
+def split_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, sample: int | None) -> SplitReport:
+    """Read `sample` rows (None: all) of one split through format, template and tokenizer."""
+    from trainer.data import packing as pk
+
+    data = spec.data
+    files = _files(spec, split, spec_dir)
+    renderer = _renderer(spec, tokenizer)
+    tally = _Tally(BadRowLog(BadRowsSpec(policy="skip", max_bad_fraction=1.0), split))  # the policy is judged below
+    sampled = _read(tally, renderer, spec, split, files, sample)
+    lengths, rows = tally.lengths, tally.rows
     bins = pk.best_fit_decreasing(lengths, data.max_seq_len) if data.packing else [[i] for i in range(len(lengths))]
     return SplitReport(
         split=split, files=[f.uri for f in files], rows_read=rows, rows_used=len(lengths), sampled=sampled,
-        bad_rows=dict(log.counts), bad_examples=list(log.examples), lengths=distribution(lengths),
-        max_seq_len=data.max_seq_len, tokens_total=sum(lengths), tokens_trained=trained, truncated=truncated,
-        packing=data.packing, packed_rows=len(bins), packing_efficiency=pk.efficiency(sum(lengths), len(bins),
-                                                                                     data.max_seq_len),
-        problems=policy_problems(split, rows, log.total, data.bad_rows, _names(files)),
-        reasoning_dropped_turns=dropped,
+        bad_rows=dict(tally.log.counts), bad_examples=list(tally.log.examples), lengths=distribution(lengths),
+        max_seq_len=data.max_seq_len, tokens_total=sum(lengths), tokens_trained=tally.trained,
+        truncated=tally.truncated, packing=data.packing, packed_rows=len(bins),
+        packing_efficiency=pk.efficiency(sum(lengths), len(bins), data.max_seq_len),
+        problems=policy_problems(split, rows, tally.log.total, data.bad_rows, _names(files)),
+        reasoning_dropped_turns=tally.dropped,
     )
+
+
+def _renderer(spec: JobSpec, tokenizer: Any) -> Any:
+    """The trainer's ChatRenderer for the spec's data settings (a UserError naming the base model if it refuses)."""
+    from trainer.data.render import ChatRenderer
+
+    data = spec.data
+    try:
+        return ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
+                            reasoning=data.reasoning)
+    except DataError as e:
+        raise UserError(f"{spec.base_model}: {e}") from None
+
+
+def _read(tally: _Tally, renderer: Any, spec: JobSpec, split: str, files: list[Any], sample: int | None) -> bool:
+    """Read `sample` rows (None: all) of the split's files into `tally`, a chunk at a time; whether the files
+    hold more rows than were read."""
+    records = read_records(files, f"data.{split}")
+    limited = islice(records, sample) if sample else records
+    pending: list[Located] = []
+    try:
+        for rec in limited:
+            tally.rows += 1
+            pending.append((rec.location, conversation(rec, spec.data)))
+            if len(pending) >= CHUNK:
+                tally.encode(renderer, pending, split)
+        tally.encode(renderer, pending, split)
+        return bool(sample) and tally.rows == sample and next(records, None) is not None
+    except DataError as e:
+        raise UserError(str(e)) from None
 
 
 def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -> Any:

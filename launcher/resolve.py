@@ -1,13 +1,24 @@
-"""Local paths in a spec: made absolute for the local backend, refused for a cluster."""
+"""Local paths in a spec: made absolute for the local backend, refused for a cluster.
+
+A relative path written in the spec file is read from the file's folder; one given on the command line
+(`--set data.train=...`) from the current directory, as helm and kubectl read paths: `overrides_from_cwd`
+makes those absolute before the spec is loaded.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from trainer.spec.io import spec_from_dict
+from trainer.spec.io import parse_override, spec_from_dict
 from trainer.spec.job import JobSpec
+
+# The fields that name a file or folder on this machine, unless a URI (base_model: unless a hub id)
+PATH_FIELDS = ("data.train", "data.eval", "base_model", "model.chat_template", "eval.sources_root", "output.uri")
 
 
 def is_remote(uri: str) -> bool:
@@ -62,6 +73,38 @@ def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
     elif not is_remote(uri):
         raw["output"]["uri"] = _absolute(uri, spec_dir)
     return spec_from_dict(raw, source="resolved spec")
+
+
+def overrides_from_cwd(overrides: Iterable[str], cwd: Path | None = None) -> list[str]:
+    """`--set` overrides with every relative local path of a PATH_FIELDS field made absolute against the current
+    directory (`cwd`); the others, and one that is not KEY=VALUE (loading says why), as they were."""
+    here = cwd or Path(os.getcwd())
+    out = []
+    for item in overrides:
+        try:
+            path, value = parse_override(item)
+        except ValueError:
+            out.append(item)
+            continue
+        key = ".".join(path)
+        resolved = _paths_from(key, value, here)
+        out.append(item if resolved == value else f"{key}={json.dumps(resolved)}")
+    return out
+
+
+def _paths_from(key: str, value: Any, cwd: Path) -> Any:
+    """`value`, set at `key`, with the local paths of the path fields in it (it may be a section) made absolute."""
+    if isinstance(value, dict):
+        return {k: _paths_from(f"{key}.{k}", v, cwd) for k, v in value.items()}
+    if key not in PATH_FIELDS:
+        return value
+    if isinstance(value, list) and key in ("data.train", "data.eval"):
+        return [_paths_from(key, v, cwd) for v in value]
+    if not isinstance(value, str) or not value or is_remote(value):
+        return value
+    if key == "base_model" and not (looks_like_path(value) or os.path.exists(_absolute(value, cwd))):
+        return value  # a hub id
+    return _absolute(value, cwd)
 
 
 def looks_like_path(value: str) -> bool:

@@ -19,7 +19,7 @@ from launcher.errors import UserError
 
 if TYPE_CHECKING:
     from launcher.backends.kubernetes import Cluster
-    from launcher.blockers import Blocker
+    from launcher.blocker import Blocker
 
 PART_OF = "app.kubernetes.io/part-of=kubetune"
 SUBMISSION = "kubetune.dev/submission"

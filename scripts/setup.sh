@@ -24,7 +24,7 @@ step "torch 2.13.0 (CPU)"
 "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 
 step "kubetune and its pinned stack (constraints.txt)"
-"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[trainer,dev]"
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt -e ".[dev]"
 
 step "helm"
 "$VENV/bin/python" scripts/install_helm.py --bin-dir "$VENV/bin"

@@ -113,6 +113,34 @@ def write_text(uri: str, text: str) -> None:
         f.write(text)
 
 
+def replace_text(uri: str, text: str) -> None:
+    """Replace the file at `uri` in one write: a reader sees the old text or the new one, never half (an
+    `os.replace` of a local file; for S3 one PUT, which shows the whole object or the previous one)."""
+    if is_remote(uri):
+        write_text(uri, text)
+        return
+    path = Path(uri.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def folders(uri: str) -> list[str]:
+    """Names of the folders (S3: prefixes) directly under `uri`; [] when it does not exist."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    return [info["name"].rstrip("/").rsplit("/", 1)[-1] for info in fs.ls(path, detail=True)
+            if info["type"] == "directory"]
+
+
+def get_file(uri: str, dest: Path) -> None:
+    """Download one file to the local path `dest`; FileNotFoundError when there is none."""
+    fs, path = filesystem(uri)
+    fs.get_file(path, str(dest))
+
+
 def fetch(uri: str, cache_root: Path) -> Path:
     """A local copy of a remote file or prefix (downloaded once into `cache_root`); local paths pass through."""
     if not is_remote(uri):

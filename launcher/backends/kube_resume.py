@@ -14,21 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from launcher.backends.kubernetes import Cluster
+from launcher.cluster import poll_seconds, spec_of
 from launcher.errors import UserError
 
 GONE_TIMEOUT = 180.0  # seconds for the old objects to be deleted (pods get their termination grace first)
 
 
-def poll_seconds() -> float:
-    from launcher.cluster import poll_seconds as every
-
-    return every()
-
-
 def recorded_template_date(cluster: Cluster, name: str) -> str | None:
     """The `data.template_date` submission NAME trained with (its spec ConfigMap); None once that is gone."""
-    from launcher.cluster import spec_of
-
     try:
         day = spec_of(cluster, name).data.template_date
     except UserError:

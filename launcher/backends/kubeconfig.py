@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launcher.backends.kube_retry import urllib3_retries
 from launcher.errors import UserError
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def connect(context: str | None = None, kubeconfig: str | None = None, namespace
 
     setting, files = kubeconfig_paths(kubeconfig)
     cfg = client.Configuration()
+    cfg.retries = urllib3_retries()  # HTTP statuses are retried by launcher/backends/kube_retry.py
     if not files:
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not context:
             return _in_cluster(cfg, namespace)

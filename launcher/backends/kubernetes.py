@@ -3,7 +3,9 @@
 Objects go in and come out as plain dicts in the API's own camelCase (what `helm template`
 renders and `kubectl get -o json` shows): responses are read with `_preload_content=False`
 and parsed as JSON, so nothing is lost to, or reshaped by, the client's models. Every call
-goes through `Cluster._call`, which turns failures into one-line UserErrors (kube_errors.py).
+goes through `Cluster._call`, which retries what failed for a passing reason (kube_retry.py) and
+turns failures into one-line UserErrors (kube_errors.py). Creates and patches ask for strict field
+validation (`fieldValidation=Strict`): a field the API does not know is an error, not silently dropped.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.backends.kube_errors import ApiError, Call, api_error, body_error, connection_error
+from launcher.backends.kube_retry import Passing, connection_failure, http_failure, retried
 from launcher.backends.kubeconfig import Target
 
 TIMEOUT = (10, 60)  # seconds: connect, read (log streams: no read timeout)
+STRICT = "Strict"  # fieldValidation of creates and patches: unknown or duplicate fields are refused
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,12 @@ class Cluster:
         return Call(verb, kind.resource, ns, name, self.target.server, self.target.context)
 
     def _call(self, call: Call, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run one API call: the raw urllib3 response, or a UserError naming the object and the cause."""
+        """Run one API call, retried while it fails for a passing reason: the raw urllib3 response, or a
+        UserError naming the object and the cause. Only for calls that may be repeated (not a create)."""
+        return retried(lambda: self._try(call, fn, *args, **kw))
+
+    def _try(self, call: Call, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """One try of an API call: the raw urllib3 response; a Passing failure (kube_retry.py), or a UserError."""
         import urllib3
         from kubernetes.client.exceptions import ApiException
         from pydantic import ValidationError
@@ -91,27 +100,60 @@ class Cluster:
         try:
             return fn(*args, _preload_content=False, **kw)
         except ApiException as e:
-            raise api_error(e.status or 0, e.reason or "", e.body, call) from None
+            error = api_error(e.status or 0, e.reason or "", e.body, call)
+            raise http_failure(e.status or 0, error, e.headers) from None
         except ValidationError as e:
             raise body_error(e, call) from None
         except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise connection_error(e, call) from None
+            raise connection_failure(e, connection_error(e, call)) from None
 
     def _json(self, call: Call, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        data = self._call(call, fn, *args, **kw).data
-        return json.loads(data) if data else {}
+        return _parsed(self._call(call, fn, *args, **kw))
 
     def _typed(self, kind: Kind, verb: str) -> Callable[..., Any]:
         api = self.batch if kind.group == "batch" else self.core
         return getattr(api, f"{verb}_namespaced_{kind.method}")
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create it (strict field validation); retried only where no second object can come of it: after a
+        failure the server may have acted on, a look decides whether the first try made it (kube_retry.py)."""
         kind = kind_of(body["kind"])
         call = self._what("create", kind, body["metadata"]["name"])
         if kind.method:
-            return self._json(call, self._typed(kind, "create"), self.namespace, body)
-        fn = self.custom.create_namespaced_custom_object
-        return self._json(call, fn, kind.group, kind.version, self.namespace, kind.plural, body)
+            fn, args = self._typed(kind, "create"), (self.namespace, body)
+        else:
+            fn = self.custom.create_namespaced_custom_object
+            args = (kind.group, kind.version, self.namespace, kind.plural, body)
+        maybe_made = False  # an earlier try may have created it: an AlreadyExists may be our own object
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return _parsed(self._try(call, fn, *args, field_validation=STRICT))
+            except ApiError as e:
+                if e.code == 409 and maybe_made and (found := self._ours(body)) is not None:
+                    return found
+                raise
+
+        def looked(_: Passing) -> dict[str, Any] | None:
+            nonlocal maybe_made
+            maybe_made = True
+            return self._ours(body)
+
+        return retried(attempt, looked)
+
+    def _ours(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The object `body` names if it exists with the labels and owners `body` has (so a create of ours made it:
+        submissions have unique names), else None."""
+        found = self.get(body["kind"], body["metadata"]["name"])
+        if found is None:
+            return None
+        sent, meta = body["metadata"], found.get("metadata") or {}
+        labels = sent.get("labels") or {}
+        owners = {o.get("uid") for o in sent.get("ownerReferences") or []}
+        if labels and labels.items() <= (meta.get("labels") or {}).items() and owners <= {
+                o.get("uid") for o in meta.get("ownerReferences") or []}:
+            return found
+        return None
 
     def get(self, kind_name: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -155,9 +197,11 @@ class Cluster:
         kind = kind_of(kind_name)
         call = self._what("patch", kind, name)
         if kind.method:  # a dict body goes as a strategic merge patch
-            return self._json(call, self._typed(kind, "patch"), name, self.namespace, patch)
+            fn = self._typed(kind, "patch")
+            return self._json(call, fn, name, self.namespace, patch, field_validation=STRICT)
         fn = self.custom.patch_namespaced_custom_object
         return self._json(call, fn, kind.group, kind.version, self.namespace, kind.plural, name, patch,
+                          field_validation=STRICT,
                           _content_type="application/merge-patch+json")  # custom resources take no strategic merge
 
     def delete(self, kind_name: str, name: str, propagation: str = "Foreground") -> bool:
@@ -191,3 +235,9 @@ class Cluster:
             raise connection_error(e, call) from None
         finally:
             resp.release_conn()
+
+
+def _parsed(response: Any) -> Any:
+    """A response's JSON body ({} when empty)."""
+    data = response.data
+    return json.loads(data) if data else {}

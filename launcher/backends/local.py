@@ -10,7 +10,7 @@ in a cluster is mapped onto this machine:
 - this interpreter's bin folder goes first on PATH, so `accelerate` and `python` are the venv's;
 - the ServiceAccount token (a projected volume) and `KUBETUNE_EXPORT_JOB`, with which rank 0
   starts the suspended export Job on a cluster, are left out: there is no API server here, and
-  the runner itself starts the export once training has succeeded (launcher/client.py run_local).
+  the runner itself starts the export once training has succeeded (launcher/local_job.py run_local).
 
 Init containers (the rendezvous `preflight`) run before the pods' containers: the i-th init
 container of every pod at once, since they rendezvous with each other, and a pod's container only

@@ -156,11 +156,7 @@ def submit(
     cluster_only = {"--context": context, "--kubeconfig": kubeconfig, "--wait": wait and dry_run,
                     "--stuck-grace": stuck_grace,
                     "--mlflow-uri": mlflow_uri, "-o": None if output == "table" else output}
-    if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
-        why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
-        raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
-    if resume and dry_run:
-        raise UserError("--resume: runs an earlier submission again; --dry-run submits nothing")
+    _refuse_unused_flags(cluster_only, local, dry_run, resume)
     if resume and not local:
         overrides = _resume_overrides(resume, overrides, context, kubeconfig, namespace)
     if dry_run:
@@ -180,15 +176,32 @@ def submit(
         submit_to_cluster(subs, values_files, context=context, kubeconfig=kubeconfig, namespace=namespace, wait=wait,
                           output=output, mlflow_uri=mlflow_uri, stuck_grace=stuck_grace)
         return
-    for sub in subs:  # one after the other: each job's pods take this machine's cores
+    _run_here(subs, values_files)
+
+
+def _refuse_unused_flags(cluster_only: dict[str, Any], local: bool, dry_run: bool, resume: str | None) -> None:
+    """Flags that mean nothing for this submit: cluster flags given to --local or --dry-run, --resume to --dry-run."""
+    if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
+        why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
+        raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
+    if resume and dry_run:
+        raise UserError("--resume: runs an earlier submission again; --dry-run submits nothing")
+
+
+def _run_here(subs: list[Any], values_files: tuple[Path, ...]) -> None:
+    """`submit --local`: each job's pods as processes on this machine, one job after the other (each job's pods
+    take this machine's cores)."""
+    from launcher import local_job
+
+    for sub in subs:
         res = sub.spec.resources
         click.echo(
             f"job {sub.name}: {res.nodes} pod(s) x {res.processes_per_node} process(es) on this machine; "
             f"results in {sub.spec.output.uri}"
         )
-        client.run_local(sub, extra_values=values_files)
+        local_job.run_local(sub, extra_values=values_files)
         click.echo(f"job {sub.name} succeeded")
-        for line in client.result_lines(sub):
+        for line in local_job.result_lines(sub):
             click.echo(f"  {line}")
 
 

@@ -82,9 +82,9 @@ def submit_to_cluster(
     """The cluster branch of `launch submit`: plan and create every job (a matrix spec has several), then with
     --wait follow each to its end (exit 1 when one failed, or could not start within the stuck grace).
     `-o json|yaml` prints one object per job (a list for a matrix)."""
-    from launcher import client
     from launcher.backends.kubeconfig import connect
     from launcher.backends.kubernetes import Cluster
+    from launcher.cluster_submit import submit_cluster
 
     if stuck_grace is not None and not wait:
         raise UserError("--stuck-grace: for --wait (how long it waits on a job that cannot start)")
@@ -94,7 +94,7 @@ def submit_to_cluster(
     ns = target.namespace
     created = {}
     for sub in subs:
-        created[sub.name] = client.submit_cluster(sub, target, values_files, say)
+        created[sub.name] = submit_cluster(sub, target, values_files, say)
         say(f"submitted {sub.name} to namespace {ns}: `launch status {sub.name} -n {ns}`, "
             f"`launch logs {sub.name} -f -n {ns}`")
     results = [_follow(kube, target, sub, created[sub.name], say, wait, mlflow_uri, stuck_grace) for sub in subs]

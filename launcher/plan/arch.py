@@ -215,11 +215,7 @@ def from_hf_config(config: Mapping[str, Any], source: str) -> Architecture:
             f"{source}: model_type {model_type!r} is not one `launch plan` knows; known: {', '.join(FAMILIES)}. "
             "Plan with a config of a known family, or add the architecture to launcher/plan/arch.py"
         )
-    text: Mapping[str, Any] = config
-    vision: Mapping[str, Any] | None = None
-    family = model_type
-    if model_type == "gemma3":  # multimodal: the language model is `text_config`, plus a vision tower
-        text, vision, family = config.get("text_config") or {}, config.get("vision_config") or {}, "gemma3_text"
+    text, vision, family = _language_model(config, model_type)
     h = int(_get(text, "hidden_size", source))
     layers = int(_get(text, "num_hidden_layers", source))
     heads = int(_get(text, "num_attention_heads", source))
@@ -227,10 +223,7 @@ def from_hf_config(config: Mapping[str, Any], source: str) -> Architecture:
     head_dim = int(text.get("head_dim") or h // heads)
     inter = int(_get(text, "intermediate_size", source))
     vocab = int(_get(text, "vocab_size", source))
-    gemma = family.startswith("gemma")  # transformers' default: only the Gemma families tie their head
-    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", gemma)))
-    if family == "gemma":
-        tied = True  # Gemma ties its output head to the embedding, whatever the config says
+    tied = _tied(config, text, family)
     q, kv = heads * head_dim, kv_heads * head_dim
     linears = _decoder_linears(text, family, h, q, kv, inter, layers)
     linears.append(Linear("lm_head", h, vocab, 1, False, "head", tied=tied))
@@ -252,16 +245,39 @@ def from_hf_config(config: Mapping[str, Any], source: str) -> Architecture:
         other += vision_other
     layer_types = text.get("layer_types") or []
     mask_kinds = len(set(layer_types)) if layer_types else 2 if family in ("gemma2", "gemma3_text") else 1
+    return Architecture(
+        model_type=model_type, hidden_size=h, num_layers=layers, intermediate_size=inter, num_heads=heads,
+        num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied,
+        linears=tuple(linears), other_params=other, expert_params=expert_params, fused=fused, num_experts=experts,
+        experts_per_token=experts_per_token, norms_per_layer=norms, qk_norm=qk_norm,
+        mask_kinds=mask_kinds, sdpa=family != "gpt_oss", shipped=_shipped(config), source=source,
+    )
+
+
+def _language_model(
+    config: Mapping[str, Any], model_type: str
+) -> tuple[Mapping[str, Any], Mapping[str, Any] | None, str]:
+    """(the language model's config, the vision tower's or None, the family its decoder layers follow)."""
+    if model_type == "gemma3":  # multimodal: the language model is `text_config`, plus a vision tower
+        return config.get("text_config") or {}, config.get("vision_config") or {}, "gemma3_text"
+    return config, None, model_type
+
+
+def _tied(config: Mapping[str, Any], text: Mapping[str, Any], family: str) -> bool:
+    """Whether the LM head shares the input embedding's weights."""
+    gemma = family.startswith("gemma")  # transformers' default: only the Gemma families tie their head
+    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", gemma)))
+    if family == "gemma":
+        tied = True  # Gemma ties its output head to the embedding, whatever the config says
+    return tied
+
+
+def _shipped(config: Mapping[str, Any]) -> str:
+    """How the checkpoint stores weights, when that differs from the training dtype ("" when it does not)."""
     shipped = ""
     quant = config.get("quantization_config") or {}
     if quant.get("quant_method") == "mxfp4":
         shipped = "MoE experts shipped as MXFP4 (4.25 bits); transformers cannot train MXFP4, so they are de-quantized"
     elif quant.get("quant_method"):
         shipped = f"checkpoint pre-quantized with {quant.get('quant_method')}"
-    return Architecture(
-        model_type=model_type, hidden_size=h, num_layers=layers, intermediate_size=inter, num_heads=heads,
-        num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, tie_word_embeddings=tied,
-        linears=tuple(linears), other_params=other, expert_params=expert_params, fused=fused, num_experts=experts,
-        experts_per_token=experts_per_token, norms_per_layer=norms, qk_norm=qk_norm,
-        mask_kinds=mask_kinds, sdpa=family != "gpt_oss", shipped=shipped, source=source,
-    )
+    return shipped

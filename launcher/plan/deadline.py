@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass
 
 from launcher.plan.fit import KINDS
-from trainer.spec.job import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS, JobSpec
+from trainer.spec.job import JobSpec
+from trainer.spec.resources import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS
 
 HOUR = 3600
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from launcher.plan.arch import Architecture
-from launcher.plan.memory import Estimate, Setup, estimate
+from launcher.plan.memory import Estimate, estimate
+from launcher.plan.setup import Setup
 
 MiB = 1024**2
 

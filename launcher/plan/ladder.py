@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from launcher.plan.arch import Architecture
-from launcher.plan.memory import Setup, estimate
+from launcher.plan.memory import estimate
+from launcher.plan.setup import Setup
 from trainer.spec import strategy
 from trainer.spec.io import SpecError, apply_overrides, spec_from_dict
 from trainer.spec.job import JobSpec

@@ -2,22 +2,22 @@
 
 The peak of a step is reached at the start of the backward pass, when every saved activation,
 the logits and their gradient are alive next to the weights, the adapter, its gradients and the
-optimizer state. Each term below says what it counts; the activation terms itemise the tensors
-autograd saves in one decoder layer of transformers 5.x with PEFT, as measured with
+optimizer state. Each term below says what it counts; the activation terms (launcher/plan/activations.py)
+itemise the tensors autograd saves in one decoder layer of transformers 5.x with PEFT, as measured with
 `torch.autograd.graph.saved_tensors_hooks` (bench/plan.py compares the total against measured
-peaks on CPU). Same code for `launch plan`, `launch submit` and the bench.
+peaks on CPU). Same code for `launch plan`, `launch submit` and the bench. What it depends on besides
+the architecture is a Setup (launcher/plan/setup.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
+from launcher.plan.activations import activations, attention_kind, dora_scratch, logits
 from launcher.plan.arch import Architecture, Linear
-from trainer.spec.job import JobSpec
+from launcher.plan.setup import DTYPE_BYTES, Setup
 
 GiB = 1024**3
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # bitsandbytes NF4 with double quantization: 4 bits per weight, an 8-bit absmax per block of 64 and
 # an fp32 constant per 256 blocks; LLM.int8: one byte per weight and an fp32 scale per output row.
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
@@ -26,65 +26,6 @@ NCCL_BUFFERS = int(0.5 * GiB)  # communicator buffers of a multi-GPU job
 DS_REDUCE_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (accelerate sets none): one bucket
 DS_PREFETCH = 50_000_000  # DeepSpeed's default stage3_prefetch_bucket_size (elements)
 ALLOCATOR_SLACK = 0.10  # caching-allocator fragmentation, as a share of the transient (activation) memory
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Everything besides the architecture that the estimate depends on."""
-
-    dtype: str = "bfloat16"
-    quantization: str = "none"  # none | 4bit | 8bit
-    method: str = "lora"  # lora | dora
-    r: int = 16
-    target_modules: str | tuple[str, ...] = "all-linear"
-    target_parameters: tuple[str, ...] = ()  # fused expert tensors (adapter.target_parameters)
-    dropout: float = 0.05
-    batch: int = 4  # rows per device per micro-step
-    seq_len: int = 2048
-    checkpointing: bool = False
-    strategy: str = "ddp"  # ddp | zero2 | zero3 | fsdp
-    offload: str = "none"  # none | optimizer | all: state moved to CPU memory (training.offload)
-    world_size: int = 1
-    attn: str = "sdpa"  # sdpa | eager | flash_attention_2
-    device: str = "cuda"  # cuda | cpu
-
-    @classmethod
-    def from_spec(cls, spec: JobSpec) -> Setup:
-        a, t, res = spec.adapter, spec.training, spec.resources
-        targets = a.target_modules if isinstance(a.target_modules, str) else tuple(a.target_modules)
-        return cls(
-            dtype=spec.model.dtype, quantization=spec.model.quantization, method=a.method, r=a.r,
-            target_modules=targets, target_parameters=tuple(a.target_parameters or ()), dropout=a.dropout, batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
-            checkpointing=t.gradient_checkpointing, strategy=t.strategy, offload=t.offload, world_size=res.world_size,
-            attn=spec.model.attn_implementation, device="cpu" if res.gpu == "none" else "cuda",
-        )
-
-    def with_(self, **changes: object) -> Setup:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
-    @property
-    def sharded(self) -> bool:
-        return self.strategy in ("zero3", "fsdp")
-
-    @property
-    def deepspeed(self) -> bool:
-        return self.strategy in ("zero2", "zero3")
-
-    @property
-    def params_offloaded(self) -> bool:
-        """ZeRO-3 / FSDP with `offload: all`: the frozen weights live in CPU memory between uses."""
-        return self.offload == "all" and self.sharded
-
-    @property
-    def mixed(self) -> bool:
-        """bf16/fp16 mixed precision on GPU (on CPU the trainer runs without it)."""
-        return self.device == "cuda" and self.dtype != "float32"
-
-    @property
-    def autocast(self) -> bool:
-        """torch autocast around fp32 adapters (PEFT upcasts adapters of 16-bit models); DeepSpeed instead
-        casts the whole model, adapters included, to its 16-bit dtype."""
-        return self.mixed and not self.deepspeed
 
 
 @dataclass
@@ -163,116 +104,6 @@ def _per_param_bytes(setup: Setup) -> tuple[float, float, float]:
         return weights / w, grads / w, optim / w
     return weights, grads, optim
 
-
-def _site_bytes(width: int, readers: list[Linear], setup: Setup, shared: bool) -> float:
-    """Saved bytes per token where `readers` (targeted linears) read one input of `width` features.
-
-    Each adapter's lora_A keeps its own input when dropout makes one (plus the dropout mask) or when
-    it casts the input to its own dtype: under autocast PEFT's fp32 adapters get a 16-bit copy each;
-    without autocast (CPU) a 16-bit model's input is cast to the fp32 adapter. Otherwise (fp32, or
-    DeepSpeed's all-16-bit model) the input is saved once, unless it is saved anyway (`shared`)."""
-    if not readers:
-        return 0.0
-    a = DTYPE_BYTES[setup.dtype]
-    a_in = 2 if setup.mixed else 4  # what lora_A's input is: 16-bit under autocast / DeepSpeed, else fp32
-    copies = setup.autocast or a_in != a
-    mask = 1 if setup.device == "cuda" else a_in  # a bool mask on CUDA, a float one on CPU
-    if setup.dropout > 0:
-        saved = len(readers) * width * (mask + a_in)
-    elif copies:
-        saved = len(readers) * width * a_in
-    else:
-        saved = 0 if shared else width * a
-    saved += len(readers) * setup.r * a_in  # lora_B's input
-    if setup.method == "dora":  # the base and adapter outputs, kept for the magnitude's gradient
-        saved += sum(2 * lin.out_features * a for lin in readers)
-    return saved
-
-
-def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
-    """Bytes autograd saves per token in one decoder layer (no checkpointing)."""
-    a = DTYPE_BYTES[setup.dtype]
-    h, q, kv, inter = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
-    targets = [lin for lin in arch.targets(setup.target_modules) if lin.part in ("attention", "mlp")]
-
-    def readers(*names: str) -> list[Linear]:
-        return [lin for lin in targets if lin.name in names]
-
-    saved = arch.norms_per_layer * (4 * h + 4)  # RMSNorm: an fp32 copy of its input and 1/rms
-    if arch.qk_norm:
-        saved += 4 * (q + kv) + 4 * (arch.num_heads + arch.num_kv_heads)
-    saved += _site_bytes(h, readers("q_proj", "k_proj", "v_proj", "qkv_proj"), setup, shared=False)
-    saved += _site_bytes(q, readers("o_proj"), setup, shared=True)  # the attention output is saved anyway
-    saved += _site_bytes(h, readers("gate_proj", "up_proj", "gate_up_proj"), setup, shared=False)
-    saved += _site_bytes(inter, readers("down_proj"), setup, shared=False)
-    if setup.quantization == "8bit":  # LLM.int8 saves each quantized linear's input (4-bit saves none)
-        saved += (2 * h + inter) * a
-    flash = setup.attn == "flash_attention_2"
-    kv_saved = kv if flash or kv == q else q  # with a (packing) mask sdpa/eager run on repeated k/v heads
-    saved += (2 * q + 2 * kv_saved) * a  # query, key, value and attention output
-    kind = attention_kind(arch, setup)
-    if kind == "eager":  # softmax output in fp32 (+ its 16-bit copy)
-        saved += arch.num_heads * setup.seq_len * (4 + (a if a != 4 else 0))
-    else:
-        saved += arch.num_heads * 4  # log-sum-exp
-    if kind == "sdpa":  # sdpa turns the boolean (packing) mask into an additive one per call and keeps it
-        saved += setup.seq_len * a
-    if arch.num_experts:  # per routed token and expert: gate/up outputs, gated activations, weighted output
-        saved += arch.experts_per_token * (6 * inter + h) * a + arch.num_experts * 4  # gpt-oss's clamped SwiGLU
-    else:
-        saved += 3 * inter * a  # the activation's input and output, and the up projection
-    return saved
-
-
-def attention_kind(arch: Architecture, setup: Setup) -> str:
-    """What runs: gpt-oss's attention sinks run eager in kubetune whatever is asked (trainer.model.arch)."""
-    if setup.attn != "eager" and not arch.sdpa:
-        return "eager"
-    return setup.attn
-
-
-def activations(arch: Architecture, setup: Setup) -> int:
-    """Saved activations of one micro-batch, alive together with the logits at the start of the backward pass.
-
-    Checkpointing keeps only each layer's input and recomputes one layer at a time later in the backward
-    pass, when the logits and their gradient are already freed: that layer adds only what exceeds them."""
-    tokens = setup.batch * setup.seq_len
-    a = DTYPE_BYTES[setup.dtype]
-    layer = layer_activation_bytes(arch, setup) * tokens
-    if setup.checkpointing:
-        body = arch.num_layers * arch.hidden_size * a * tokens + max(0, layer - logits(arch, setup))
-    else:
-        body = arch.num_layers * layer
-    final_norm = (4 * arch.hidden_size + 4) * tokens
-    masks = arch.mask_kinds * setup.batch * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
-    if attention_kind(arch, setup) == "flash_attention_2":
-        masks = 0  # packed rows reach flash-attention as position ids, no dense mask
-    return int(body + final_norm + masks + merged_experts(arch, setup))
-
-
-def merged_experts(arch: Architecture, setup: Setup) -> int:
-    """`target_parameters`: PEFT's ParamWrapper computes each adapted expert tensor as W + delta (full size) in
-    every forward, and the experts' matmuls keep it alive until the backward pass: one per targeted tensor per
-    layer, or for one layer at a time with checkpointing."""
-    per_layer = sum(f.experts * f.dim1 * f.dim2 for f in arch.parameter_targets(setup.target_parameters))
-    layers = 1 if setup.checkpointing else arch.num_layers
-    return per_layer * layers * DTYPE_BYTES[setup.dtype]
-
-
-def logits(arch: Architecture, setup: Setup) -> int:
-    """batch x seq x vocab: the logits (model dtype), their fp32 copy for the loss, its saved log-softmax and
-    the gradient of that at the start of the backward pass."""
-    tokens = setup.batch * setup.seq_len
-    a = DTYPE_BYTES[setup.dtype]
-    per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
-    return int(tokens * arch.vocab_size * per)
-
-
-def dora_scratch(arch: Architecture, setup: Setup) -> int:
-    """DoRA's weight norm, one module at a time: the adapter's full-size delta (PEFT computes it through an
-    in x in identity) and the merged weight, for the largest targeted linear."""
-    lin = max(arch.targets(setup.target_modules), key=lambda x: x.in_features * x.out_features)
-    return (lin.in_features + 2 * lin.out_features) * lin.in_features * DTYPE_BYTES[setup.dtype]
 
 
 def estimate(arch: Architecture, setup: Setup) -> Estimate:

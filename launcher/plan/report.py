@@ -9,7 +9,8 @@ from typing import Any
 from launcher.plan.arch import Architecture
 from launcher.plan.fit import GPUS, Gpu, Row, deciding_gpu, table
 from launcher.plan.ladder import Rung, auto_fit, climb
-from launcher.plan.memory import Estimate, GiB, Setup, estimate
+from launcher.plan.memory import Estimate, GiB, estimate
+from launcher.plan.setup import Setup
 from trainer.spec.job import JobSpec
 
 

@@ -18,6 +18,7 @@ from launcher.cli import main
 from tests.integration.fake_kube import FakeKube
 
 FAST_POLL = {"KUBETUNE_POLL_SECONDS": "0.05"}
+FAST_RETRY = {"KUBETUNE_K8S_BACKOFF": "0.01"}  # seconds before the first retry of a failed API call
 
 
 def cluster_spec(folder: Path, name: str = "bot", **sections: Any) -> Path:
@@ -39,11 +40,12 @@ class Kube:
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
         """`launch ARGS --kubeconfig <the fake's>` in-process (stdout and stderr kept apart)."""
-        return CliRunner().invoke(main, [*args, "--kubeconfig", str(self.config)], env=FAST_POLL | (env or {}))
+        return CliRunner().invoke(main, [*args, "--kubeconfig", str(self.config)],
+                                  env=FAST_POLL | FAST_RETRY | (env or {}))
 
     def process(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """`launch ARGS --kubeconfig <the fake's>` in its own process, as a user runs it."""
-        full = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | FAST_POLL | (env or {})
+        full = {k: v for k, v in os.environ.items() if k != "KUBETUNE_DEBUG"} | FAST_POLL | FAST_RETRY | (env or {})
         return subprocess.run([sys.executable, "-m", "launcher.cli", *args, "--kubeconfig", str(self.config)],
                               capture_output=True, text=True, env=full, timeout=120)
 

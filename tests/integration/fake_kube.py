@@ -8,7 +8,11 @@ the CRD is "installed"), `/api/v1/namespaces/{ns}/events` (label and field selec
 involvedObject.name=...`), the all-namespaces lists and `/version` — keeps objects in memory with
 uid, resourceVersion and creationTimestamp, and answers errors with real `Status` objects
 (401, 403, 404, 409, 422, 415). Every body it is sent is validated against the Kubernetes
-OpenAPI schema (fake_kube_schema.py), so a malformed object fails the test that sent it.
+OpenAPI schema (fake_kube_schema.py), so a malformed object fails the test that sent it. A field
+the schema does not have is dropped, as the API server does, unless the request asks for
+`fieldValidation=Strict`: then a create is refused 400 BadRequest (`strict decoding error: unknown
+field "spec.x"`) and a patch 422 Invalid, as the real one answers. `fail()` makes the next requests
+fail (an HTTP status such as 429 or 503, or a connection reset) for the client's retries.
 It plays the Job and JobSet controllers (fake_kube_workloads.py); tests drive the pods. It records
 the Events the cluster would: `FailedCreate` on a Job whose pods are refused (`refuse_pods`, e.g. a
 full ResourceQuota: then no pod exists), and from the scheduler and the kubelet for a pod put into
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import sys
 import threading
 import time
@@ -31,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.fake_kube_http import Handler, Reply, fields_match, matches, merge_patch
-from tests.integration.fake_kube_schema import api_causes, schema_causes
+from tests.integration.fake_kube_http import Fault, Handler, Reply, fields_match, matches, merge_patch
+from tests.integration.fake_kube_schema import api_causes, drop, field_path, schema_causes, unknown_fields
 from tests.integration.fake_kube_workloads import (
     EVENTS,
     JOBS,
@@ -64,6 +69,7 @@ class Request:
     path: str
     query: dict[str, str]
     body: Any
+    fault: str = ""  # how a fault answered it (`fail()`): the status, or reset / reset-after
 
 
 def _resource(gv: str, plural: str) -> str:
@@ -86,6 +92,7 @@ class FakeKube:
         self.refuse_pods: str | None = None  # the Job controller's pod creations are forbidden with this message
         self.trainer_starts_export = True  # a rank-0 pod put into Succeeded starts its export Job, as the trainer does
         self.follow_started = threading.Event()
+        self.faults: list[Fault] = []  # the next requests that fail, in order (`fail()`)
         self._versions = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
 
@@ -162,6 +169,27 @@ class FakeKube:
         return next((o for o in self.items(plural, ns) if o["metadata"]["name"] == name), None)
 
     # -- what tests do to the cluster ------------------------------------------------------------
+
+    def fail(self, method: str, plural: str, *answers: int | str, retry_after: int | None = None) -> None:
+        """The next `method` requests on `plural` (its collection or an object in it) fail, one per answer: an HTTP
+        status (a Status object, with `Retry-After: retry_after` when given), `reset` (the connection dropped
+        before the request is handled) or `reset-after` (handled, then dropped without an answer)."""
+        with self.lock:
+            self.faults += [Fault(method, plural, a, retry_after) for a in answers]
+
+    def fault(self, method: str, path: str, query: dict[str, str], body: Any) -> Fault | None:
+        """The fault that takes this request, if any (recorded in `requests` with it)."""
+        with self.lock:
+            try:
+                plural = self._route(path)[2]
+            except Reply:
+                return None
+            found = next((f for f in self.faults if (f.method, f.plural) == (method, plural)), None)
+            if found is not None:
+                self.faults.remove(found)
+            if found is not None and found.answer != "reset-after":  # handled: recorded by `handle`
+                self.requests.append(Request(method, path, query, body, str(found.answer)))
+            return found
 
     def deny(self, verb: str, resource: str) -> None:
         """RBAC: the user may not `verb` `resource` (e.g. "create", "jobs.batch")."""
@@ -276,10 +304,11 @@ class FakeKube:
                 return 200, found
             if method == "GET":
                 return 200, self._list(gv, plural, ns, query.get("labelSelector", ""), query.get("fieldSelector", ""))
+            strict = query.get("fieldValidation") == "Strict"
             if method == "POST" and not name:
-                return 201, self._create(gv, plural, ns, body)
+                return 201, self._create(gv, plural, ns, body, strict)
             if method == "PATCH" and name:
-                return 200, self._patch(gv, plural, ns, name, headers.get("Content-Type", ""), body)
+                return 200, self._patch(gv, plural, ns, name, headers.get("Content-Type", ""), body, strict)
             if method == "DELETE" and name:
                 policy = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
                 return 200, self._delete(gv, plural, ns, name, policy)
@@ -326,7 +355,7 @@ class FakeKube:
                 ns = pods[0]["metadata"]["namespace"]
                 self.set_pods(ns, job, steps.pop(0))
 
-    def _create(self, gv: str, plural: str, ns: str, body: Any) -> dict[str, Any]:
+    def _create(self, gv: str, plural: str, ns: str, body: Any, strict: bool = False) -> dict[str, Any]:
         kind = KINDS[(gv, plural)]
         if not isinstance(body, dict) or body.get("apiVersion") != gv or body.get("kind") != kind:
             raise Reply(400, "BadRequest", f"the body is not a {gv} {kind}: apiVersion/kind are "
@@ -338,7 +367,7 @@ class FakeKube:
         for field in ("uid", "resourceVersion", "creationTimestamp"):
             if field in meta:
                 raise Reply(400, "BadRequest", f"metadata.{field} must not be set on create")
-        self._validate(kind, gv, plural, body)
+        self._validate(kind, gv, plural, body, strict)
         if meta["name"] in self.bucket(gv, plural, ns):
             raise Reply(409, "AlreadyExists", f'{_resource(gv, plural)} "{meta["name"]}" already exists',
                         {"name": meta["name"], "group": gv.rpartition("/")[0], "kind": plural})
@@ -351,8 +380,25 @@ class FakeKube:
             sync_jobset(self, obj)
         return copy.deepcopy(obj)
 
-    def _validate(self, kind: str, gv: str, plural: str, body: dict[str, Any]) -> None:
-        causes = schema_causes(body) + api_causes(body)
+    def _validate(self, kind: str, gv: str, plural: str, body: dict[str, Any], strict: bool = False,
+                  patch: Any = None) -> None:
+        """Refuse `body` (a create's, or the object as `patch` leaves it) as the API server would; its unknown
+        fields are dropped from it, or under `strict` refused."""
+        view = body if patch is None else {k: v for k, v in body.items() if k != "status"}
+        unknown = unknown_fields(view)
+        if unknown and strict:
+            error = "strict decoding error: " + ", ".join(f'unknown field "{field_path(f)}"' for f in unknown)
+            if patch is None:  # decoding the body of a create
+                raise Reply(400, "BadRequest", f'{kind} in version "{gv.rpartition("/")[2]}" cannot be handled '
+                            f"as a {kind}: {error}")
+            value = f'Invalid value: "{json.dumps(patch, separators=(",", ":"))}": {error}'
+            raise Reply(422, "Invalid", f' "" is invalid: patch: {value}', {
+                "name": "", "group": "", "kind": "", "causes": [
+                    {"reason": "FieldValueInvalid", "field": "patch", "message": value}]})
+        for path in unknown:
+            drop(body, path)
+        view = body if patch is None else {k: v for k, v in body.items() if k != "status"}
+        causes = schema_causes(view) + api_causes(view)
         if causes:
             name = (body.get("metadata") or {}).get("name", "")
             group = gv.rpartition("/")[0]
@@ -360,7 +406,8 @@ class FakeKube:
             raise Reply(422, "Invalid", f'{kind}{"." + group if group else ""} "{name}" is invalid: [{summary}]',
                         {"name": name, "group": group, "kind": kind, "causes": causes})
 
-    def _patch(self, gv: str, plural: str, ns: str, name: str, content_type: str, body: Any) -> dict[str, Any]:
+    def _patch(self, gv: str, plural: str, ns: str, name: str, content_type: str, body: Any,
+               strict: bool = False) -> dict[str, Any]:
         kind = KINDS[(gv, plural)]
         obj = self._existing(gv, plural, ns, name)
         custom = (gv, plural) == JOBSETS
@@ -370,7 +417,7 @@ class FakeKube:
             raise Reply(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted "
                         f"media types include: application/merge-patch+json{'' if custom else ', application/strategic-merge-patch+json'}")
         patched = merge_patch(obj, body)
-        self._validate(kind, gv, plural, {k: v for k, v in patched.items() if k != "status"})
+        self._validate(kind, gv, plural, patched, strict, patch=body)
         patched["metadata"]["resourceVersion"] = str(next(self._versions))
         self.bucket(gv, plural, ns)[name] = patched
         if kind == "Job":

@@ -1,10 +1,14 @@
-"""The fake API server's HTTP side: Status replies, label selectors, merge patches, chunked log streams."""
+"""The fake API server's HTTP side: Status replies, label selectors, merge patches, chunked log streams, and
+the faults a test injects (an HTTP error status, a connection reset)."""
 
 from __future__ import annotations
 
 import copy
 import json
+import socket
+import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +21,25 @@ class Reply(Exception):
         self.code = code
         self.status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "message": message, "reason": reason, "details": details or {}, "code": code}
+
+
+@dataclass
+class Fault:
+    """One request to fail: `method` on `plural` is answered `answer`, an HTTP status (a Status object; with a
+    `Retry-After` header when `retry_after` is set), `reset` (the connection dropped before the request is
+    handled) or `reset-after` (handled, then the connection dropped without an answer)."""
+
+    method: str
+    plural: str
+    answer: int | str
+    retry_after: int | None = None
+
+    def reply(self) -> Reply:
+        assert isinstance(self.answer, int), self.answer
+        reasons = {429: "TooManyRequests", 500: "InternalError", 502: "BadGateway", 503: "ServiceUnavailable",
+                   504: "Timeout"}
+        return Reply(self.answer, reasons.get(self.answer, "InternalError"), f"injected fault: {self.answer}",
+                     {"retryAfterSeconds": self.retry_after} if self.retry_after is not None else None)
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
@@ -114,12 +137,21 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        headers: dict[str, str] = {}
         try:
             try:
                 body = json.loads(raw) if raw else None
             except ValueError:
                 raise Reply(400, "BadRequest", "the request body is not JSON") from None
+            fault = self.fake.fault(self.command, url.path, query, body)
+            if fault is not None and fault.answer == "reset":
+                return self._reset()
+            if fault is not None and fault.answer != "reset-after":
+                headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                raise fault.reply()
             code, answer = self.fake.handle(self.command, url.path, query, self.headers, body)
+            if fault is not None:  # reset-after: done, but the answer never reaches the client
+                return self._reset()
         except Reply as r:
             code, answer = r.code, r.status
         if isinstance(answer, Iterator):
@@ -136,7 +168,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "text/plain" if isinstance(answer, str) else "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _reset(self) -> None:
+        """Drop the connection without an answer, with a TCP reset (as a crashing server or proxy does)."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
 
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve

@@ -1,7 +1,8 @@
 """What the fake API server checks in a request body, as the real one would.
 
-- The Kubernetes OpenAPI schema of the kind (the strict JSON schemas `kubernetes-validate` ships:
-  unknown fields and wrong types are errors), every error reported, each with its field path;
+- The Kubernetes OpenAPI schema of the kind (the strict JSON schemas `kubernetes-validate` ships),
+  every error reported, each with its field path; unknown fields are found apart (`unknown_fields`):
+  the API server refuses them only under `fieldValidation=Strict`, and otherwise drops them;
 - what the API server validates beyond the schema: object names (DNS-1123 subdomain; DNS-1035
   label for Services; at most 63 characters for Jobs, whose name becomes a label value) and
   label keys and values, on the object and on pod templates.
@@ -28,6 +29,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 Cause = dict[str, str]
+Path = tuple[str | int, ...]
 
 
 @functools.cache
@@ -60,6 +62,43 @@ def _schema_causes(validator: jsonschema.Draft202012Validator, body: Any, prefix
     return causes
 
 
+def _unknown(validator: jsonschema.Draft202012Validator, body: Any, prefix: Path = ()) -> list[Path]:
+    found = []
+    for err in validator.iter_errors(body):
+        if err.validator != "additionalProperties" or not isinstance(err.instance, dict):
+            continue
+        known, patterns = err.schema.get("properties") or {}, err.schema.get("patternProperties") or {}
+        found += [(*prefix, *err.absolute_path, key) for key in err.instance
+                  if key not in known and not any(re.search(p, key) for p in patterns)]
+    return sorted(found, key=lambda path: list(map(str, path)))
+
+
+def unknown_fields(body: dict[str, Any]) -> list[Path]:
+    """The paths of the fields in `body` its kind's schema does not have (a JobSet: in its Job templates)."""
+    kind, api_version = body.get("kind", ""), body.get("apiVersion", "")
+    if kind == "JobSet":
+        found = []
+        for i, rjob in enumerate(((body.get("spec") or {}).get("replicatedJobs")) or []):
+            template = rjob.get("template") if isinstance(rjob, dict) else None
+            validator = _definition("io.k8s.api.batch.v1.JobTemplateSpec")
+            found += _unknown(validator, template, ("spec", "replicatedJobs", i, "template"))
+        return found
+    return _unknown(_kind_validator(kind, api_version), body)
+
+
+def field_path(path: Path) -> str:
+    """A field path as the API server writes it: `spec.template.spec.containers[0].colour`."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
+def drop(body: dict[str, Any], path: Path) -> None:
+    """Remove the field at `path`, as the API server drops an unknown field it does not refuse."""
+    node: Any = body
+    for part in path[:-1]:
+        node = node[part]
+    node.pop(path[-1], None)
+
+
 def schema_causes(body: dict[str, Any]) -> list[Cause]:
     """Where `body` breaks the OpenAPI schema of its kind (a built-in kind, or a JobSet)."""
     kind, api_version = body.get("kind", ""), body.get("apiVersion", "")
@@ -72,8 +111,12 @@ def schema_causes(body: dict[str, Any]) -> list[Cause]:
         if not (body.get("spec") or {}).get("replicatedJobs"):
             causes.append({"reason": "FieldValueRequired", "field": "spec.replicatedJobs", "message": "Required value"})
         return causes
+    return _schema_causes(_kind_validator(kind, api_version), body)
+
+
+def _kind_validator(kind: str, api_version: str) -> jsonschema.Draft202012Validator:
     group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
-    return _schema_causes(_validator(f"{kind.lower()}-{group_version}.json"), body)
+    return _validator(f"{kind.lower()}-{group_version}.json")
 
 
 def _labels(labels: Any, where: str) -> list[Cause]:

@@ -173,7 +173,11 @@ def test_the_fake_refuses_malformed_bodies_with_every_cause() -> None:
         code, status = post(fake, "/apis/batch/v1/namespaces/ml/jobs", job)
         assert code == 422 and status["kind"] == "Status" and status["reason"] == "Invalid"
         fields = {c["field"] for c in status["details"]["causes"]}
-        assert fields == {"spec.completions", "spec.template.spec.containers.0"}, status
+        assert fields == {"spec.completions"}, status  # the unknown `colour` is dropped, without fieldValidation
+        code, status = post(fake, "/apis/batch/v1/namespaces/ml/jobs?fieldValidation=Strict", job)
+        assert code == 400 and status["reason"] == "BadRequest", status
+        assert status["message"] == ('Job in version "v1" cannot be handled as a Job: strict decoding error: '
+                                     'unknown field "spec.template.spec.containers[0].colour"')
         code, status = post(fake, "/api/v1/namespaces/ml/configmaps", CONFIG_MAP, token="wrong")
         assert code == 401 and status["reason"] == "Unauthorized"
         code, status = post(fake, "/api/v1/namespaces/ml/configmaps", {**CONFIG_MAP, "kind": "Secret"})

@@ -227,6 +227,9 @@ def test_a_jobset_owns_the_rest_and_starts_after_them(tmp_path: Path) -> None:
         assert "nodes:      2 pod(s) of JobSet" in done.stdout and not jobset["spec"].get("suspend")
         patch = next(r for r in kube.fake.requests if r.method == "PATCH")
         assert patch.path.endswith(f"/jobsets/{name}") and patch.body == {"spec": {"suspend": False}}
+        assert patch.query.get("fieldValidation") == "Strict"  # a custom object's patch too
+        posted = next(r for r in kube.fake.requests if r.method == "POST" and r.path.endswith("/jobsets"))
+        assert posted.query.get("fieldValidation") == "Strict"
         cm = kube.fake.get("configmaps", "ml", name)
         assert cm is not None and owners(cm) == [("JobSet", name, jobset["metadata"]["uid"])]
         assert kube.fake.get("services", "ml", name) is None  # JobSet makes its own headless Service

@@ -76,6 +76,16 @@ def test_glob_of_jsonl_and_parquet_on_s3(s3: Any) -> None:
     assert stats.rows_used == 1 and stats.files == ["s3://datasets/inst/part-0.parquet"]
 
 
+def test_a_byte_order_mark_on_s3_is_no_bad_row(s3: Any) -> None:
+    body = b"\xef\xbb\xbf" + (json.dumps(ROW) + "\r\n").encode() * 3  # as Excel or Notepad saves it
+    s3.put_object(Bucket="datasets", Key="excel/train.jsonl", Body=body)
+    recs = list(read_records(expand("s3://datasets/excel/train.jsonl")))
+    assert [(r.line, r.row, r.error) for r in recs] == [(n, ROW, None) for n in (1, 2, 3)]
+    spec = JobSpec.model_validate({"name": "t", "base_model": "m", "data": {"train": "s3://datasets/excel/train.jsonl"}})
+    _, stats = build_dataset(spec, tokenizer_for("qwen2"))
+    assert (stats.rows_read, stats.rows_used, stats.bad_rows) == (3, 3, {})
+
+
 def test_missing_s3_data_names_the_uri(s3: Any) -> None:
     with pytest.raises(DataError, match=r"no files match 's3://datasets/nope-\*\.jsonl'"):
         expand("s3://datasets/nope-*.jsonl")

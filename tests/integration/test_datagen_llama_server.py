@@ -24,7 +24,7 @@ from tests.integration.servers import llama_server as serve_gguf
 from tests.integration.servers import moto_s3, s3_env
 from tests.models import tiny_model
 from trainer.data.formats import to_messages
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 pytestmark = pytest.mark.integration
 

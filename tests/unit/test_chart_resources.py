@@ -20,7 +20,7 @@ from launcher.cli import main
 from launcher.plan import catalog
 from launcher.plan.arch import from_hf_config
 from trainer.spec.io import spec_from_dict
-from trainer.spec.job import ResourcesSpec
+from trainer.spec.resources import ResourcesSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"

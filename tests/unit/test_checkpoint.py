@@ -96,6 +96,31 @@ def test_a_fetched_checkpoint_is_reused_by_the_other_ranks_of_a_node(tmp_path: P
     assert checkpoint.fetch(output, manifest.latest, tmp_path / "node" / "step-000010") == first
 
 
+def test_all_checkpoint_io_goes_through_storage_and_its_retries(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every read, write, listing and delete of checkpoints gets trainer/storage.py's filesystem (for S3: botocore's
+    retries and timeouts), never a bare fsspec one."""
+    from trainer import storage
+
+    seen: list[str] = []
+    real = storage.filesystem
+
+    def recording(uri: str, extra: dict[str, Any] | None = None) -> Any:
+        seen.append(uri)
+        return real(uri, extra)
+
+    monkeypatch.setattr(storage, "filesystem", recording)
+    output = str(tmp_path / "out")
+    for step in (10, 20, 30):
+        manifest = save(tmp_path, output, step)
+    checkpoint.fetch(output, manifest.entries[-1], tmp_path / "fetched")
+    root = f"{output}/checkpoints"
+    assert f"{root}/step-000030/optimizer.pt" in seen  # the fetch of each file
+    assert root in seen and f"{root}/step-000010" in seen  # the listing and the delete of a pruned checkpoint
+    assert not (tmp_path / "out" / "checkpoints" / "step-000010").exists()
+    assert not hasattr(checkpoint, "url_to_fs") and not hasattr(checkpoint, "fsspec")
+
+
 def test_an_unreadable_manifest_says_what_to_do(tmp_path: Path) -> None:
     (tmp_path / "out" / "checkpoints").mkdir(parents=True)
     (tmp_path / "out" / "checkpoints" / "latest.json").write_text("{half a fi")

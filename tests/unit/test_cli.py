@@ -160,6 +160,40 @@ def test_local_paths_are_resolved_against_the_spec_folder(tmp_path: Path, monkey
         client.prepare(spec_file(tmp_path, raw, "missing.yaml"), local=True)
 
 
+def test_set_paths_are_read_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path given with --set is read from where launch runs, as helm and kubectl read paths; one
+    written in the spec file from the file's folder. From another folder, both land where they were meant."""
+    specs, here = tmp_path / "specs", tmp_path / "here"
+    specs.mkdir()
+    (here / "mine").mkdir(parents=True)
+    (here / "mine" / "train.jsonl").write_text(ONE_ROW)
+    (here / "model").mkdir()
+    path = spec_file(specs, GOOD)
+    monkeypatch.chdir(here)
+
+    def rendered(*args: str) -> dict[str, Any]:
+        """The resolved spec the pods would read (the ConfigMap's spec.yaml)."""
+        done = CliRunner().invoke(main, [*args, str(path)])
+        assert done.exit_code == 0, done.output
+        cm = next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "ConfigMap")
+        return yaml.safe_load(cm["data"]["spec.yaml"])
+
+    spec = rendered("render", "--local")
+    assert spec["data"]["train"] == str(specs / "data" / "train.jsonl")  # the file's own: from its folder
+    assert spec["output"]["uri"] == str(specs / "runs" / "cli-test")
+    spec = rendered("render", "--local", "--set", "data.train=mine/train.jsonl", "--set", "output.uri=out",
+                    "--set", "base_model=model")
+    assert spec["data"]["train"] == str(here / "mine" / "train.jsonl")
+    assert spec["output"]["uri"] == str(here / "out") and spec["base_model"] == str(here / "model")
+    spec = rendered("submit", "--dry-run", "--local", "--set", "data={train: [mine/train.jsonl, s3://b/x.jsonl]}",
+                    "--set", "base_model=org/other")  # a section set whole; a URI and a hub id stay as they are
+    assert spec["data"]["train"] == [str(here / "mine" / "train.jsonl"), "s3://b/x.jsonl"]
+    assert spec["base_model"] == "org/other"
+    done = CliRunner().invoke(main, ["render", "--local", str(path), "--set", "data.train=data/train.jsonl"])
+    assert done.exit_code == 2  # data/ is the spec folder's, not this one's
+    assert f"data.train: nothing matches {str(here / 'data' / 'train.jsonl')!r}" in done.stderr
+
+
 def test_cluster_render_warns_about_local_paths(tmp_path: Path) -> None:
     """A dry run shows the manifests anyway; what a cluster would refuse comes as warnings."""
     done = launch("render", str(spec_file(tmp_path, GOOD)))

@@ -9,7 +9,7 @@ import pytest
 from tests.chat import A, S, U
 from trainer.data.errors import REASONS, BadRow
 from trainer.data.formats import to_messages
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 
 def data(**kw: Any) -> DataSpec:

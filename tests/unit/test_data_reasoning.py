@@ -21,7 +21,8 @@ from trainer.data import build_dataset
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import to_messages
 from trainer.data.render import ChatRenderer
-from trainer.spec.job import DataSpec, JobSpec
+from trainer.spec.data import DataSpec
+from trainer.spec.job import JobSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED001 = ROOT / "examples" / "data" / "seed001"

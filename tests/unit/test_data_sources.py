@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainer.data.errors import DataError
-from trainer.data.sources import expand, read_records
+from trainer.data.sources import expand, fetch, read_records, scan
+
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark: Excel and Notepad start the files they save with it
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -39,6 +41,21 @@ def test_non_utf8_line_is_a_bad_row(tmp_path: Path) -> None:
     recs = list(read_records(expand(str(f))))
     assert recs[1].error is not None and recs[1].error.reason == "invalid_json"
     assert "UTF-8" in recs[1].error.message
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path: Path) -> None:
+    rows = [{"x": 1}, {"x": "é"}, {"x": 3}]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode("utf-8")
+    (tmp_path / "excel.jsonl").write_bytes(BOM + text)
+    (tmp_path / "blank-first.jsonl.gz").write_bytes(gzip.compress(BOM + b"\r\n" + text))  # the mark alone: blank
+    (tmp_path / "joined.jsonl").write_bytes(BOM + text + BOM + text)  # two such files put together
+    for name, lines in [("excel.jsonl", [1, 2, 3]), ("blank-first.jsonl.gz", [2, 3, 4]),
+                        ("joined.jsonl", [1, 2, 3, 4, 5, 6])]:
+        files = expand(str(tmp_path / name))
+        recs = list(read_records(files))
+        assert [r.error for r in recs] == [None] * len(lines), name  # no bad row counted
+        assert [r.row for r in recs] == rows * (len(lines) // 3) and [r.line for r in recs] == lines
+        assert fetch(files, [r.at for r in scan(files)]) == recs  # read back by cursor: the same rows
 
 
 def test_glob_expands_sorted_and_reads_in_order(tmp_path: Path) -> None:
@@ -112,6 +129,7 @@ def test_sources_and_formats_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, trainer.data.sources, trainer.data.formats, trainer.data; print('torch' in sys.modules)"
+    code = ("import sys, trainer.data.sources, trainer.data.formats, trainer.data.stripes, trainer.data; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

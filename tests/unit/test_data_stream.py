@@ -125,6 +125,14 @@ def test_one_pass_trains_every_usable_row_once_and_accounts_for_the_rest(tmp_pat
     assert stats.packed_rows < N and 0.5 < stats.packing_efficiency <= 1.0
 
 
+def test_a_byte_order_mark_is_no_bad_row(tmp_path: Path, tok: Any) -> None:
+    (tmp_path / "excel.jsonl").write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines(range(40))) + "\n").encode())
+    s = stream(spec_for(str(tmp_path / "excel.jsonl")), tok)
+    assert sorted(i for item in s for i in ids(tok, item)) == list(range(40))
+    stats = s.finish()
+    assert (stats.rows_read, stats.rows_used, stats.bad_rows) == (40, 40, {})
+
+
 def test_same_seed_same_rows_other_seed_other_order(tmp_path: Path, tok: Any) -> None:
     train = write_data(tmp_path)
     a = [ids(tok, x) for x in stream(spec_for(train), tok)]

@@ -1,6 +1,7 @@
 """A pass's shuffled sequence of rows (trainer/data/stripes.py): files cut into stripes that cover
-every row once, a seeded interleaving that continues exactly from any saved position, line
-numbers of rows read from the middle of a file, and a plan whose size does not grow with the data."""
+every row once, a seeded interleaving (trainer/data/seeded.py) that continues exactly from any
+saved position, line numbers of rows read from the middle of a file (trainer/data/jsonl.py), and a
+plan whose size does not grow with the data."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from trainer.data.errors import DataError
-from trainer.data.sources import Lines, SourceFile, expand, fetch, scan
-from trainer.data.stripes import ACTIVE, STRIPE_BYTES, Interleave, Plan, Position, permuted
+from trainer.data.jsonl import Lines
+from trainer.data.records import SourceFile
+from trainer.data.seeded import permuted
+from trainer.data.sources import expand, fetch, scan
+from trainer.data.stripes import ACTIVE, STRIPE_BYTES, Interleave, Plan, Position
 
 
 def write_files(folder: Path) -> list[SourceFile]:
@@ -101,6 +105,15 @@ def test_each_pass_and_seed_has_its_own_order(tmp_path: Path) -> None:
     assert orders[0] == content(Interleave(plan, 1, 0, Position()))
     assert orders[0] != orders[1] and orders[0] != orders[2]
     assert all(sorted(o) == list(range(470)) for o in orders)
+
+
+def test_a_byte_order_mark_is_no_bad_row_in_a_stripe(tmp_path: Path) -> None:
+    f = tmp_path / "excel.jsonl"  # large enough to be cut into stripes: the mark is in the first one only
+    f.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps({"i": i, "pad": "x" * 50}) + "\n" for i in range(200)).encode())
+    files = expand(str(f))
+    got = list(Interleave(plan_of(files), 42, 0, Position()))
+    assert sorted(content(got)) == list(range(200))  # a bad row would be a BadRow here
+    assert [r.row for r in fetch(files, [r.at for r in got])] == [r.record.row for r in got]
 
 
 def test_large_data_is_cut_into_bounded_stripes(tmp_path: Path) -> None:

@@ -118,6 +118,20 @@ def test_precheck_reads_local_rows_without_a_tokenizer(tmp_path: Path) -> None:
     assert datacheck.precheck(remote, tmp_path) == []  # remote data is the trainer's to read
 
 
+def test_a_byte_order_mark_is_no_bad_row(tmp_path: Path, tokenizer_dir: Path) -> None:
+    """A JSONL file saved by Excel or Notepad starts with UTF-8's byte-order mark: validate and the
+    precheck read its first row like the others (the trainer's own reader, trainer/data/jsonl.py)."""
+    from trainer.spec.io import load_spec
+
+    spec = write_spec(tmp_path, tokenizer_dir, None)
+    (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in chat_rows(4)).encode())
+    code, out = validate(str(spec), "-o", "json")
+    assert code == 0, out
+    report = json.loads(out)["splits"][0]
+    assert (report["rows_read"], report["rows_used"], report["bad_rows"]) == (4, 4, {})
+    assert datacheck.precheck(load_spec(spec), tmp_path) == []
+
+
 def test_percentiles_are_nearest_rank() -> None:
     assert datacheck.distribution(list(range(1, 101))) == {"min": 1, "p50": 50, "p90": 90, "p99": 99, "max": 100}
     assert datacheck.distribution([7]) == {"min": 7, "p50": 7, "p90": 7, "p99": 7, "max": 7}

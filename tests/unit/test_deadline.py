@@ -16,7 +16,7 @@ from launcher.cli import main
 from launcher.plan import catalog
 from launcher.plan.arch import from_hf_config
 from launcher.plan.fit import A10G, H100_80
-from trainer.spec.job import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS, ResourcesSpec
+from trainer.spec.resources import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS, ResourcesSpec
 
 pytestmark = pytest.mark.usefixtures("helm_binary")
 MODEL = "Qwen/Qwen2.5-7B-Instruct"  # catalogued: its size is known without a download

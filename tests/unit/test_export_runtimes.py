@@ -8,7 +8,7 @@ from tests.models import chat_rows
 from tests.resources import tokenizer_for
 from trainer.data.render import end_of_turn
 from trainer.export import runtimes
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 FAMILIES = {"llama3": "<|eot_id|>", "qwen2": "<|im_end|>", "phi3": "<|end|>", "gemma": "<turn|>"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.export.quants import QUANTS
 from trainer.spec.io import SpecError, spec_from_dict
+from trainer.spec.quants import QUANTS
 
 BASE = {"name": "job", "base_model": "org/model", "data": {"train": "train.jsonl"}}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainer.export.errors import ExportError
-from trainer.export.run import wait_for_success
+from trainer.export.wait import wait_for_success
 
 
 def write(folder: Path, name: str, **marker: str) -> None:
@@ -45,11 +45,11 @@ def test_training_failure_stops_the_wait(tmp_path: Path) -> None:
 def test_no_deadline_by_default_and_a_line_every_few_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """export.wait_minutes 0 (the default): a training Job that queues for days is still exported."""
-    from trainer.export import run
+    from trainer.export import wait
     from trainer.spec.export import ExportSpec
 
     assert ExportSpec().wait_minutes == 0
-    monkeypatch.setattr(run, "WAIT_LOG_SECONDS", 0.1)
+    monkeypatch.setattr(wait, "WAIT_LOG_SECONDS", 0.1)
 
     def succeed_later() -> None:
         time.sleep(0.6)

@@ -19,7 +19,8 @@ from launcher import client, helm
 from launcher.plan import fit
 from launcher.values import chart_values
 from trainer.spec.io import SpecError, spec_from_dict
-from trainer.spec.job import JobSpec, ResourcesSpec
+from trainer.spec.job import JobSpec
+from trainer.spec.resources import ResourcesSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"

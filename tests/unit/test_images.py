@@ -314,7 +314,7 @@ def test_deepspeed_is_built_with_cpu_adam_at_the_constraints_pin() -> None:
     assert df.global_args["DS_ACCELERATOR"] == "cuda"
     assert constraint("deepspeed") and "deepspeed" in {
         requirement_name(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-            "optional-dependencies"]["trainer"]}
+            "optional-dependencies"]["train"]}
     runs = build_runs(df, build)
     installs = dockerfile.pip_installs(df, build)
     (ds,) = [a for a in installs if "deepspeed" in a]
@@ -329,7 +329,7 @@ def test_deepspeed_is_built_with_cpu_adam_at_the_constraints_pin() -> None:
     assert setuptools and installs.index(setuptools[0]) < installs.index(ds), "setuptools first: the venv has none"
     # order: torch, then DeepSpeed (built against it), then the stack, which keeps that DeepSpeed
     torch_at = next(i for i, a in enumerate(installs) if any(w.startswith("torch==") for w in a))
-    stack_at = next(i for i, a in enumerate(installs) if ".[trainer]" in a)
+    stack_at = next(i for i, a in enumerate(installs) if ".[train]" in a)
     assert torch_at < installs.index(ds) < stack_at, installs
     stack = installs[stack_at]
     assert stack[stack.index("-c") + 1] == "constraints.txt" and "--upgrade" not in stack and "-U" not in stack
@@ -340,7 +340,7 @@ def test_the_build_fails_unless_cpu_adam_is_prebuilt_for_the_accelerator() -> No
     df = dockerfile.parse(TRAINER)
     build, _ = venv(df)
     runs = build_runs(df, build)
-    stack_at = next(i for i, r in enumerate(runs) if ".[trainer]" in r)
+    stack_at = next(i for i, r in enumerate(runs) if ".[train]" in r)
     (check,) = [r for r in runs if "installed_ops" in r]
     assert runs.index(check) > stack_at, "the check imports deepspeed: after its dependencies are installed"
     assert "installed_ops.get('cpu_adam')" in check and "accelerator_name == 'cuda'" in check, check
@@ -471,3 +471,30 @@ def hadolint() -> str:
 def test_hadolint_finds_nothing(hadolint: str, path: Path) -> None:
     done = subprocess.run([hadolint, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_each_image_installs_the_extra_of_what_it_runs() -> None:
+    """The trainer image installs `.[train]`, the export image `.[export]`, which carries no DeepSpeed (nor
+    anything only training or the benchmarks need)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        found: set[str] = set()
+        for req in extras[extra]:
+            name = re.split(r"[<>=\[ ;]", req, maxsplit=1)[0]
+            if name == "kubetune":  # kubetune[data]: another extra
+                for inner in re.search(r"\[(.*)\]", req).group(1).split(","):
+                    found |= names(inner.strip())
+            else:
+                found.add(name)
+        return found
+
+    assert {"deepspeed", "accelerate", "psutil", "trl", "datasets"}.isdisjoint(names("export"))
+    assert {"deepspeed", "accelerate", "torch", "peft"} <= names("train")
+    assert {"torch", "transformers", "peft", "mlflow"}.isdisjoint(set(project["dependencies"]) | names("launch"))
+    for path, extra in ((TRAINER, "train"), (EXPORT, "export")):
+        installs = [line for line in path.read_text().splitlines() if "-c constraints.txt \".[" in line]
+        assert installs and all(f'".[{extra}]"' in line for line in installs), (path, installs)

@@ -244,7 +244,7 @@ def test_qlora_gradients_match_a_dequantized_reference_even_after_eval(bits: str
 
 
 def test_bitsandbytes_cpu_repacking_trap_still_exists() -> None:
-    """Documents why model._keep_4bit_weights_trainable exists: with bitsandbytes' own CPU
+    """Documents why bnb_adapter.keep_4bit_weights_trainable exists: with bitsandbytes' own CPU
     setting, one eval forward breaks the LoRA gradients. When this fails, bitsandbytes has fixed
     it and the workaround can go."""
     import bitsandbytes as bnb

@@ -16,7 +16,8 @@ import pytest
 from launcher.errors import UserError
 from launcher.plan import catalog
 from launcher.plan.arch import from_hf_config
-from launcher.plan.memory import Setup, adapter_params
+from launcher.plan.memory import adapter_params
+from launcher.plan.setup import Setup
 
 TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 300}

@@ -14,11 +14,11 @@ from launcher.plan.memory import (
     DS_REDUCE_BUCKET,
     NCCL_BUFFERS,
     NF4_BYTES,
-    Setup,
     adapter_params,
     base_weights,
     estimate,
 )
+from launcher.plan.setup import Setup
 from trainer.spec import strategy
 from trainer.spec.io import spec_from_dict
 

@@ -23,15 +23,9 @@ from tests.chat import ONE_ROW
 from trainer.preflight import PreflightError
 from trainer.preflight.__main__ import main
 from trainer.preflight.collective import backends
-from trainer.preflight.rendezvous import (
-    Rendezvous,
-    check_own_address,
-    gather,
-    listen,
-    port_reusable,
-    reach,
-    resolve,
-)
+from trainer.preflight.join import reach
+from trainer.preflight.rank0 import check_own_address, gather, listen, port_reusable
+from trainer.preflight.rendezvous import Rendezvous, resolve
 
 LOOPBACK = [(socket.AF_INET, ("127.0.0.1", 0))]
 

@@ -27,8 +27,9 @@ from tests.chat import ONE_ROW, A, S, U
 from tests.resources import chat_template, tokenizer_for
 from trainer.data import template_date
 from trainer.data.render import ChatRenderer
+from trainer.spec.data import DataSpec
 from trainer.spec.io import flatten, spec_from_dict
-from trainer.spec.job import DataSpec, JobSpec
+from trainer.spec.job import JobSpec
 
 DAY = date(2025, 3, 7)
 CONV = [S("Be brief."), U("2+2?"), A("4"), U("Thanks"), A("Bye.")]

@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,28 @@ def test_invalid_spec_is_reported_without_a_traceback(tmp_path: Path, capsys: py
     spec_path = write_spec(tmp_path)
     assert train.main(["--spec", str(spec_path), "--set", "training.learning_rat=1"]) == 2
     assert "did you mean `learning_rate`" in capsys.readouterr().err
+
+
+def test_the_trainer_starts_and_reads_its_spec_without_importing_mlflow(tmp_path: Path) -> None:
+    """mlflow is imported only where tracking uses it (rank 0's Tracker): importing the training entry point,
+    loading a spec, a run's object and the other ranks' Tracker, or rejecting a bad spec, never import it."""
+    spec_path = write_spec(tmp_path)
+    code = "\n".join([
+        "import sys",
+        "from pathlib import Path",
+        "import trainer.train.loop as loop",
+        f"spec = loop.load_spec({str(spec_path)!r})",
+        f"job = loop.FineTune(spec, Path({str(tmp_path)!r}))",
+        f"loop.Tracker(spec, Path({str(tmp_path / 'mlflow')!r}), active=False)  # every rank but 0",
+        f"assert loop.main(['--spec', {str(spec_path)!r}, '--set', 'training.learning_rat=1']) == 2",
+        "found = sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')",
+        "assert not found, f'mlflow imported: {found}'",
+    ])
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "mlflow").exists()
 
 
 def test_long_param_values_are_cut_and_named() -> None:

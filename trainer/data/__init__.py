@@ -8,6 +8,16 @@ a time, split across ranks, with a data position for checkpoints); `build_datase
 eval split and checks data. TrainStream is not imported here: it needs torch, and `sources` and
 `formats` stay light enough for the launcher (torch is imported only when `Collator` builds
 tensors).
+
+Modules, in pipeline order: `sources` (which files a field names; reading rows and reading them
+back by cursor), with `records` (the types reading passes around), `jsonl` and `parquet` (one
+reader per format); `formats` (row -> conversation), `reasoning`, `render` (conversation ->
+token ids + labels) with `turns` (where each assistant turn sits in the rendered text) and
+`template_date`; `encode` (a chunk of records -> samples), `packing`, `collator`; `badrows`,
+`stats`, `errors`; `builder` (`build_dataset`). Training's stream: `stream` (`TrainStream`),
+`window` (reading and packing one window of rows), `stripes` (a pass's shuffled order of rows)
+with `seeded` (its keyed hashes and permutation), `shards` (which rows a rank reads),
+`position` (a stream's saved position) and `accounting` (its row counts over ranks).
 """
 
 from trainer.data.builder import build_dataset, conversations

@@ -7,7 +7,8 @@ first `bad_examples`, `rows_pending` (read and packed, not handed out yet), the 
 tokens, truncated samples and assistant turns whose reasoning the chat template dropped
 (`reasoning_dropped_turns`) handed out, and the `passes` finished. At every point between two
 packed rows: rows_read == rows_used + sum(bad_rows) + rows_pending. When training ends, the rows
-still pending are the ones it did not reach (`DataStats.rows_unreached`).
+still pending are the ones it did not reach (`DataStats.rows_unreached`). `gather` collects a
+value of every rank (torch.distributed, imported only then).
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ def check(counts: dict[str, Any]) -> None:
     bad = sum(counts["bad_rows"].values())
     if counts["rows_read"] != counts["rows_used"] + bad + counts["rows_pending"]:
         raise AssertionError(f"row accounting broken: {counts}")
+
+
+def gather(value: dict[str, Any], world_size: int) -> list[dict[str, Any]]:
+    """`value` of every rank, in rank order (collective when torch.distributed runs more than one rank)."""
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, value)
+        return out
+    return [value]
 
 
 def data_stats(per_rank: Sequence[dict[str, Any]], *, files: list[str], max_seq_len: int, packing: bool) -> DataStats:

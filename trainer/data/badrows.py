@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from trainer.data.errors import BadRow, DataError
-from trainer.spec.job import BadRowsSpec
+from trainer.spec.data import BadRowsSpec
 
 MAX_EXAMPLES = 10
 

@@ -11,8 +11,9 @@ from trainer.data.badrows import BadRowLog
 from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message
+from trainer.data.records import Record, SourceFile
 from trainer.data.render import ChatRenderer, Sample
-from trainer.data.sources import Record, SourceFile, expand, read_records
+from trainer.data.sources import expand, read_records
 from trainer.data.stats import DataStats
 from trainer.spec.job import JobSpec
 
@@ -35,24 +36,9 @@ def _conversations(records: Iterator[Record], spec: JobSpec) -> Iterator[Located
         yield rec.location, conversation(rec, spec.data)
 
 
-def build_dataset(
-    spec: JobSpec,
-    tokenizer: Any,
-    split: Split = "train",
-    *,
-    base_dir: str | os.PathLike[str] | None = None,
-    storage_options: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, list[int]]], DataStats]:
-    """Rows ready for `Collator`: `{"input_ids", "labels", "position_ids"}` each. Raises DataError.
-
-    `base_dir`: folder that relative local paths in the spec are taken against (the spec's
-    folder); unset, the working directory. `storage_options`: extra fsspec filesystem options.
-    """
-    data = spec.data
-    files = _files(spec, split, base_dir, storage_options)
-    renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
-                            reasoning=data.reasoning)
-    log = BadRowLog(data.bad_rows, split)
+def _samples(files: list[SourceFile], spec: JobSpec, renderer: ChatRenderer, log: BadRowLog,
+             split: str) -> tuple[list[Sample], int]:
+    """The samples of every usable row of `files`, in file order, and how many rows were read; bad rows go to `log`."""
     samples: list[Sample] = []
     rows_read = 0
     pending: list[Located] = []
@@ -71,19 +57,14 @@ def build_dataset(
         if len(pending) >= CHUNK:
             flush()
     flush()
+    return samples, rows_read
 
-    names = ", ".join(f.uri for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
-    if rows_read == 0:
-        raise DataError(f"data.{split}: no rows at all in {names}; the files are empty")
-    log.check(rows_read)
-    if not samples:
-        raise DataError(
-            f"data.{split}: none of the {rows_read} rows in {names} is usable (data.format is "
-            f"`{data.format}`).\n{log.summary()}"
-        )
-    items = pk.pack(samples, data.max_seq_len) if data.packing else pk.unpacked(samples)
+
+def _stats(spec: JobSpec, split: str, files: list[SourceFile], samples: list[Sample], items: list[dict[str, list[int]]],
+           rows_read: int, log: BadRowLog) -> DataStats:
+    data = spec.data
     tokens = sum(len(s.input_ids) for s in samples)
-    stats = DataStats(
+    return DataStats(
         rows_read=rows_read,
         rows_used=len(samples),
         bad_rows=dict(log.counts),
@@ -100,6 +81,39 @@ def build_dataset(
         truncated=sum(s.truncated for s in samples),
         reasoning_dropped_turns=sum(s.reasoning_dropped for s in samples),
     )
+
+
+def build_dataset(
+    spec: JobSpec,
+    tokenizer: Any,
+    split: Split = "train",
+    *,
+    base_dir: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, list[int]]], DataStats]:
+    """Rows ready for `Collator`: `{"input_ids", "labels", "position_ids"}` each. Raises DataError.
+
+    `base_dir`: folder that relative local paths in the spec are taken against (the spec's
+    folder); unset, the working directory. `storage_options`: extra fsspec filesystem options.
+    """
+    data = spec.data
+    files = _files(spec, split, base_dir, storage_options)
+    renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on, too_long=data.too_long,
+                            reasoning=data.reasoning)
+    log = BadRowLog(data.bad_rows, split)
+    samples, rows_read = _samples(files, spec, renderer, log, split)
+
+    names = ", ".join(f.uri for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    if rows_read == 0:
+        raise DataError(f"data.{split}: no rows at all in {names}; the files are empty")
+    log.check(rows_read)
+    if not samples:
+        raise DataError(
+            f"data.{split}: none of the {rows_read} rows in {names} is usable (data.format is "
+            f"`{data.format}`).\n{log.summary()}"
+        )
+    items = pk.pack(samples, data.max_seq_len) if data.packing else pk.unpacked(samples)
+    stats = _stats(spec, split, files, samples, items, rows_read, log)
     assert stats.rows_read == stats.rows_used + stats.bad_total
     return items, stats
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message, to_messages
+from trainer.data.records import Record
 from trainer.data.render import ChatRenderer, Sample
-from trainer.data.sources import Record
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 CHUNK = 256  # conversations tokenized per Rust call
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from trainer.data.errors import BadRow
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 Message = dict[str, str]
 REASONING_KEYS = ("thinking", "reasoning_content")

@@ -16,19 +16,29 @@ computes the same sequence, so any rank's position is a place in it. Counters fo
 sums old ranks j, j+M, ... minus their pending rows, plus the rows of the bins it takes, so the
 totals over ranks are unchanged. No row is lost or read twice; batches differ from the
 uninterrupted run's, as they must with another world size.
+
+Loading (`restore`): the saved states of all ranks (or one rank's own, with the world size
+unchanged) become this stream's work items, next fresh pass and counters, re-sharded when the
+world size changed. A state also holds the `fingerprint` of what it depends on (the file list,
+the files' sizes, the data settings and base model, the seed), as short digests; `check_states`
+refuses a state of other data, which would lose or repeat rows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.data import accounting
+from trainer.data.errors import DataError
+from trainer.data.records import Cursor, SourceFile
 from trainer.data.render import Sample
 from trainer.data.shards import Share, fresh, split
-from trainer.data.sources import Cursor
 from trainer.data.stripes import Interleave, Position
+from trainer.spec.job import JobSpec
 
 STATE_FORMAT = "kubetune.train-stream/2"  # /2: rows shuffled across stripes (stripes.py)
 
@@ -117,3 +127,46 @@ def reshard(states: Sequence[dict[str, Any]], index: int, count: int) -> tuple[l
     counts = accounting.merge(kept)
     counts["rows_read"] += sum(len(b.refs) for b in all_bins)
     return mine, max(nexts), counts
+
+
+def restore(states: list[dict[str, Any]], rank: int, world_size: int,
+            field: str) -> tuple[list[Work], int, dict[str, Any]]:
+    """Stream `rank` of `world_size`: its work items, next fresh pass and counters from saved states (checked)."""
+    saved = int(states[0]["world_size"])
+    if saved == world_size and len(states) == 1 and int(states[0]["rank"]) != rank:
+        raise DataError(f"{field}: rank {rank} was given rank {states[0]['rank']}'s data position; "
+                        "load every rank's state as {'ranks': [...]}")
+    if saved == world_size:
+        own = states[rank] if len(states) > 1 else states[0]
+        return [Work.from_dict(w) for w in own["work"]], int(own["next_epoch"]), own["counts"]
+    if len(states) != saved:
+        raise DataError(f"{field}: the checkpoint was written by {saved} ranks; resuming on {world_size} "
+                        f"needs all {saved} data positions, got {len(states)}")
+    return reshard(states, rank, world_size)
+
+
+def fingerprint(spec: JobSpec, files: Sequence[SourceFile], sizes: Sequence[int]) -> dict[str, Any]:
+    """What a saved position depends on, as short digests (a state stays small with many files)."""
+
+    def digest(value: Any) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+    settings = spec.data.model_dump(mode="json", exclude={"eval", "bad_rows"})
+    settings |= {"base_model": spec.base_model, "chat_template": spec.model.chat_template}
+    return {"files": digest([f.uri for f in files]), "sizes": digest(list(sizes)),
+            "seed": spec.training.seed, "settings": digest(settings)}
+
+
+def check_states(states: list[dict[str, Any]], now: dict[str, Any], field: str) -> None:
+    """DataError unless `states` are data positions of this version, taken on data of fingerprint `now`."""
+    for s in states:
+        if s.get("format") != STATE_FORMAT:
+            raise DataError(f"{field}: not a data position of this kubetune version: {s.get('format')!r}")
+    before = states[0]["fingerprint"]
+    changes = [k for k in ("files", "sizes", "seed", "settings") if before[k] != now[k]]
+    if changes:
+        what = {"files": "the list of files", "sizes": "the files' contents (sizes)",
+                "seed": "training.seed", "settings": "the data settings or base model"}
+        raise DataError(f"{field}: {', '.join(what[c] for c in changes)} changed since the checkpoint was "
+                        "written, so resuming would lose or repeat rows. Restore them, or train afresh "
+                        "into a new output.uri.")

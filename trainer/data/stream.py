@@ -8,7 +8,8 @@ bytes it has left; seeded by `training.seed` and the pass, so every pass has its
 rows of this rank's share (row g of a pass's sequence belongs to rank g mod world size,
 `shards`) are formatted, rendered and tokenized `encode.CHUNK` at a time; the samples of about
 `WINDOW_ROWS` rows' worth of tokens are packed best-fit together and the window's packed rows
-leave in a seeded random order (`packing.pack_window`). Nothing else is kept, so memory does not
+leave in a seeded random order (`packing.pack_window`; a window is read in trainer/data/window.py).
+Nothing else is kept, so memory does not
 grow with the data. When a pass ends the next one begins, so the stream never ends:
 `training.max_steps` ends training (without it, `count_pass` measures a pass first and
 `steps_left` turns `training.epochs` into optimizer steps).
@@ -29,10 +30,12 @@ The data position contract (checkpoints rely on it):
   exactly the one the uninterrupted run would have yielded next. `state` is
   `{"ranks": [rank 0's state_dict(), ..., rank N-1's]}` (or one rank's own state_dict() when the
   world size is unchanged). From N ranks to M != N the rows not yet trained are re-sharded
-  (`position.reshard`): none is lost or repeated, the batches differ. The Trainer must not skip
-  batches itself on resume (`TrainingArguments(ignore_data_skip=True)`): the stream continues.
+  (`position.restore`, `position.reshard`): none is lost or repeated, the batches differ. The
+  Trainer must not skip batches itself on resume (`TrainingArguments(ignore_data_skip=True)`):
+  the stream continues.
 - The state holds digests of the file list, the files' sizes and the data settings, and the
-  seed; loading it with other data raises DataError (resuming would lose or repeat rows).
+  seed (`position.fingerprint`); loading it with other data raises DataError (resuming would lose
+  or repeat rows).
 - Positions cover iteration in the main process (`num_workers=0`, as training runs it: the HF
   Trainer's default). DataLoader workers split the rows among themselves as well, but their
   positions and counts stay in the worker processes: don't checkpoint such a loader.
@@ -44,12 +47,9 @@ simply take the next rows. `stats()` / `finish()` sum the accounting over ranks 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import os
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
@@ -57,34 +57,18 @@ from torch.utils.data import IterableDataset, get_worker_info
 from trainer.data import accounting
 from trainer.data import packing as pk
 from trainer.data.badrows import BadRowLog
-from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
-from trainer.data.errors import BadRow, DataError
-from trainer.data.position import STATE_FORMAT, Bin, Work, reshard
-from trainer.data.render import ChatRenderer, Sample
+from trainer.data.errors import DataError
+from trainer.data.position import STATE_FORMAT, Work, check_states, fingerprint, restore
+from trainer.data.render import ChatRenderer
 from trainer.data.shards import fresh, split
-from trainer.data.sources import Cursor, Lines, Record, expand, fetch
+from trainer.data.sources import expand
 from trainer.data.stats import DataStats
-from trainer.data.stripes import Interleave, Plan
+from trainer.data.stripes import Plan
+from trainer.data.window import Windows
 from trainer.spec.job import JobSpec
 
 WINDOW_ROWS = 64  # a packing window holds about this many rows' worth of tokens (x data.max_seq_len)
 FIELD = "data.train"
-
-
-class Where:
-    """A row's location for messages (`file:line`); the line of a row read from the middle of a
-    JSONL file is counted only when the text is needed (a bad row kept as an example, an error)."""
-
-    __slots__ = ("at", "lines", "record")
-
-    def __init__(self, record: Record, at: Cursor, lines: Lines):
-        self.record, self.at, self.lines = record, at, lines
-
-    def __str__(self) -> str:
-        try:
-            return f"{self.record.uri}:{self.lines.line(self.at.file, self.at.offset)}"
-        except (OSError, ValueError):  # the file cannot be read again: its byte offset still finds the row
-            return f"{self.record.uri}:byte {self.at.offset}"
 
 
 class TrainStream(IterableDataset):
@@ -108,14 +92,13 @@ class TrainStream(IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} of world size {self.world_size}")
         self.passes = passes  # None: endless
-        self.window_tokens = window_rows * data.max_seq_len
         self.files = expand(data.train, storage_options, base_dir, field=FIELD)
         sizes = [f.fs.size(f.path) for f in self.files]
-        self.plan = Plan(self.files, sizes)  # the stripes every pass shuffles (stripes.py)
-        self.lines = Lines(self.files)
-        self.renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
-                                     too_long=data.too_long, reasoning=data.reasoning)
-        self.fingerprint = self._fingerprint(spec, sizes)
+        plan = Plan(self.files, sizes)  # the stripes every pass shuffles (stripes.py)
+        renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
+                                too_long=data.too_long, reasoning=data.reasoning)
+        self.windows = Windows(self.files, plan, renderer, data, self.seed, window_rows * data.max_seq_len, FIELD)
+        self.fingerprint = fingerprint(spec, self.files, sizes)
         self._pass_rows: int | None = None  # packed rows of one pass over all ranks (count_pass)
         self._generation = 0
         self._worker: tuple[int, int] | None = None  # (worker id, workers) inside a DataLoader worker
@@ -126,17 +109,6 @@ class TrainStream(IterableDataset):
         self._next_epoch = 0
         self.counts = dict.fromkeys(accounting.FIELDS, 0)
         self.log = BadRowLog(self.data.bad_rows, "train")
-
-    def _fingerprint(self, spec: JobSpec, sizes: Sequence[int]) -> dict[str, Any]:
-        """What a saved position depends on, as short digests (a state stays small with many files)."""
-
-        def digest(value: Any) -> str:
-            return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-        settings = spec.data.model_dump(mode="json", exclude={"eval", "bad_rows"})
-        settings |= {"base_model": spec.base_model, "chat_template": spec.model.chat_template}
-        return {"files": digest([f.uri for f in self.files]), "sizes": digest(list(sizes)),
-                "seed": self.seed, "settings": digest(settings)}
 
     # -- length ---------------------------------------------------------------------------
     def count_pass(self) -> DataStats:
@@ -201,7 +173,7 @@ class TrainStream(IterableDataset):
                 self._work.append(self._fresh(self._next_epoch))
                 self._next_epoch += 1
             item = self._work[0]
-            self._materialize(item)
+            self.windows.materialize(item)
             while True:
                 while item.bins:
                     yield self._hand_out(item)
@@ -209,7 +181,7 @@ class TrainStream(IterableDataset):
                         return
                 if item.finished:
                     break
-                self._read_window(item)
+                self.windows.read(item, self.counts, self.log)
             self._end_pass(item)
 
     def _hand_out(self, item: Work) -> dict[str, list[int]]:
@@ -226,50 +198,6 @@ class TrainStream(IterableDataset):
         item.yielded += 1
         return row
 
-    def _encode(self, chunk: list[tuple[Cursor, Located]], window: list[tuple[Cursor, Sample]]) -> int:
-        located = [loc for _, loc in chunk]
-        tokens = 0
-        for (at, (where, _)), result in zip(chunk, encode_chunk(self.renderer, located, "train"), strict=True):
-            if isinstance(result, BadRow):
-                self.log.add(where, result)  # `policy: fail` raises here, naming the row
-            else:
-                window.append((at, result))
-                tokens += len(result.input_ids)
-        return tokens
-
-    def _read_window(self, item: Work) -> None:
-        """Read, tokenize and pack the next window of `item` into its bins (`finished` at the pass's end)."""
-        if item.reader is None:
-            item.reader = Interleave(self.plan, self.seed, item.epoch, item.position, item.share.__contains__,
-                                     field=FIELD)
-        reader = item.reader
-        window: list[tuple[Cursor, Sample]] = []
-        chunk: list[tuple[Cursor, Located]] = []
-        tokens = 0
-        while tokens < self.window_tokens:
-            row = next(reader, None)
-            if row is None:
-                item.finished, item.reader = True, None
-                break
-            if row.record is None:
-                continue
-            self.counts["rows_read"] += 1
-            chunk.append((row.at, (self._where(row.record, row.at), conversation(row.record, self.data))))
-            if len(chunk) >= CHUNK:
-                tokens += self._encode(chunk, window)
-                chunk = []
-        item.position = reader.position()  # right after the last row read (a state is taken between windows)
-        if chunk:
-            self._encode(chunk, window)
-        if window:
-            rng = random.Random(f"{self.seed}/{item.epoch}/{window[0][0].row}")
-            lengths = [len(s.input_ids) for _, s in window]
-            bins = pk.pack_window(lengths, self.data.max_seq_len, self.data.packing, rng)
-            item.bins = [Bin([window[i][0] for i in b], [window[i][1] for i in b]) for b in bins]
-
-    def _where(self, record: Record, at: Cursor) -> str | Where:
-        return Where(record, at, self.lines) if record.kind == "jsonl" and not record.line else record.location
-
     def _end_pass(self, item: Work) -> None:
         self._work.pop(0)
         self.counts["passes"] += 1
@@ -284,24 +212,6 @@ class TrainStream(IterableDataset):
                             f"(data.format is `{self.data.format}`).\n{self.log.summary()}")
         if self.passes is None:  # training: this rank's rows so far (count_pass checks all ranks at once)
             self.log.check(read)
-
-    def _materialize(self, item: Work) -> None:
-        """Read the rows of bins loaded from a state again; they must give the same samples."""
-        todo = [b for b in item.bins if b.samples is None]
-        if not todo:
-            return
-        cursors = [c for b in todo for c in b.refs]
-        records = fetch(self.files, cursors, field=FIELD)
-        located: list[Located] = [(self._where(r, c), conversation(r, self.data))
-                                  for r, c in zip(records, cursors, strict=True)]
-        results = iter(zip(located, encode_chunk(self.renderer, located, "train"), strict=True))
-        for b in todo:
-            b.samples = []
-            for (where, _), result in (next(results) for _ in b.refs):
-                if isinstance(result, BadRow):
-                    raise DataError(f"{FIELD}: {where} is not the row it was when the checkpoint was written "
-                                    f"({result.reason}): the data changed; resuming would not train the same rows")
-                b.samples.append(result)
 
     # -- position -------------------------------------------------------------------------
     def _rank_counts(self) -> dict[str, Any]:
@@ -318,19 +228,8 @@ class TrainStream(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         states = state.get("ranks", [state])
-        self._check(states)
-        saved = int(states[0]["world_size"])
-        if saved == self.world_size and len(states) == 1 and int(states[0]["rank"]) != self.rank:
-            raise DataError(f"{FIELD}: rank {self.rank} was given rank {states[0]['rank']}'s data position; "
-                            "load every rank's state as {'ranks': [...]}")
-        if saved == self.world_size:
-            own = states[self.rank] if len(states) > 1 else states[0]
-            work, next_epoch, counts = [Work.from_dict(w) for w in own["work"]], int(own["next_epoch"]), own["counts"]
-        else:
-            if len(states) != saved:
-                raise DataError(f"{FIELD}: the checkpoint was written by {saved} ranks; resuming on {self.world_size} "
-                                f"needs all {saved} data positions, got {len(states)}")
-            work, next_epoch, counts = reshard(states, self.rank, self.world_size)
+        check_states(states, self.fingerprint, FIELD)
+        work, next_epoch, counts = restore(states, self.rank, self.world_size, FIELD)
         self._start()
         self._work, self._next_epoch = work, next_epoch
         self.counts = {k: int(counts.get(k, 0)) for k in accounting.FIELDS}  # 0: saved before the field existed
@@ -338,28 +237,9 @@ class TrainStream(IterableDataset):
         self.log.examples = list(counts["bad_examples"])
         self._generation += 1  # an iterator made before this does not continue
 
-    def _check(self, states: list[dict[str, Any]]) -> None:
-        for s in states:
-            if s.get("format") != STATE_FORMAT:
-                raise DataError(f"{FIELD}: not a data position of this kubetune version: {s.get('format')!r}")
-        before, now = states[0]["fingerprint"], self.fingerprint
-        changes = [k for k in ("files", "sizes", "seed", "settings") if before[k] != now[k]]
-        if changes:
-            what = {"files": "the list of files", "sizes": "the files' contents (sizes)",
-                    "seed": "training.seed", "settings": "the data settings or base model"}
-            raise DataError(f"{FIELD}: {', '.join(what[c] for c in changes)} changed since the checkpoint was "
-                            "written, so resuming would lose or repeat rows. Restore them, or train afresh "
-                            "into a new output.uri.")
-
     # -- accounting -----------------------------------------------------------------------
     def _gather(self, value: dict[str, Any]) -> list[dict[str, Any]]:
-        import torch.distributed as dist
-
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            out: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(out, value)
-            return out
-        return [value]
+        return accounting.gather(value, self.world_size)
 
     def _stats(self, per_rank: list[dict[str, Any]]) -> DataStats:
         return accounting.data_stats(per_rank, files=[f.uri for f in self.files], max_seq_len=self.data.max_seq_len,

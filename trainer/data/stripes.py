@@ -31,7 +31,7 @@ reads several at once, picking the stripe of each next row at random:
   time and the next ones open together.
 - Memory: `ACTIVE` open readers, each with one read buffer of at most `READ_BYTES` (2 MiB, or
   the filesystem's smaller default block size, or the stripe's bytes left) or one Parquet batch
-  of `sources.PARQUET_BATCH_ROWS` rows (column chunks streamed through `PARQUET_BUFFER`);
+  of `parquet.PARQUET_BATCH_ROWS` rows (column chunks streamed through `PARQUET_BUFFER`);
   nothing grows with the data.
 - Ranks: every rank computes the same sequence and keeps its residue class of the row numbers
   (trainer/data/shards.py), so the rows of a pass are split without overlap as before. Every
@@ -49,67 +49,27 @@ leave the large ones to the end of the pass, which then trains on few stripes); 
 among all stripes of large data (every stripe open at once: memory and open files grow with
 the data).
 
-No torch here: plain arithmetic and sources.py's readers.
+No torch here: plain arithmetic (trainer/data/seeded.py) and the readers of jsonl.py and parquet.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from trainer.data.sources import (
-    Cursor,
-    Record,
-    SourceFile,
-    compressed,
-    jsonl_rows,
-    parquet_record,
-    parquet_rows,
-    parse_jsonl,
-    read_error,
-)
+from trainer.data.jsonl import jsonl_rows, parse_jsonl
+from trainer.data.parquet import parquet_record, parquet_rows
+from trainer.data.records import Cursor, Record, SourceFile, compressed
+from trainer.data.seeded import GAMMA, MASK, key, mix, permuted
+from trainer.data.sources import read_error
 
 ACTIVE = 16  # stripes open at once
 STRIPE_BYTES = 8 * 2**20  # the largest stripe of data larger than ACTIVE x STRIPE_BYTES
 READ_BYTES = 2 * 2**20  # an open stripe's read buffer (ranged GETs of this size from S3)
 MIN_READ = 64 * 2**10  # ... or of the stripe's bytes left, but not less than this
 PARQUET_BUFFER = 2**20  # an open Parquet stripe's column chunk buffer
-
-_MASK = 2**64 - 1
-_GAMMA = 0x9E3779B97F4A7C15
-
-
-def _mix(x: int) -> int:
-    """splitmix64's finaliser: a well-spread 64-bit hash of a 64-bit integer."""
-    x = (x + _GAMMA) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return x ^ (x >> 31)
-
-
-def key(*parts: object) -> int:
-    """A 64-bit key from a seed and names (the same on every machine and Python version)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big")
-
-
-def permuted(i: int, n: int, k: int) -> int:
-    """Element `i` of a permutation of range(n) drawn by key `k`: a four-round Feistel network on
-    the smallest even number of bits that holds n, walked until it lands inside range(n)."""
-    if not 0 <= i < n:
-        raise ValueError(f"{i} is not in range({n})")
-    half = max(1, ((n - 1).bit_length() + 1) // 2)
-    mask = (1 << half) - 1
-    x = i
-    while True:
-        left, right = x >> half, x & mask
-        for r in range(4):
-            left, right = right, left ^ (_mix(k ^ (r << 60) ^ right) & mask)
-        x = (left << half) | right
-        if x < n:
-            return x
 
 
 def _apportion(sizes: Sequence[int], count: int) -> list[int]:
@@ -171,7 +131,7 @@ class Plan:
 @dataclass
 class Position:
     """Where a pass's sequence stands; the same on every rank. `open`: each open stripe's next
-    row as (stripe, offset, line) — offset and line as in `sources.Cursor` — in the order the
+    row as (stripe, offset, line) — offset and line as in `records.Cursor` — in the order the
     stripes were opened. The fresh `Position()` is the start of the pass."""
 
     row: int = 0  # the number of the next row of the pass
@@ -229,7 +189,7 @@ class Interleave:
         then from its start to that point: each pass turns it elsewhere, so a row's place in a
         pass's sequence changes from pass to pass."""
         src, size = self.plan.files[stripe.file], self.plan.sizes[stripe.file]
-        turn = _mix(self.turn_key ^ number)
+        turn = mix(self.turn_key ^ number)
         if src.kind == "parquet":
             start = None if at is None else at[0]
             for index, left, take in parquet_rows(src, stripe.part, stripe.parts, start, turn=turn, size=size,
@@ -295,7 +255,7 @@ class Interleave:
         if not self.open:
             raise StopIteration
         weights = [s.next[2] for s in self.open if s.next]
-        target = (_mix((self.pick_key + self.row * _GAMMA) & _MASK) * sum(weights)) >> 64
+        target = (mix((self.pick_key + self.row * GAMMA) & MASK) * sum(weights)) >> 64
         i = 0
         while target >= weights[i]:
             target -= weights[i]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import get_args
 
 from trainer.eval import mermaid
-from trainer.spec.job import MetricName
+from trainer.spec.training import MetricName
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ METRICS: dict[str, Metric] = {
     "mermaid_valid": mermaid_valid,
     "cites_existing_source": cites_existing_source,
 }
-assert set(METRICS) == set(get_args(MetricName)), "trainer.spec.job.MetricName and METRICS must name the same metrics"
+assert set(METRICS) == set(get_args(MetricName)), "trainer.spec.training.MetricName and METRICS must name the same metrics"
 
 
 def score(name: str, prediction: str, reference: str | None, ctx: Context | None = None) -> Score:

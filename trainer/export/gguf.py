@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainer.export.errors import ExportError
-from trainer.export.quants import QUANTS
+from trainer.spec.quants import QUANTS
 
 if TYPE_CHECKING:
     from trainer.export.imatrix import Imatrix

@@ -28,6 +28,7 @@ from trainer.data import template_date
 from trainer.data.render import stop_tokens
 from trainer.export import vocab
 from trainer.export.errors import ExportError
+from trainer.model import hf_adapter
 from trainer.model import load as models
 from trainer.spec.job import JobSpec
 
@@ -61,15 +62,7 @@ def _forget_quantized_loading(model: torch.nn.Module) -> None:
     the model keeps (`_weight_conversions`) to write its weights back the same way; it has no reverse, so after
     `dequantize()` `save_pretrained` fails with NotImplementedError (measured on transformers 5.23). The weights
     are dense now: drop the conversions that cannot be reversed; renamings and other reversible ones stay."""
-    kept = []
-    for conversion in getattr(model, "_weight_conversions", None) or []:
-        try:
-            conversion.reverse_transform()
-        except NotImplementedError:
-            continue
-        kept.append(conversion)
-    if hasattr(model, "_weight_conversions"):
-        model._weight_conversions = kept
+    hf_adapter.drop_irreversible_conversions(model)
 
 
 def _merge_into(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:

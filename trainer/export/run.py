@@ -15,20 +15,19 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from trainer import say as out
 from trainer import storage
+from trainer.export import say
 from trainer.export.errors import ExportError
-from trainer.spec.io import SpecError, load_spec, spec_hash
+from trainer.export.publish import Publishing
+from trainer.export.wait import wait_for_success
+from trainer.spec.io import SpecError, load_spec
 from trainer.spec.job import JobSpec
-
-
-def say(message: str) -> None:
-    print(f"[kubetune] {message}", flush=True)
 
 
 def output_uri(spec: JobSpec, base_dir: Path) -> str:
@@ -36,49 +35,9 @@ def output_uri(spec: JobSpec, base_dir: Path) -> str:
     return uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(base_dir / uri)
 
 
-def _marker(uri: str) -> dict[str, Any] | None:
-    if not storage.exists(uri):
-        return None
-    try:
-        found = json.loads(storage.read_text(uri))
-    except (json.JSONDecodeError, FileNotFoundError):
-        return None  # being written, or removed meanwhile: look again at the next poll
-    return found if isinstance(found, dict) else None
+class Export(Publishing):
+    """One export, step by step (`run`); the registry and output steps are in trainer/export/publish.py."""
 
-
-WAIT_LOG_SECONDS = 300  # while waiting for training: one line this often
-
-
-def wait_for_success(output: str, minutes: float, poll_seconds: float = 10.0, job: str | None = None) -> dict[str, Any]:
-    """Training's `_SUCCESS` marker (JSON) once it exists; ExportError when training wrote `_FAILED` instead,
-    or after `minutes` (0: no deadline; export.wait_minutes). With `job` (the submission's name,
-    KUBETUNE_JOB_NAME), markers of other submissions to the same output (an earlier run's) are not taken for
-    this one's. Says every few minutes that it is still waiting."""
-    success, failed = storage.join(output, "_SUCCESS"), storage.join(output, "_FAILED")
-    started = time.monotonic()
-    deadline = started + minutes * 60 if minutes > 0 else None
-    next_line = started
-    while True:
-        for uri in (success, failed):
-            found = _marker(uri)
-            if found is None or (job and found.get("job_name") not in (None, job)):
-                continue
-            if uri == failed:
-                raise ExportError(f"training failed ({found.get('error') or 'see its logs'}): nothing to export; "
-                                  f"{failed} says so")
-            return found
-        now = time.monotonic()
-        if deadline is not None and now > deadline:
-            raise ExportError(f"no {success} after {minutes:g} min: training did not finish (see its logs), or "
-                              "raise export.wait_minutes (0: no deadline)")
-        if now >= next_line:
-            waited = f" ({(now - started) / 60:.0f} min so far)" if now > started else ""
-            say(f"waiting for {success}" + (f" of {job}" if job else "") + waited)
-            next_line = now + WAIT_LOG_SECONDS
-        time.sleep(poll_seconds)
-
-
-class Export:
     def __init__(self, spec: JobSpec, base_dir: Path):
         assert spec.export is not None
         self.spec, self.cfg, self.base_dir = spec, spec.export, base_dir
@@ -133,7 +92,7 @@ class Export:
     # -- convert and quantize ----------------------------------------------------------------
     def convert(self) -> None:
         from trainer.export import gguf
-        from trainer.export.quants import FLOAT_FOR_DTYPE, QUANTS
+        from trainer.spec.quants import FLOAT_FOR_DTYPE, QUANTS
 
         wanted = self.cfg.gguf
         floats = [q for q in wanted if QUANTS[q].step == "convert"]
@@ -224,7 +183,7 @@ class Export:
                                             gate.min_top1, gate.max_kl))
         report = verify.Report(files, len(golden))
         verify.write_report(report, self.out)
-        print(report.render(), flush=True)
+        out.text(report.render())
         self.report = report
         return report
 
@@ -277,89 +236,6 @@ class Export:
         means = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics("").items())
         say(f"{kind}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
 
-    # -- registry ----------------------------------------------------------------------------
-    def tracking_uri(self) -> str:
-        uri = self.spec.tracking.mlflow_uri or self.marker.get("tracking_uri")
-        if not uri or (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()):
-            raise ExportError("no MLflow server to register in: set tracking.mlflow_uri (training ran with a local "
-                              f"store {uri} this job cannot reach), or set export.register: null")
-        return uri
-
-    def register(self) -> list[Any]:
-        from trainer.export import register
-        from trainer.export.gguf import sha256
-        from trainer.export.quants import QUANTS
-
-        reg = self.cfg.register
-        if reg is None:
-            return []
-        registry = register.Registry(self.tracking_uri(), reg.name or self.spec.name)
-        registry.ensure_model(f"kubetune exports of job {self.spec.name} (base {self.spec.base_model})")
-        lineage = register.Lineage(self.marker["run_id"], self.marker.get("spec_hash") or spec_hash(self.spec),
-                                   self.data_fingerprint, self.spec.base_model, self.llama_cpp)
-        items = []
-        merged_tags = self.evals["merged"].tags() if "merged" in self.evals else {}  # the adapter on its base
-        if reg.register_adapter:
-            items.append(register.Item("adapter", self.adapter_dir, _dir_sha256(self.adapter_dir), merged_tags))
-        if reg.register_merged:
-            items.append(register.Item("merged", self.merged.path, _dir_sha256(self.merged.path), merged_tags))
-        by_quant = {f.quant: f for f in self.report.files}
-        for q, f in self.files.items():
-            r = by_quant[q]
-            items.append(register.Item(q, self.gguf_dirs[q], sha256(f.path), {
-                "kubetune.quant": q, "kubetune.file": f.path.name, "kubetune.verify.passed": str(r.passed).lower(),
-                "kubetune.verify.top1": f"{r.top1:.4f}", "kubetune.verify.kl": f"{r.kl:.6f}",
-                **({"kubetune.imatrix": self.imatrix_note} if QUANTS[q].step == "quantize" else {}),
-                **(self.evals[q].tags() if q in self.evals else {}),
-            }))
-        done = [registry.register(item, lineage) for item in items]
-        registry.log_metrics(self.marker["run_id"], {f"export.{kind}.{k}": v for kind, result in self.evals.items()
-                                                     for k, v in result.metrics("").items()})
-        for d in done:
-            say(f"registered {registry.name} version {d.version} ({d.kind})" + (" — already there" if d.reused else ""))
-        first = next(d for d in done if d.kind == self.cfg.gguf[0])
-        if reg.alias:
-            registry.set_alias(reg.alias, first.version)
-            say(f"alias {reg.alias!r} -> {registry.name} version {first.version} ({first.kind})")
-        self.registry_name = registry.name
-        return done
-
-    # -- outputs -----------------------------------------------------------------------------
-    def publish(self, passed: bool, registered: list[Any] = ()) -> None:
-        if self.cfg.register is not None and self.cfg.register.register_merged and passed:
-            shutil.copytree(self.merged.path, self.out / "merged")
-        target = storage.join(self.output, "export")
-        storage.remove_tree(target)  # a re-export replaces the last one: no stale GGUFs of other types stay
-        storage.publish_dir(self.out, target)
-        marker = {"passed": passed, "run_id": self.marker.get("run_id"), "llama_cpp": self.llama_cpp,
-                  "files": {q: f.path.name for q, f in self.files.items()},
-                  "registered": [{"kind": r.kind, "version": r.version, "source": r.source} for r in registered]}
-        if passed:
-            storage.write_text(storage.join(target, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
-
-    def print_usage(self, registered: list[Any]) -> None:
-        q = self.cfg.gguf[0]
-        name = self.files[q].path.name
-        folder = storage.join(self.output, "export", "gguf", q)
-        if storage.is_remote(folder):
-            say(f"download it:            aws s3 cp --recursive {folder}/ {q}/   (or any S3 client)")
-            folder = q
-        say(f"run it with llama.cpp:  llama-cli -m {folder}/{name} -cnv")
-        if self.cfg.ollama:
-            say(f"run it with Ollama:     ollama create {self.spec.name} -f {folder}/Modelfile && ollama run {self.spec.name}")
-        if registered and self.cfg.register and self.cfg.register.alias:
-            say(f"registry:               models:/{self.registry_name}@{self.cfg.register.alias}")
-
-
-def _dir_sha256(folder: Path) -> str:
-    from trainer.export.gguf import sha256
-
-    h = hashlib.sha256()
-    for p in sorted(x for x in folder.rglob("*") if x.is_file()):
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + sha256(p).encode())
-    return h.hexdigest()
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
     p.add_argument("--spec", required=True, help="path to the job spec YAML")
@@ -376,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
-        print(e.render(), file=sys.stderr)
+        out.text(e.render(), err=True)
         return 2
     if spec.export is None:
         say("the spec has no `export` section: nothing to do")
@@ -386,5 +262,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return Export(spec, Path(args.base_dir or Path(args.spec).resolve().parent)).run()
     except (ExportError, ModelError) as e:
-        print(f"[kubetune] error: {e}", file=sys.stderr)
+        out.error(f"{e}")
         return 2

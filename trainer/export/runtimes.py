@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.spec.job import DataSpec
+from trainer.spec.data import DataSpec
 
 Message = dict[str, str]
 MARK = "\x00{}\x00"

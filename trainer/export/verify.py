@@ -164,10 +164,19 @@ def _tokenization(llm: Any, tokenizer: Any, golden: Golden) -> Check:
                  f"{at}: HF {hf[at:at + 4]} vs llama.cpp {cpp[at:at + 4]}")
 
 
+def _vocab(llm: Any) -> Any:
+    """The GGUF's llama.cpp vocabulary, through llama-cpp-python's public API (`Llama.model`, the C functions)."""
+    import llama_cpp
+
+    return llama_cpp.llama_model_get_vocab(llm.model)
+
+
 def _gguf_token(llm: Any, token_id: int | None) -> str | None:
     if token_id is None or token_id < 0:
         return None
-    return llm._model.token_get_text(token_id)
+    import llama_cpp
+
+    return llama_cpp.llama_vocab_get_text(_vocab(llm), token_id).decode("utf-8")
 
 
 def _template(llm: Any, tokenizer: Any, golden: Golden) -> Check:
@@ -202,7 +211,7 @@ def _stopping(llm: Any, tokenizer: Any, eos: list[str]) -> Check:
 
     from trainer.data.render import end_of_turn
 
-    vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+    vocab = _vocab(llm)
     problems = []
     if end_of_turn(tokenizer) is None:
         problems.append("the chat template closes an assistant turn with no special token, so llama.cpp and Ollama "

@@ -24,8 +24,10 @@ from transformers import (
     PreTrainedModel,
 )
 
+from trainer import say as out
 from trainer import storage
 from trainer.model import arch as model_config
+from trainer.model import bnb_adapter, hf_adapter
 from trainer.model.arch import ModelError
 from trainer.spec.job import JobSpec
 
@@ -127,8 +129,7 @@ def read_chat_template(uri: str, base_dir: Path | None = None) -> str:
 
 def say(message: str) -> None:
     """One log line, from rank 0 only (as trainer.train's)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"[kubetune] {message}", flush=True)
+    out.say(message, main_only=True)
 
 
 def load_plan(ref: BaseModelRef, spec: JobSpec) -> model_config.LoadPlan:
@@ -193,9 +194,7 @@ def _drop_quantizer_state(model: PreTrainedModel) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    for module in model.modules():
-        if isinstance(module, PreTrainedModel) and getattr(module.config, "_is_quantized", False):
-            module.config._is_quantized = False
+    hf_adapter.clear_quantized_flags(model)
 
 
 def lora_config(spec: JobSpec) -> LoraConfig:
@@ -222,7 +221,7 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
-        _keep_4bit_weights_trainable(model)
+        bnb_adapter.keep_4bit_weights_trainable(model)
     elif checkpointing:  # every strategy, fsdp too: accelerate's FSDP checkpoint wrapper empties the adapter (strategy.py)
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if checkpointing:
@@ -245,7 +244,7 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
         if not ref.local:
             raise ModelError("adapter.init loftq reads the unquantized safetensors: use a local or s3:// base_model")
         replace_lora_weights_loftq(peft_model, model_path=ref.location)
-    peft_model.train()  # see _keep_4bit_weights_trainable: never run a quantized forward in eval mode first
+    peft_model.train()  # see bnb_adapter.keep_4bit_weights_trainable: no quantized forward in eval mode first
     return peft_model
 
 
@@ -260,20 +259,6 @@ def _check_target_parameters(model: torch.nn.Module, targets: list[str]) -> None
             f"adapter.target_parameters {unmatched} match no parameter of this model; its 3-D (fused expert) "
             f"parameters are {fused or 'none'} (name them as they end, e.g. `mlp.experts.down_proj`)"
         )
-
-
-def _keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
-    """bitsandbytes 0.50 on CPUs with AVX512-BF16: a forward in eval mode without grad repacks every
-    4-bit weight into an inference-only layout (`gemv_4bit`, no autograd), for good. Any later training
-    step then back-propagates nothing through the base layers — silently wrong LoRA gradients. That
-    happens on every before-training sample and every evaluation. The switch is a per-layer attribute
-    bitsandbytes sets from the CPU's features; we turn it off. tests/unit/test_model.py checks both the
-    trap and the fix."""
-    import bitsandbytes as bnb
-
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
 
 
 def trainable_summary(model: PeftModel) -> str:

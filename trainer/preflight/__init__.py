@@ -8,7 +8,7 @@ instead of hanging until the c10d/NCCL timeout (30 minutes by default).
    record appears only once the pod has an IP: jobset#504);
 2. rank 0 checks that the address is its own and listens on the port; the other ranks connect
    (a short timeout per attempt, retried until the deadline) and say hello with their rank, so
-   rank 0 knows which ranks never came (`rendezvous.py`, no torch);
+   rank 0 knows which ranks never came (`rendezvous.py`, `rank0.py`, `join.py`; no torch);
 3. all ranks join a torch.distributed process group on that address and port (gloo; nccl too
    when the pod sees a GPU), all-reduce a known tensor, check the sum, measure the all-reduce
    bandwidth, then destroy the group (`collective.py`);
@@ -25,7 +25,7 @@ the process exits with 1 (2 for bad arguments).
 
 from __future__ import annotations
 
-import sys
+from trainer import say as out
 
 
 class PreflightError(Exception):
@@ -33,8 +33,8 @@ class PreflightError(Exception):
 
 
 def say(message: str) -> None:
-    print(f"[kubetune] preflight: {message}", flush=True)
+    out.say(f"preflight: {message}")
 
 
 def report(error: PreflightError) -> None:
-    print(f"[kubetune] error: preflight: {error}", file=sys.stderr, flush=True)
+    out.error(f"preflight: {error}")

@@ -11,17 +11,9 @@ import sys
 import time
 
 from trainer.preflight import PreflightError, report, say
-from trainer.preflight.rendezvous import (
-    RANK0_GRACE,
-    REPORT_EVERY,
-    Rendezvous,
-    check_own_address,
-    gather,
-    listen,
-    port_reusable,
-    reach,
-    resolve,
-)
+from trainer.preflight.join import reach
+from trainer.preflight.rank0 import check_own_address, gather, listen, port_reusable
+from trainer.preflight.rendezvous import RANK0_GRACE, REPORT_EVERY, Rendezvous, resolve
 
 BACKENDS = ("auto", "gloo", "nccl")
 PORT_RELEASE_WAIT = 10.0

@@ -1,4 +1,4 @@
-"""The base of every spec section (trainer/spec/job.py, trainer/spec/export.py). Torch-free."""
+"""The base of every spec section (trainer/spec/job.py and its section modules). Torch-free."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|m|k|Ki|Mi|
 _SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 GiB = 2**30
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # a Kubernetes name (DNS-1123 label)
 
 
 def quantity(value: str | None, unit: str) -> str | None:

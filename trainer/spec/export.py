@@ -15,7 +15,7 @@ from trainer.spec.base import GiB, Section, cpu_quantity, gibibytes, quantity
 
 
 class GateSpec(Section):
-    """Verification thresholds of one GGUF type (defaults: trainer/export/quants.py)."""
+    """Verification thresholds of one GGUF type (defaults: trainer/spec/quants.py)."""
 
     min_top1: float = Field(..., ge=0.0, le=1.0, description="Top-1 next-token agreement with the merged model, at least.")
     max_kl: float = Field(..., ge=0.0, description="Mean KL divergence (nats) from the merged model's next-token "
@@ -39,7 +39,7 @@ class VerifySpec(Section):
     @field_validator("thresholds")
     @classmethod
     def _known_types(cls, v: dict[str, GateSpec]) -> dict[str, GateSpec]:
-        from trainer.export.quants import QUANTS, known
+        from trainer.spec.quants import QUANTS, known
 
         unknown = [k for k in v if k not in QUANTS]
         if unknown:
@@ -47,7 +47,7 @@ class VerifySpec(Section):
         return v
 
     def gate(self, quant: str) -> GateSpec:
-        from trainer.export.quants import QUANTS
+        from trainer.spec.quants import QUANTS
 
         q = QUANTS[quant]
         return self.thresholds.get(quant) or GateSpec(min_top1=q.min_top1, max_kl=q.max_kl)
@@ -162,7 +162,7 @@ class ExportSpec(Section):
     def requests(self, params: int | None, dtype: str) -> dict[str, str]:
         """Requests of the export pod: `resources`' own, else sized from the base model's parameter count (None:
         unknown) in `dtype` (model.dtype), as ExportResourcesSpec's field descriptions state."""
-        from trainer.export.quants import QUANTS
+        from trainer.spec.quants import QUANTS
 
         res, weights = self.resources, DTYPE_BYTES[dtype]
         memory, disk = f"{EXPORT_MEMORY_GIB}Gi", f"{EXPORT_EPHEMERAL_GIB}Gi"
@@ -178,7 +178,7 @@ class ExportSpec(Section):
     @field_validator("gguf")
     @classmethod
     def _known_gguf(cls, v: list[str]) -> list[str]:
-        from trainer.export.quants import QUANTS, known
+        from trainer.spec.quants import QUANTS, known
 
         unknown = [q for q in v if q not in QUANTS]
         if unknown:

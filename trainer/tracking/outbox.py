@@ -20,10 +20,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED"}
@@ -31,6 +31,8 @@ MAX_DELAY = 30.0
 
 
 def permanent(error: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
     return isinstance(error, MlflowException) and error.error_code in PERMANENT
 
 
@@ -81,6 +83,8 @@ class Outbox:
             self.run_id, self.logged = self.open_run()
         wanted = self._wanted(batch)
         if wanted:
+            from mlflow.exceptions import MlflowException
+
             try:
                 self.client.log_batch(self.run_id, metrics=wanted)
             except MlflowException as e:

@@ -6,6 +6,9 @@ the outputs at the end). Params are the resolved spec flattened; metrics come fr
 Trainer's logs plus the data statistics; artifacts are added by train.py when it saves.
 Metrics are sent by a background thread that keeps them while MLflow is unreachable
 (trainer/tracking/outbox.py); a resumed job reattaches to its run.
+
+mlflow is imported only where it is used: by the active (rank 0) `Tracker` and the functions it calls. Importing
+this module, or a `Tracker` on the other ranks, never imports it (tests/unit/test_train.py checks that).
 """
 
 from __future__ import annotations
@@ -15,18 +18,18 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 from transformers import Trainer, TrainerCallback
 
+from trainer import say as out
 from trainer.spec.io import dump_spec, flatten, spec_hash
 from trainer.spec.job import JobSpec
 from trainer.tracking.outbox import Outbox
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 BATCH = 100  # MLflow takes at most 100 params per request
 TRUNCATED = "...[truncated: full value in the spec.yaml artifact]"
@@ -39,6 +42,8 @@ def job_name(spec: JobSpec) -> str:
 
 def mlflow_params(spec: JobSpec) -> tuple[dict[str, str], list[str]]:
     """Flattened spec as MLflow params; values over MLflow's length limit are cut and named."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     params, cut = {}, []
     for key, value in flatten(spec).items():
         if len(value) > MAX_PARAM_VAL_LENGTH:
@@ -74,6 +79,8 @@ class Tracker:
         if self.uri.startswith(("http://", "https://")):
             # The outbox retries for as long as it takes; MLflow's own 7 retries (minutes) would only delay that.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        from mlflow import MlflowClient
+
         self.client = MlflowClient(self.uri)
         self.outbox = Outbox(self.client, self._open, say, self.uri)
         try:
@@ -89,6 +96,9 @@ class Tracker:
 
     def _open(self) -> tuple[str, dict[str, int]]:
         """Create the run (experiment, tags, params, spec.yaml), or reattach to it; -> (run id, last steps)."""
+        from mlflow.entities import Param, RunTag
+        from mlflow.exceptions import MlflowException
+
         spec, client = self.spec, self.client
         if self.run_id is None:
             exp = client.get_experiment_by_name(spec.experiment)
@@ -128,12 +138,16 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         if not self.active or not metrics:
             return
+        from mlflow.entities import Metric
+
         now = timestamp_ms or int(time.time() * 1000)
         self.outbox.put([Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(float(v))])
 
     def requeue(self, metrics: list[dict[str, Any]]) -> None:
         """Metrics a previous attempt of this job had not sent yet (from its checkpoint)."""
         if self.active and metrics:
+            from mlflow.entities import Metric
+
             self.outbox.put([Metric(m["key"], m["value"], m["timestamp"], m["step"]) for m in metrics])
 
     def unsent(self) -> list[dict[str, Any]]:
@@ -178,7 +192,7 @@ def metric_dict(m: Metric) -> dict[str, Any]:
 
 
 def say(message: str) -> None:
-    print(f"[kubetune] {message}", flush=True)
+    out.say(message)
 
 
 def numeric(logs: dict[str, Any]) -> dict[str, float]:
@@ -209,19 +223,20 @@ class ProgressPrinter(TrainerCallback):
         step = f"step {state.global_step}/{state.max_steps}"
         if "loss" in logs:
             tps = logs.get("tokens_per_second")
-            print(f"[train] {step} loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
-                  f"grad_norm {logs.get('grad_norm', float('nan')):.3f}" + (f" tokens/s {tps:,.0f}" if tps else ""),
-                  flush=True)
+            out.say(f"{step} loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
+                    f"grad_norm {logs.get('grad_norm', float('nan')):.3f}" + (f" tokens/s {tps:,.0f}" if tps else ""),
+                    tag="train")
         elif "eval_loss" in logs:
-            print(f"[eval] {step} loss {logs['eval_loss']:.4f} perplexity {numeric(logs)['eval_perplexity']:.2f}",
-                  flush=True)
+            out.say(f"{step} loss {logs['eval_loss']:.4f} perplexity {numeric(logs)['eval_perplexity']:.2f}",
+                    tag="eval")
 
 
 class MeteredTrainer(Trainer):
     """A Trainer that counts trained tokens (labels != -100) and logs their rate.
 
-    The count is taken where the Trainer fetches each optimizer step's micro-batches, so it is
-    exact (no dataloader prefetch), and summed over ranks at each log step (all ranks log).
+    The count is taken as each micro-batch trains (`training_step`), so it is exact (no dataloader
+    prefetch), and summed over ranks at each log step (all ranks log). The clock starts when the first
+    step's micro-batches have been fetched.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -230,14 +245,12 @@ class MeteredTrainer(Trainer):
         self._pending: torch.Tensor | None = None
         self._since: float | None = None
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self._since is None:
             self._since = time.perf_counter()
-        for batch in batches:
-            n = (batch["labels"] != -100).sum()
-            self._pending = n if self._pending is None else self._pending + n
-        return batches, num_items
+        n = (inputs["labels"] != -100).sum()
+        self._pending = n if self._pending is None else self._pending + n
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._pending is not None and self._since is not None:

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from fsspec.core import url_to_fs
 
 from trainer import storage
 
@@ -113,16 +110,7 @@ def read_manifest(output: str) -> Manifest | None:
 
 def write_manifest(output: str, manifest: Manifest) -> None:
     """Replace the manifest in one write: what a reader sees is the old one or the new one, never half."""
-    uri = storage.join(folder(output), MANIFEST)
-    text = json.dumps(asdict(manifest), indent=2) + "\n"
-    if storage.is_remote(uri):
-        storage.write_text(uri, text)  # one PUT: S3 shows the whole object or the previous one
-        return
-    path = Path(uri.removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    storage.replace_text(storage.join(folder(output), MANIFEST), json.dumps(asdict(manifest), indent=2) + "\n")
 
 
 # -- restarts ------------------------------------------------------------------------------
@@ -173,15 +161,11 @@ def commit(output: str, entry: Entry, job_name: str, run_id: str | None, spec: d
 
 def prune(output: str, manifest: Manifest) -> list[str]:
     """Delete every checkpoint folder the manifest does not name (older ones, half-uploaded ones)."""
-    fs, root = url_to_fs(folder(output))
-    if not fs.exists(root):
-        return []
     keep = {e.name for e in manifest.entries}
     removed = []
-    for info in fs.ls(root, detail=True):
-        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-        if info["type"] == "directory" and name.startswith("step-") and name not in keep:
-            fs.rm(info["name"], recursive=True)
+    for name in storage.folders(folder(output)):
+        if name.startswith("step-") and name not in keep:
+            storage.remove_tree(storage.join(folder(output), name))
             removed.append(name)
     return removed
 
@@ -203,13 +187,11 @@ def fetch(output: str, entry: Entry, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    fs, root = url_to_fs(storage.join(folder(output), entry.name))
     for rel, want in sorted(entry.files.items()):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        src = f"{root.rstrip('/')}/{rel}"
         try:
-            fs.get_file(src, str(target))
+            storage.get_file(storage.join(folder(output), entry.name, rel), target)
         except FileNotFoundError:
             raise CheckpointError(f"{storage.join(folder(output), entry.name, rel)} is missing") from None
         size, digest = target.stat().st_size, sha256_of(target)

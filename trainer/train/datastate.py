@@ -8,9 +8,9 @@ rows, so the Trainer's dataloader must never shard it again, nor skip batches on
 
 A checkpoint must hold the position after the rows that were *trained*, not after the rows a
 loader has fetched ahead. So `Tagged` attaches the stream's `state_dict()` to the last row of each
-micro-batch, `TaggedCollator` moves it onto the batch, and the Trainer takes it off when it fetches
-the step's micro-batches (`ResumableTrainer.get_batch_samples`): the checkpoint of step k holds
-the position right after step k's rows, whatever a loader prefetched.
+micro-batch, `TaggedCollator` moves it onto the batch, and the Trainer takes it off as each micro-batch
+trains (`ResumableTrainer.training_step`): the checkpoint of step k holds the position right after
+step k's rows, whatever a loader prefetched.
 """
 
 from __future__ import annotations

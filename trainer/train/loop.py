@@ -16,34 +16,38 @@ optimizer, scheduler, RNG, data position and MLflow run (trainer/train/resume.py
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, set_seed
 
+from trainer import say as out
 from trainer import storage
 from trainer.data import Collator, DataError, build_dataset, template_date
 from trainer.data.stream import TrainStream
 from trainer.model import load as models
 from trainer.model.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
-from trainer.spec.io import SpecError, dump_spec, flatten, load_spec, spec_hash
+from trainer.spec.io import SpecError, flatten, load_spec
 from trainer.spec.job import JobSpec
 from trainer.tracking import samples as sampling
-from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name, stats_json
-from trainer.train import checkpoint, preemption, resume, start_export
+from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name
+from trainer.train import checkpoint, preemption, resume
+from trainer.train.arguments import training_arguments
+from trainer.train.finish import Finish
+from trainer.train.restarts import Restarts
 
 USER_ERRORS = (DataError, models.ModelError, resume.ResumeError, checkpoint.CheckpointError)
 
 
-class FineTune:
+class FineTune(Restarts, Finish):
+    """One training run; its start-up steps are `Restarts`' (trainer/train/restarts.py), its last ones `Finish`'s
+    (trainer/train/finish.py)."""
+
     def __init__(self, spec: JobSpec, base_dir: Path, signals: preemption.Signals | None = None):
         self.spec = spec
         self.base_dir = base_dir
@@ -56,7 +60,7 @@ class FineTune:
 
     def say(self, message: str) -> None:
         if self.rank == 0:
-            print(f"[kubetune] {message}", flush=True)
+            out.say(message)
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -72,7 +76,7 @@ class FineTune:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.say(f"job {self.name}: base model {spec.base_model}, output {self.output}, world size {world}")
         # Built before the model: under ZeRO-3 from_pretrained must already see the DeepSpeed config.
-        self.args = self._training_arguments(cpu)
+        self.args = training_arguments(spec, self.work, self.name, cpu)
         self.main = self.args.process_index == 0
         if self.main:  # a rerun must not look finished (or failed) early
             for marker in ("_SUCCESS", "_FAILED"):
@@ -86,66 +90,6 @@ class FineTune:
                                run_id=run_id, resumed_step=self.resume.step if self.resume else None)
         note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
         self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
-
-    def _count_start(self) -> None:
-        """Rank 0 records this start (trainer/train/checkpoint.py); past `resources.max_restarts` restarts every rank stops
-        with exit 2, which fails the Job: preemptions are replaced without counting, so this is their bound."""
-        starts = max(resume.gather(checkpoint.count_start(self.output, self.name) if self.main else 0))
-        restarts, budget = starts - 1, self.spec.resources.max_restarts
-        if restarts > budget:
-            raise resume.ResumeError(
-                f"job {self.name} has restarted {restarts} times (preemptions, evictions, node drains, retried "
-                f"failures: {storage.join(checkpoint.folder(self.output), checkpoint.RESTARTS)}), more than "
-                f"resources.max_restarts = {budget}; exiting {preemption.EXIT_USER_ERROR}, which fails the Job. The "
-                f"logs say why it kept stopping (launch logs {self.name}); to go on, resume it with a larger budget: "
-                f"launch submit SPEC --resume {self.name} --set resources.max_restarts=N"
-            )
-        if restarts:
-            self.say(f"restart {restarts} of at most {budget} (resources.max_restarts)")
-
-    def _find_checkpoint(self) -> None:
-        """Resume when the output's checkpoints are this job's; fetch the latest good one to every node."""
-        manifest = checkpoint.read_manifest(self.output)
-        world = self.args.world_size
-        chosen = resume.plan(manifest, self.name, flatten(self.spec), world, self.spec.training.strategy)
-        if chosen is None:
-            if manifest is not None and manifest.latest is not None:
-                self.say(f"{checkpoint.folder(self.output)} holds checkpoints of job {manifest.job_name} (step "
-                         f"{manifest.latest.step}), not of this job {self.name}: training starts at step 0 and replaces "
-                         f"them at its first checkpoint (launch submit --local --resume {manifest.job_name} resumes it)")
-            return
-        with self.args.main_process_first(local=True, desc="fetch the checkpoint"):
-            entry, local = checkpoint.fetch_latest(self.output, chosen, self.work / "resume", say=self.say)
-        if len(set(resume.gather(entry.step))) != 1:
-            raise checkpoint.CheckpointError(f"the nodes fetched different checkpoints from {self.output}; start again")
-        state = json.loads((local / checkpoint.STATE).read_text(encoding="utf-8"))
-        self.resume = resume.Resume(chosen, entry, local, state)
-        self.say(f"resuming job {self.name} from {entry.name} ({entry.world_size} rank(s) then, {world} now), "
-                 f"MLflow run {state.get('run_id')}")
-
-    def _training_arguments(self, cpu: bool) -> TrainingArguments:
-        t, has_eval = self.spec.training, self.spec.data.eval is not None
-        gpu_dtype = None if cpu else self.spec.model.dtype
-        deepspeed = t.strategy in ("zero2", "zero3")
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        return TrainingArguments(
-            output_dir=str(self.work / "checkpoints"),
-            max_steps=t.max_steps or -1, num_train_epochs=t.epochs,
-            learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
-            weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-            per_device_train_batch_size=t.per_device_batch_size, per_device_eval_batch_size=t.per_device_batch_size,
-            gradient_accumulation_steps=t.grad_accum, seed=t.seed, data_seed=t.seed,
-            logging_steps=t.logging_steps, logging_first_step=True,
-            save_strategy="steps" if t.save_steps else "no", save_steps=t.save_steps or 500,  # + on SIGTERM
-            save_only_model=False, ignore_data_skip=True,  # the data position is the stream's (trainer/train/datastate.py)
-            eval_strategy="steps" if has_eval and t.eval_steps else "no", eval_steps=t.eval_steps,
-            bf16=gpu_dtype == "bfloat16", fp16=gpu_dtype == "float16",
-            use_cpu=cpu and not deepspeed,  # DeepSpeed on CPU runs through DS_ACCELERATOR=cpu (strategy.py)
-            ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
-            ddp_find_unused_parameters=False, average_tokens_across_devices=True,
-            remove_unused_columns=False, dataloader_num_workers=0,
-            report_to="none", disable_tqdm=True, run_name=self.name,
-        )
 
     # -- data ----------------------------------------------------------------------------
     def load_data(self) -> None:
@@ -214,9 +158,9 @@ class FineTune:
         return {"run_id": self.tracker.run_id, "samples_before": [s.answers.get("before") for s in self.samples],
                 "unsent_metrics": self.tracker.unsent(), "resumes": resumes}
 
-    def train(self) -> None:
-        spec, tracker = self.spec, self.tracker
-        assert tracker is not None
+    def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
+        """The Trainer over this rank's stream, with the callbacks that track, print, stop and check packing."""
+        spec = self.spec
         checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
                                            self._checkpoint_extra, self.say)
         self.stop = resume.StopOnSignal(self.signals)
@@ -225,27 +169,37 @@ class FineTune:
         if spec.data.packing:  # before step 1, on the model as the strategy wrapped it (trainer/model/isolation.py)
             packing_check = PackingCheck(Collator.for_spec(spec, self.tokenizer), len(self.tokenizer), self.say)
             callbacks.insert(0, packing_check)
-        self.trainer = resume.ResumableTrainer(
+        trainer = resume.ResumableTrainer(
             model=self.model, args=self.args, train_dataset=self._stream(), eval_dataset=self.eval_items,
             data_collator=Collator.for_spec(spec, self.tokenizer), checkpointer=checkpointer, callbacks=callbacks,
         )
         if packing_check is not None:
-            packing_check.trainer = self.trainer
-        self.trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
-        data_metrics = self.train_stats.as_metrics("data/")
-        if self.eval_stats is not None:
-            data_metrics |= self.eval_stats.as_metrics("data/eval/")
-        tracker.log_metrics(data_metrics, step=0)  # a reattached run has them: the tracker skips them
-        tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
+            packing_check.trainer = trainer
+        trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
+        return trainer
+
+    def _samples_before(self) -> None:
+        """Sample answers before training: a resumed job keeps its first attempt's."""
         before = self.resume.state.get("samples_before") if self.resume else None
         if before is not None and len(before) == len(self.samples):
             for sample, answer in zip(self.samples, before, strict=True):
                 if answer is not None:
                     sample.answers["before"] = answer  # as the first attempt answered, not again
-        elif spec.training.strategy == "zero3":
+        elif self.spec.training.strategy == "zero3":
             self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
         else:
             self._sample("before")
+
+    def train(self) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        self.trainer = self._make_trainer(tracker)
+        data_metrics = self.train_stats.as_metrics("data/")
+        if self.eval_stats is not None:
+            data_metrics |= self.eval_stats.as_metrics("data/eval/")
+        tracker.log_metrics(data_metrics, step=0)  # a reattached run has them: the tracker skips them
+        tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
+        self._samples_before()
         if self.resume is not None:
             self.trainer.tokens_trained = int(self.resume.state.get("tokens_trained", 0))
             self.trainer.rows_before = int(self.resume.state.get("rows_trained", 0))
@@ -276,76 +230,6 @@ class FineTune:
         elif self.main and self.samples:
             sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens)
 
-    # -- save ----------------------------------------------------------------------------
-    def save(self) -> dict:
-        out, main, tracker = self.staging, self.main, self.tracker
-        assert tracker is not None
-        if main:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-        rows_trained = self.trainer.rows_so_far()  # a collective: every rank
-        self.trainer.accelerator.wait_for_everyone()
-        if self.pissa_init is not None:  # only ddp / zero2 (check_hardware): the whole adapter is on rank 0
-            if main:
-                models.save_converted_adapter(self.trainer.model, out / "adapter", self.pissa_init)
-        else:
-            self.trainer.save_model(str(out / "adapter"))  # every rank: gathers ZeRO-3 shards; rank 0 writes
-        if not main:
-            return {}
-        (out / "adapter" / "training_args.bin").unlink(missing_ok=True)
-        self.tokenizer.save_pretrained(out / "tokenizer")
-        (out / "spec.yaml").write_text(dump_spec(self.spec), encoding="utf-8")
-        (out / "data_stats.json").write_text(stats_json(self.train_stats, self.eval_stats), encoding="utf-8")
-        (out / "samples.json").write_text(json.dumps(sampling.table(self.samples), indent=2), encoding="utf-8")
-        files = storage.publish_dir(out, self.output)
-        tracker.log_artifacts(out / "adapter", "adapter")
-        tracker.log_artifact(out / "data_stats.json")
-        if self.samples:
-            tracker.log_table(sampling.table(self.samples), "samples.json")
-        losses = [h["loss"] for h in self.trainer.state.log_history if "loss" in h]
-        marker = {
-            "job_name": self.name, "run_id": tracker.run_id, "tracking_uri": tracker.uri,
-            "spec_hash": spec_hash(self.spec), "base_model": self.spec.base_model,
-            "steps": self.trainer.state.global_step, "final_loss": losses[-1] if losses else None,
-            "train_loss": self.result.training_loss, "tokens_trained": self.trainer.tokens_trained,
-            "rows_trained": rows_trained, "resumes": self._checkpoint_extra()["resumes"],
-            "files": files, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        tracker.log_metrics({"data/rows_trained": rows_trained}, step=self.trainer.state.global_step)
-        if unsent := tracker.end("FINISHED"):
-            target = storage.join(self.output, "mlflow-unsent.jsonl")
-            storage.write_text(target, "".join(json.dumps(m) + "\n" for m in unsent))
-            self.say(f"{len(unsent)} metric(s) MLflow did not take are in {target}")
-        if storage.is_remote(self.output) and not self.spec.tracking.mlflow_uri:
-            storage.publish_dir(self.work / "mlflow", storage.join(self.output, "mlflow"))
-        storage.write_text(storage.join(self.output, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
-        self.say(f"wrote {len(files)} files and _SUCCESS to {self.output}")
-        start_export.start()  # the chart's suspended export Job, when there is one (never fails training)
-        self.say(f"MLflow run {tracker.run_id} — tracking URI {tracker.uri}")
-        return marker
-
-    # -- cleanup -------------------------------------------------------------------------
-    def cleanup(self, ok: bool, error: str | None = None) -> None:
-        """`ok`: finished or stopped for a restart (preempted); otherwise failed: `_FAILED` for the export job."""
-        if self.tracker is not None and not ok:
-            self.tracker.end("FAILED", timeout=min(30, self.spec.tracking.flush_timeout))
-        elif self.tracker is not None and self.preempted:  # unsent metrics are in the checkpoint
-            self.tracker.end("KILLED", timeout=min(10, self.spec.tracking.flush_timeout))
-        if not ok and getattr(self, "output", None):
-            self.mark_failed(error)
-        if ok and int(os.environ.get("LOCAL_RANK", "0")) == 0 and getattr(self, "work", None):
-            shutil.rmtree(self.work, ignore_errors=True)
-
-    def mark_failed(self, error: str | None) -> None:
-        """`_FAILED` beside where `_SUCCESS` would be: the export job waiting for this run stops at once."""
-        marker = {"job_name": self.name, "rank": self.rank, "error": error or "see the training logs",
-                  "failed_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        try:
-            storage.write_text(storage.join(self.output, "_FAILED"), json.dumps(marker, indent=2) + "\n")
-        except Exception as e:  # the failure being reported matters more than this marker
-            print(f"[kubetune] could not write {storage.join(self.output, '_FAILED')}: {e}", file=sys.stderr)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.train", description="Fine-tune one adapter from a job spec.")
     p.add_argument("--spec", required=True, help="path to the job spec YAML")
@@ -362,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
-        print(e.render(), file=sys.stderr)
+        out.text(e.render(), err=True)
         preemption.report_exit(preemption.EXIT_USER_ERROR)
         return preemption.EXIT_USER_ERROR
     job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
@@ -377,19 +261,19 @@ def main(argv: list[str] | None = None) -> int:
         ok, code = True, preemption.EXIT_PREEMPTED if job.preempted else 0
     except USER_ERRORS as e:
         error, code = str(e), preemption.EXIT_USER_ERROR
-        print(f"[kubetune] error: {e}", file=sys.stderr)
+        out.error(f"{e}")
     except BaseException as e:
         if not preemption.peer_lost(e):
             error = f"{type(e).__name__}: {e}".splitlines()[0][:500]
             raise
         if job.signals.received is not None:  # this pod was told to stop too: a preemption, not counted
             job.preempted, ok, code = True, True, preemption.EXIT_PREEMPTED
-            print(f"[kubetune] rank {job.rank}: a collective failed after SIGTERM ({str(e).splitlines()[0][:300]}); "
-                  "stopping: the job resumes from its last checkpoint when restarted", file=sys.stderr)
+            out.warn(f"rank {job.rank}: a collective failed after SIGTERM ({str(e).splitlines()[0][:300]}); "
+                     "stopping: the job resumes from its last checkpoint when restarted")
         else:  # a peer crashed or vanished, NCCL failed, a timeout: counted against job.backoffLimit
             # ok: no `_FAILED`, the Job may retry (and resume from the last checkpoint)
             job.preempted, ok, code = True, True, preemption.EXIT_PEER_LOST
-            print(f"[kubetune] error: {preemption.peer_lost_diagnosis(e, job.rank, job.name)}", file=sys.stderr)
+            out.error(preemption.peer_lost_diagnosis(e, job.rank, job.name))
     finally:
         job.cleanup(ok, None if ok else error)
         if ok or code == preemption.EXIT_USER_ERROR:

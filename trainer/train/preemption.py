@@ -26,10 +26,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-EXIT_USER_ERROR = 2  # bad spec, data or model: a retry cannot help
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after writing a checkpoint; a restart resumes
-EXIT_PEER_LOST = 76  # EX_PROTOCOL: a collective failed, this pod not told to stop; counted against job.backoffLimit
-EXIT_DIR = "KUBETUNE_EXIT_DIR"
+from trainer import say
+from trainer.spec.exits import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
+
+__all__ = ["EXIT_DIR", "EXIT_PEER_LOST", "EXIT_PREEMPTED", "EXIT_USER_ERROR"]
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
@@ -45,8 +45,7 @@ class Signals:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.received is None:
-            print(f"[kubetune] {signal.Signals(signum).name}: stopping after this step, with a checkpoint",
-                  flush=True)
+            say.say(f"{signal.Signals(signum).name}: stopping after this step, with a checkpoint")
         self.received = signum
 
 

@@ -3,8 +3,8 @@
 - `ResumableTrainer` feeds the Trainer each rank's own data stream (trainer/train/datastate.py), takes
   the stream position off each trained batch, and after the Trainer wrote a checkpoint locally
   (adapter, optimizer, scheduler, RNG states, trainer_state.json; DeepSpeed and FSDP through
-  their own state saving) adds `kubetune_state.json` and publishes it to `output.uri`
-  (trainer/train/checkpoint.py): node by node, then the manifest, last, from rank 0.
+  their own state saving) its `PublishCheckpoint` callback (`on_save`) adds `kubetune_state.json` and
+  publishes it to `output.uri` (trainer/train/checkpoint.py): node by node, then the manifest, last, from rank 0.
 - `StopOnSignal` turns a SIGTERM on any rank into a checkpoint and a stop at the same step on all.
 - `plan` decides at start-up: the output's manifest names this job (same `KUBETUNE_JOB_NAME`)
   -> resume from its latest checkpoint, once the spec is checked to train the same thing;
@@ -31,6 +31,7 @@ import torch.distributed as dist
 from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from trainer.tracking.tracker import MeteredTrainer
 from trainer.train import checkpoint
@@ -171,6 +172,18 @@ class Checkpointer:
         return entry
 
 
+class PublishCheckpoint(TrainerCallback):
+    """Once the Trainer has written a checkpoint into its local `output_dir` (every rank: `on_save`), publish it
+    to `output.uri` with the job's own state (`Checkpointer.save`, a collective)."""
+
+    def __init__(self, trainer: ResumableTrainer, checkpointer: Checkpointer):
+        self.trainer, self.checkpointer = trainer, checkpointer
+
+    def on_save(self, args, state, control, **kwargs):
+        local = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"  # where the Trainer wrote it
+        self.checkpointer.save(self.trainer, local)
+
+
 class ResumableTrainer(MeteredTrainer):
     """A Trainer over each rank's own data stream whose checkpoints go to `output.uri` with the data position."""
 
@@ -178,6 +191,7 @@ class ResumableTrainer(MeteredTrainer):
         self.loss_fn = TokenMeanLoss()  # one loss definition for every model (trainer/train/loss.py)
         super().__init__(*args, compute_loss_func=self.loss_fn, **kwargs)
         self.checkpointer = checkpointer
+        self.add_callback(PublishCheckpoint(self, checkpointer))
         self.data_state: dict[str, Any] | None = None  # the stream position after the last trained batch
         self.rows_seen = 0  # rows (not padding) this rank trained in this attempt
         self.rows_before = 0  # rows all ranks trained before this attempt (from the checkpoint)
@@ -185,19 +199,18 @@ class ResumableTrainer(MeteredTrainer):
     def get_train_dataloader(self) -> DataLoader:
         """The rank's stream as it is: no sampler, no accelerate re-sharding; its own generator, so that
         starting the loader draws nothing from the global RNG a resumed run has just restored."""
-        batch = self._train_batch_size
+        batch = self.args.train_batch_size
         return DataLoader(Tagged(self.train_dataset, batch), batch_size=batch,
                           collate_fn=TaggedCollator(self.data_collator), num_workers=0,
                           pin_memory=self.args.dataloader_pin_memory, generator=torch.Generator())
 
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        for batch in batches:
-            tag = batch.pop(TAG)
-            self.rows_seen += tag["rows"]
-            if tag["state"] is not None:
-                self.data_state = tag["state"]
-        return batches, num_items
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """Takes the stream position off each micro-batch as it trains (trainer/train/datastate.py)."""
+        tag = inputs.pop(TAG)
+        self.rows_seen += tag["rows"]
+        if tag["state"] is not None:
+            self.data_state = tag["state"]
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's loop; `<prefix>_loss` is then the token-weighted mean over every rank's eval tokens
@@ -235,8 +248,3 @@ class ResumableTrainer(MeteredTrainer):
                 self.model.save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
             return
         super().save_model(output_dir, _internal_call)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        local = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        self.checkpointer.save(self, local)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from trainer import say
 from trainer.train.preemption import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"  # torchrun's default minus SIGTERM
@@ -54,8 +55,8 @@ def exit_code(command_code: int, ranks: list[int], signalled: bool = False) -> i
     if EXIT_USER_ERROR in ranks:
         return EXIT_USER_ERROR
     if signalled and EXIT_PREEMPTED not in ranks:  # told to stop (preemption, drain, cancel): a restart resumes
-        print(f"[kubetune] the ranks ended with code {command_code} after SIGTERM: exiting {EXIT_PREEMPTED} "
-              "(stopped; a restart resumes from the latest checkpoint)", file=sys.stderr, flush=True)
+        say.warn(f"the ranks ended with code {command_code} after SIGTERM: exiting {EXIT_PREEMPTED} "
+                 "(stopped; a restart resumes from the latest checkpoint)")
         return EXIT_PREEMPTED
     for code in (EXIT_PREEMPTED, EXIT_PEER_LOST):  # 75 unsignalled: another pod got SIGTERM, every rank checkpointed
         if code in ranks:
@@ -72,7 +73,7 @@ class Supervisor:
         if self.forwarded:
             return
         self.forwarded = True
-        print(f"[kubetune] {signal.Signals(signum).name}: asking every rank to checkpoint and stop", flush=True)
+        say.say(f"{signal.Signals(signum).name}: asking every rank to checkpoint and stop")
         for proc in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 proc.send_signal(signal.SIGTERM)
@@ -89,7 +90,7 @@ class Supervisor:
         try:
             proc = subprocess.Popen(self.argv, env=env, preexec_fn=_ignore_sigterm)  # single-threaded here
         except FileNotFoundError:
-            print(f"[kubetune] error: {self.argv[0]} is not installed in this image", file=sys.stderr, flush=True)
+            say.error(f"{self.argv[0]} is not installed in this image")
             return 127
         code = proc.wait()
         return exit_code(code, reported(folder), self.forwarded)
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: python -m trainer.train.supervise COMMAND [ARGS...]", file=sys.stderr)
+        say.text("usage: python -m trainer.train.supervise COMMAND [ARGS...]", err=True)
         return 2
     return Supervisor(argv).run()
 

@@ -1,0 +1,95 @@
+"""A submission run on this machine (`launch submit --local`): each pod of its Job a local process
+(launcher/backends/local.py plans them, local_run.py runs them), then the export's; the simulated
+preemption (KUBETUNE_LOCAL_SIGTERM), why a failed run failed, and where a finished run's results are."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from launcher import helm, resolve
+from launcher.errors import PodFailed, UserError
+from launcher.submission import Submission, render
+from trainer.spec.exits import EXIT_PREEMPTED
+
+if TYPE_CHECKING:
+    from launcher.backends.local_run import Outcome
+
+
+def local_preemption() -> tuple[int, re.Pattern[str]] | None:
+    """`KUBETUNE_LOCAL_SIGTERM=RANK:REGEX`: SIGTERM to pod RANK when its log matches REGEX (a simulated
+    preemption, for tests and for trying out resuming; launcher/backends/local_run.py)."""
+    value = os.environ.get("KUBETUNE_LOCAL_SIGTERM")
+    if not value:
+        return None
+    rank, sep, pattern = value.partition(":")
+    try:
+        if not (sep and rank.isdigit()):
+            raise ValueError("not RANK:REGEX")
+        return int(rank), re.compile(pattern)
+    except (ValueError, re.error) as e:
+        raise UserError(f"KUBETUNE_LOCAL_SIGTERM={value!r}: {e}; write RANK:REGEX, e.g. 0:\\[train\\] step 7/") from None
+
+
+def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
+    """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
+    from launcher.backends.local import plan
+    from launcher.backends.local_run import LocalRun
+
+    manifests = helm.parse_manifests(render(sub, extra_values))
+    preempt = local_preemption()
+    with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
+        pods = plan(manifests, Path(tmp) / "training", cwd=Path.cwd())
+        outcome = LocalRun(pods, out=out or sys.stdout, preempt=preempt).run()
+        _raise_on_failure(sub, outcome, "")
+        if sub.spec.export is not None:  # suspended until training succeeded: on a cluster rank 0 starts it, here we do
+            pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
+            outcome = LocalRun(pods, out=out or sys.stdout, label="export").run()
+            report = f"\n  the verification report: {sub.spec.output.uri}/export/verify.txt"
+            _raise_on_failure(sub, outcome, report)
+
+
+def _raise_on_failure(sub: Submission, outcome: Outcome, report: str) -> None:
+    if outcome.signal is not None:
+        raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
+    if outcome.first_failure is not None and outcome.codes[outcome.first_failure] == EXIT_PREEMPTED:
+        raise PodFailed(
+            f"job {sub.name}: stopped after SIGTERM at a step boundary, with a checkpoint in "
+            f"{sub.spec.output.uri}/checkpoints; continue it with: launch submit --local --resume {sub.name} "
+            f"{sub.spec_path}", exit_code=EXIT_PREEMPTED,
+        )
+    if outcome.first_failure is not None:
+        rank = outcome.first_failure
+        stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
+        cause = f"\n  {outcome.errors[rank]}" if rank in outcome.errors else ""
+        raise PodFailed(
+            f"job {sub.name}: {outcome.who(rank)} exited with code {outcome.codes[rank]}{stopped}{cause}{report}"
+        )
+    if not outcome.ok:
+        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}{report}")
+
+
+def result_lines(sub: Submission) -> list[str]:
+    """Where a finished job's results are, read from its `_SUCCESS` marker when the output is local."""
+    uri = sub.spec.output.uri or ""
+    marker = Path(uri) / "_SUCCESS"
+    if resolve.is_remote(uri) or not marker.is_file():
+        return [f"results: {uri}"]
+    import json
+
+    done = json.loads(marker.read_text(encoding="utf-8"))
+    lines = [
+        f"adapter:    {Path(uri) / 'adapter'}",
+        f"MLflow run: {done.get('run_id')} ({done.get('tracking_uri')})",
+        f"steps:      {done.get('steps')}, final loss {done.get('final_loss')}",
+    ]
+    tracking = str(done.get("tracking_uri") or "")
+    if tracking.startswith("sqlite:///"):
+        lines.append(f"browse it:  mlflow ui --backend-store-uri {tracking}")
+    return lines

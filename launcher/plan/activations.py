@@ -1,0 +1,123 @@
+"""Activation memory of one LoRA training step: what autograd saves per token in one decoder layer, the
+activations of a micro-batch, the logits and loss, and DoRA's weight-norm scratch.
+
+The activation terms itemise the tensors autograd saves in one decoder layer of transformers 5.x with PEFT,
+as measured with `torch.autograd.graph.saved_tensors_hooks` (bench/plan.py compares the total against
+measured peaks on CPU). launcher/plan/memory.py adds them to the weights, adapter and optimizer state.
+"""
+
+from __future__ import annotations
+
+from launcher.plan.arch import Architecture, Linear
+from launcher.plan.setup import DTYPE_BYTES, Setup
+
+
+def _site_bytes(width: int, readers: list[Linear], setup: Setup, shared: bool) -> float:
+    """Saved bytes per token where `readers` (targeted linears) read one input of `width` features.
+
+    Each adapter's lora_A keeps its own input when dropout makes one (plus the dropout mask) or when
+    it casts the input to its own dtype: under autocast PEFT's fp32 adapters get a 16-bit copy each;
+    without autocast (CPU) a 16-bit model's input is cast to the fp32 adapter. Otherwise (fp32, or
+    DeepSpeed's all-16-bit model) the input is saved once, unless it is saved anyway (`shared`)."""
+    if not readers:
+        return 0.0
+    a = DTYPE_BYTES[setup.dtype]
+    a_in = 2 if setup.mixed else 4  # what lora_A's input is: 16-bit under autocast / DeepSpeed, else fp32
+    copies = setup.autocast or a_in != a
+    mask = 1 if setup.device == "cuda" else a_in  # a bool mask on CUDA, a float one on CPU
+    if setup.dropout > 0:
+        saved = len(readers) * width * (mask + a_in)
+    elif copies:
+        saved = len(readers) * width * a_in
+    else:
+        saved = 0 if shared else width * a
+    saved += len(readers) * setup.r * a_in  # lora_B's input
+    if setup.method == "dora":  # the base and adapter outputs, kept for the magnitude's gradient
+        saved += sum(2 * lin.out_features * a for lin in readers)
+    return saved
+
+
+def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
+    """Bytes autograd saves per token in one decoder layer (no checkpointing)."""
+    a = DTYPE_BYTES[setup.dtype]
+    h, q, kv, inter = arch.hidden_size, arch.q_dim, arch.kv_dim, arch.intermediate_size
+    targets = [lin for lin in arch.targets(setup.target_modules) if lin.part in ("attention", "mlp")]
+
+    def readers(*names: str) -> list[Linear]:
+        return [lin for lin in targets if lin.name in names]
+
+    saved = arch.norms_per_layer * (4 * h + 4)  # RMSNorm: an fp32 copy of its input and 1/rms
+    if arch.qk_norm:
+        saved += 4 * (q + kv) + 4 * (arch.num_heads + arch.num_kv_heads)
+    saved += _site_bytes(h, readers("q_proj", "k_proj", "v_proj", "qkv_proj"), setup, shared=False)
+    saved += _site_bytes(q, readers("o_proj"), setup, shared=True)  # the attention output is saved anyway
+    saved += _site_bytes(h, readers("gate_proj", "up_proj", "gate_up_proj"), setup, shared=False)
+    saved += _site_bytes(inter, readers("down_proj"), setup, shared=False)
+    if setup.quantization == "8bit":  # LLM.int8 saves each quantized linear's input (4-bit saves none)
+        saved += (2 * h + inter) * a
+    flash = setup.attn == "flash_attention_2"
+    kv_saved = kv if flash or kv == q else q  # with a (packing) mask sdpa/eager run on repeated k/v heads
+    saved += (2 * q + 2 * kv_saved) * a  # query, key, value and attention output
+    kind = attention_kind(arch, setup)
+    if kind == "eager":  # softmax output in fp32 (+ its 16-bit copy)
+        saved += arch.num_heads * setup.seq_len * (4 + (a if a != 4 else 0))
+    else:
+        saved += arch.num_heads * 4  # log-sum-exp
+    if kind == "sdpa":  # sdpa turns the boolean (packing) mask into an additive one per call and keeps it
+        saved += setup.seq_len * a
+    if arch.num_experts:  # per routed token and expert: gate/up outputs, gated activations, weighted output
+        saved += arch.experts_per_token * (6 * inter + h) * a + arch.num_experts * 4  # gpt-oss's clamped SwiGLU
+    else:
+        saved += 3 * inter * a  # the activation's input and output, and the up projection
+    return saved
+
+
+def attention_kind(arch: Architecture, setup: Setup) -> str:
+    """What runs: gpt-oss's attention sinks run eager in kubetune whatever is asked (trainer.model.arch)."""
+    if setup.attn != "eager" and not arch.sdpa:
+        return "eager"
+    return setup.attn
+
+
+def activations(arch: Architecture, setup: Setup) -> int:
+    """Saved activations of one micro-batch, alive together with the logits at the start of the backward pass.
+
+    Checkpointing keeps only each layer's input and recomputes one layer at a time later in the backward
+    pass, when the logits and their gradient are already freed: that layer adds only what exceeds them."""
+    tokens = setup.batch * setup.seq_len
+    a = DTYPE_BYTES[setup.dtype]
+    layer = layer_activation_bytes(arch, setup) * tokens
+    if setup.checkpointing:
+        body = arch.num_layers * arch.hidden_size * a * tokens + max(0, layer - logits(arch, setup))
+    else:
+        body = arch.num_layers * layer
+    final_norm = (4 * arch.hidden_size + 4) * tokens
+    masks = arch.mask_kinds * setup.batch * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
+    if attention_kind(arch, setup) == "flash_attention_2":
+        masks = 0  # packed rows reach flash-attention as position ids, no dense mask
+    return int(body + final_norm + masks + merged_experts(arch, setup))
+
+
+def merged_experts(arch: Architecture, setup: Setup) -> int:
+    """`target_parameters`: PEFT's ParamWrapper computes each adapted expert tensor as W + delta (full size) in
+    every forward, and the experts' matmuls keep it alive until the backward pass: one per targeted tensor per
+    layer, or for one layer at a time with checkpointing."""
+    per_layer = sum(f.experts * f.dim1 * f.dim2 for f in arch.parameter_targets(setup.target_parameters))
+    layers = 1 if setup.checkpointing else arch.num_layers
+    return per_layer * layers * DTYPE_BYTES[setup.dtype]
+
+
+def logits(arch: Architecture, setup: Setup) -> int:
+    """batch x seq x vocab: the logits (model dtype), their fp32 copy for the loss, its saved log-softmax and
+    the gradient of that at the start of the backward pass."""
+    tokens = setup.batch * setup.seq_len
+    a = DTYPE_BYTES[setup.dtype]
+    per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
+    return int(tokens * arch.vocab_size * per)
+
+
+def dora_scratch(arch: Architecture, setup: Setup) -> int:
+    """DoRA's weight norm, one module at a time: the adapter's full-size delta (PEFT computes it through an
+    in x in identity) and the merged weight, for the largest targeted linear."""
+    lin = max(arch.targets(setup.target_modules), key=lambda x: x.in_features * x.out_features)
+    return (lin.in_features + 2 * lin.out_features) * lin.in_features * DTYPE_BYTES[setup.dtype]

@@ -1,0 +1,95 @@
+"""The spec's `model` and `adapter` sections: how the base model is loaded and the adapter that is trained.
+
+Part of THE job spec (trainer/spec/job.py, where `JobSpec` holds them). Torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainer.spec.base import Section
+
+
+class ModelSpec(Section):
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16",
+        description="Compute dtype of the base weights. On CPU, float32 is fastest; bfloat16 "
+        "works but runs slowly on most CPUs.",
+    )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none",
+        description="Load the base model quantized with bitsandbytes (QLoRA). `4bit` uses NF4 "
+        "with double quantization.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa",
+        description="Attention kernel. `flash_attention_2` needs a CUDA GPU and the flash-attn "
+        "package, which the trainer image does not have: `launch validate` refuses it for GPU jobs until a "
+        "strategy contract run covers it. Packing keeps samples apart with every choice.",
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow the base model's repository to run its own Python code. Off unless "
+        "you trust that repository.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template file (local path or `s3://` URI) used instead of the "
+        "tokenizer's own. Needed when the base model ships none, as base (non-instruct) models and "
+        "many GGUF files do. It is saved with the tokenizer, so the adapter and exports carry it.",
+    )
+
+
+class AdapterSpec(Section):
+    method: Literal["lora", "dora"] = Field("lora", description="`lora`, or `dora` (weight-decomposed LoRA).")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (alpha / sqrt(r)).")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear",
+        description="Modules that get adapters: `all-linear` (every linear layer except the "
+        "output head) or a list of module names such as `[q_proj, v_proj]`.",
+    )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameters (not modules) that also get LoRA adapters, for weights that are no linear layer: "
+        "the fused 3-D expert tensors of mixture-of-experts models, where `all-linear` adapts only attention. For "
+        "gpt-oss: `[mlp.experts.gate_up_proj, mlp.experts.down_proj]`. A name matches a parameter whose full name "
+        "is it or ends in `.` + it; each expert gets its own rank-`r` pair. PEFT's parameter adapters support "
+        "plain LoRA only: they need `method: lora`, `dropout: 0` and `init: default`.",
+    )
+    init: Literal["default", "pissa", "loftq"] = Field(
+        "default", description="Adapter initialisation: `default` (B = 0), `pissa` or `loftq`."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one module, or be `all-linear`")
+        return v
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _parameter_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not all(name.strip() for name in v)):
+            raise ValueError("must name at least one parameter, e.g. `[mlp.experts.gate_up_proj]`, or be left out")
+        return v
+
+    @model_validator(mode="after")
+    def _parameter_adapters_are_plain_lora(self) -> AdapterSpec:
+        if not self.target_parameters:
+            return self
+        problems = [f"`{field}: {value}`" for field, value, ok in (
+            ("method", self.method, self.method == "lora"),
+            ("dropout", self.dropout, self.dropout == 0),
+            ("init", self.init, self.init == "default")) if not ok]
+        if problems:
+            raise ValueError(
+                f"target_parameters: PEFT's parameter adapters support plain LoRA only, not {', '.join(problems)}: "
+                "set `adapter.method: lora`, `adapter.dropout: 0` and `adapter.init: default`, or leave out "
+                "target_parameters")
+        return self

@@ -1,0 +1,83 @@
+"""The spec's `training` and `eval` sections: optimisation and distribution; sample answers and task metrics.
+
+Part of THE job spec (trainer/spec/job.py, where `JobSpec` holds them). Torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from trainer.spec.base import Section
+
+
+class TrainingSpec(Section):
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs` when set.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (when `max_steps` is unset).")
+    learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    per_device_batch_size: int = Field(4, ge=1, description="Rows per device per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = Field(
+        "ddp",
+        description="Distribution: `ddp`, DeepSpeed `zero2` / `zero3`, or `fsdp`. Becomes the "
+        "generated accelerate configuration.",
+    )
+    offload: Literal["none", "optimizer", "all"] = Field(
+        "none",
+        description="Move state to CPU memory to fit larger models: `optimizer` (ZeRO-2/3: optimizer states), `all` "
+        "(ZeRO-3: parameters too; FSDP: parameters and gradients). Slower; for `zero2`, `zero3` and `fsdp` only.",
+    )
+    seed: int = Field(42, description="Seed for data order, adapter init and dropout.")
+    logging_steps: int = Field(1, ge=1, description="Log metrics every N optimizer steps.")
+    save_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Write a checkpoint to `output.uri` every N steps (unset: only when the job is stopped by SIGTERM, "
+        "e.g. preempted). A restarted job resumes from the latest one; see docs/operations.md.",
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, le=100, description="Checkpoints kept in `output.uri/checkpoints/`; older ones are deleted."
+    )
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate on `data.eval` every N steps (unset: at the end).")
+
+
+MetricName = Literal["exact_match", "rouge_l", "json_valid", "mermaid_valid", "cites_existing_source"]
+
+
+class EvalSpec(Section):
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Prompts answered before and after training (unset: the first user turns of `data.eval`).",
+    )
+    num_samples: int = Field(3, ge=0, le=100, description="Held-out prompts to sample when `prompts` is empty.")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Length of each sample answer.")
+    metrics: list[MetricName] = Field(
+        default_factory=list,
+        description="Task metrics computed on greedy answers to held-out conversations (docs/evaluation.md): "
+        "`exact_match`, `rouge_l`, `json_valid`, `mermaid_valid`, `cites_existing_source`.",
+    )
+    exact_match: Literal["normalized", "exact"] = Field(
+        "normalized", description="`exact_match` ignores case and whitespace differences (`normalized`) or not."
+    )
+    sources_root: str | None = Field(
+        None,
+        description="Folder that paths cited in answers are looked up in (`cites_existing_source`): a local folder "
+        "(relative to the spec's folder; local runs only) or an `s3://` prefix, copied once to the job's cache.",
+    )
+
+    @model_validator(mode="after")
+    def _metrics(self) -> EvalSpec:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("eval.metrics lists a metric twice")
+        if "cites_existing_source" in self.metrics and not self.sources_root:
+            raise ValueError("metric `cites_existing_source` needs `eval.sources_root`: the folder cited paths must "
+                             "exist in (e.g. the repository the answers document)")
+        return self
