@@ -10,7 +10,6 @@ that cannot be pulled, a missing Secret) is said with its fix; once one has last
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from launcher import env
 from launcher.errors import PodFailed, UserError
 from launcher.status import Snapshot, gang_line, gather, main_container
 from launcher.tracking_rest import Progress, TrackingUnreachable, progress
@@ -36,16 +36,7 @@ SHOWN_LOG_LINES = 10
 
 
 def poll_seconds() -> float:
-    raw = os.environ.get("KUBETUNE_POLL_SECONDS")
-    if raw is None:
-        return POLL_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise UserError(f"KUBETUNE_POLL_SECONDS={raw!r}: seconds between status polls, a number above 0")
-    return value
+    return env.seconds("KUBETUNE_POLL_SECONDS", POLL_SECONDS, "seconds between status polls")
 
 
 @dataclass

@@ -16,17 +16,15 @@ from typing import Any
 
 from trainer.spec.io import parse_override, spec_from_dict
 from trainer.spec.job import JobSpec
+from trainer.storage import is_remote  # the one test: `file://` is this machine, not remote
 
 # The fields that name a file or folder on this machine, unless a URI (base_model: unless a hub id)
 PATH_FIELDS = ("data.train", "data.eval", "base_model", "model.chat_template", "eval.sources_root", "output.uri")
 
 
-def is_remote(uri: str) -> bool:
-    """`s3://...` and other `scheme://` URIs; everything else is a path on this machine."""
-    return "://" in uri
-
-
 def _absolute(path: str, base: Path) -> str:
+    """A path on this machine made absolute against `base` (a `file://` URI is one too)."""
+    path = path.removeprefix("file://")
     return os.path.normpath(base / os.path.expanduser(path))
 
 

@@ -100,8 +100,9 @@ def remove_tree(uri: str) -> None:
 
 
 def read_text(uri: str) -> str:
+    """A text file's content; a UTF-8 byte-order mark (Notepad writes one) is not part of it."""
     fs, path = filesystem(uri)
-    with fs.open(path, "r", encoding="utf-8") as f:
+    with fs.open(path, "r", encoding="utf-8-sig") as f:
         return f.read()
 
 

@@ -15,12 +15,12 @@ An unreachable server (connection refused, an unknown host) is said at once, as 
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from launcher import env
 from launcher.backends.kube_errors import ApiError
 from launcher.errors import UserError
 
@@ -53,17 +53,8 @@ def urllib3_retries() -> Any:
 
 
 def backoff_seconds() -> float:
-    raw = os.environ.get("KUBETUNE_K8S_BACKOFF")
-    if raw is None:
-        return BACKOFF
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UserError(f"KUBETUNE_K8S_BACKOFF={raw!r}: seconds before retrying a Kubernetes API call that failed "
-                        "for a passing reason, a number of 0 or more")
-    return value
+    return env.seconds("KUBETUNE_K8S_BACKOFF", BACKOFF, "seconds before retrying a Kubernetes API call that failed "
+                       "for a passing reason", zero_ok=True)
 
 
 def retry_after(headers: Any) -> float | None:

@@ -106,10 +106,10 @@ def rows(conn: sqlite3.Connection, fmt: Format) -> Iterator[dict[str, Any]]:
 
 def write(conn: sqlite3.Connection, out: str, fmt: Format) -> int:
     """Write every stored example to `out` (a local path, or `s3://...` through fsspec); the row count."""
-    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows(conn, fmt)]
-    if "://" in out and not out.startswith("file://"):
-        from trainer.storage import filesystem
+    from trainer.storage import filesystem, is_remote
 
+    lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in rows(conn, fmt)]
+    if is_remote(out):
         fs, path = filesystem(out)
         with fs.open(path, "w", encoding="utf-8") as f:
             f.writelines(lines)

@@ -60,3 +60,10 @@ class Kube:
 def fake_cluster(folder: Path, jobset: bool = False) -> Iterator[Kube]:
     with FakeKube(jobset=jobset) as fake:
         yield Kube(fake, fake.kubeconfig(folder / "kubeconfig"))
+
+
+def submit(kube: Kube, spec: Path, *args: str, ns: str = "ml") -> str:
+    """`launch submit SPEC ARGS` that must succeed; the name of the training Job it made."""
+    done = kube.run("submit", str(spec), *args)
+    assert done.exit_code == 0, done.output
+    return kube.submitted(ns)[-1]

@@ -7,28 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.cluster_cli import Kube, cluster_spec, fake_cluster
+from tests.integration.cluster_cli import Kube, cluster_spec, submit
 from tests.integration.fake_kube_workloads import PodState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
-
-
-def submit(kube: Kube, spec: Path, *args: str) -> str:
-    done = kube.run("submit", str(spec), *args)
-    assert done.exit_code == 0, done.output
-    return kube.submitted()[-1]
 
 
 def spec_in_cluster(kube: Kube, name: str) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from tests.integration.fake_kube import TOKEN, FakeKube
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "b"}}
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
 
 
 def one_error_line(stderr: str) -> str:

@@ -6,13 +6,12 @@ nothing progressing, instead of waiting on "pending" forever."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.cluster_cli import Kube, cluster_spec, fake_cluster
+from tests.integration.cluster_cli import Kube, cluster_spec, submit
 from tests.integration.fake_kube_workloads import PodState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
@@ -31,18 +30,6 @@ NOT_FOUND = ('rpc error: code = NotFound desc = failed to pull and unpack image 
 UNAUTHORIZED = ('rpc error: code = Unknown desc = failed to pull and unpack image "ghcr.io/kubetune/trainer:0.1.0": '
                 "failed to authorize: failed to fetch anonymous token: 401 Unauthorized")
 GRACE = "0.5s"
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
-
-
-def submit(kube: Kube, spec: Path, *args: str) -> str:
-    done = kube.run("submit", str(spec), *args)
-    assert done.exit_code == 0, done.output
-    return kube.submitted()[-1]
 
 
 def block(out: str, where: str) -> tuple[str, str]:

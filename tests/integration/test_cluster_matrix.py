@@ -4,21 +4,14 @@ data, MLflow run name and registered model, labelled so `launch list` groups the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.integration.cluster_cli import Kube, cluster_spec, fake_cluster
+from tests.integration.cluster_cli import Kube, cluster_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
 
 
 def test_matrix_submits_one_labelled_job_per_value_and_list_groups_them(kube: Kube, tmp_path: Path) -> None:

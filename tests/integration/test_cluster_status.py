@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.cluster_cli import Kube, cluster_spec, fake_cluster
+from tests.integration.cluster_cli import Kube, cluster_spec, submit
 from tests.integration.fake_kube_workloads import PodState
 from tests.integration.servers import mlflow_server
 
@@ -21,22 +21,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
 T0 = 1_700_000_000_000  # ms
 
 
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
-
-
 @pytest.fixture(scope="module")
 def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with mlflow_server(tmp_path_factory.mktemp("mlflow")) as url:
         yield url
-
-
-def submit(kube: Kube, spec: Path, *args: str, ns: str = "ml") -> str:
-    done = kube.run("submit", str(spec), *args)
-    assert done.exit_code == 0, done.output
-    return kube.submitted(ns)[-1]
 
 
 def log_run(url: str, experiment: str, name: str, finish: bool = False) -> str:

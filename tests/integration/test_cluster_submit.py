@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,6 @@ from tests.integration.cluster_cli import FAST_POLL, Kube, cluster_spec, fake_cl
 from tests.integration.fake_kube_workloads import PodState
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("helm_binary")]
-
-
-@pytest.fixture
-def kube(tmp_path: Path) -> Iterator[Kube]:
-    with fake_cluster(tmp_path) as k:
-        yield k
 
 
 def owners(obj: dict) -> list[tuple[str, str, str]]:

@@ -200,3 +200,14 @@ def test_launch_resumes_a_local_job_only_from_its_own_checkpoints(tmp_path: Path
     assert resume_problems("job-abcde", "s3://bucket/out") == []  # the trainer decides: no S3 client needed here
     done = CliRunner().invoke(main, ["submit", str(tmp_path / "job.yaml"), "--resume", "job-abcde", "--dry-run"])
     assert done.exit_code == 2 and "--resume: runs an earlier submission again; --dry-run submits nothing" in done.output
+
+
+def test_a_text_file_with_a_byte_order_mark_reads_without_it(tmp_path: Path) -> None:
+    """A chat template or spec saved by Notepad starts with U+FEFF: it must not reach the rendered prompts."""
+    from trainer import storage
+
+    path = tmp_path / "template.jinja"
+    path.write_bytes("\ufeff{{ messages[0].content }}".encode())
+    assert storage.read_text(str(path)) == "{{ messages[0].content }}"
+    path.write_text("plain")
+    assert storage.read_text(str(path)) == "plain"

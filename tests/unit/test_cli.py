@@ -285,3 +285,20 @@ def test_submit_local_refuses_an_empty_dataset_before_any_pod_starts(tmp_path: P
     assert done.returncode == 2, done.stdout + done.stderr
     assert "data.train" in done.stderr and "launch data validate" in done.stderr
     assert "Traceback" not in done.stderr and "pod" not in done.stdout
+
+
+def test_a_file_uri_is_a_path_on_this_machine(tmp_path: Path) -> None:
+    """`file://` names this machine's disk: run locally it is read as a path, and a cluster job refuses it like any
+    local path (pods cannot read a laptop's files)."""
+    (tmp_path / "train.jsonl").write_text(ONE_ROW)
+    path = spec_file(tmp_path, GOOD)
+    done = CliRunner().invoke(main, ["render", "--local", str(path), "--set",
+                                     f"data.train=file://{tmp_path / 'train.jsonl'}"])
+    assert done.exit_code == 0, done.output
+    cm = next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "ConfigMap")
+    assert yaml.safe_load(cm["data"]["spec.yaml"])["data"]["train"] == str(tmp_path / "train.jsonl")
+    refused = CliRunner().invoke(main, ["submit", str(path), "--set", "data.train=file:///data/train.jsonl",
+                                        "--set", "output.uri=s3://runs/x/", "--set", "resources.gpu=none",
+                                        "--kubeconfig", str(tmp_path / "none")])
+    assert refused.exit_code == 2
+    assert "data.train: '/data/train.jsonl' is a local path, which pods on the cluster cannot read" in refused.output
