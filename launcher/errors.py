@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from trainer.spec.errors import KubetuneError, UsageError
 
-class UserError(Exception):
+
+class UserError(UsageError):
     """Something the user can fix (bad spec, helm missing, helm failing). Exit code 2."""
 
     exit_code = 2
@@ -17,7 +19,7 @@ class UserError(Exception):
         return "\n".join([self.message, *(f"  - {p}" for p in self.problems)])
 
 
-class PodFailed(Exception):
+class PodFailed(KubetuneError):
     """A pod of a local run exited non-zero (exit code 1), or the run was interrupted (130)."""
 
     def __init__(self, message: str, exit_code: int = 1):

@@ -16,8 +16,9 @@ import click
 from launcher.cli.cluster import COMMANDS, cluster_options, mlflow_option, namespace_option, stuck_option
 from launcher.cli.data import data as data_group
 from launcher.cli.plan import plan as plan_command
-from launcher.errors import PodFailed, UserError
+from launcher.errors import UserError
 from launcher.output import output_option
+from trainer.spec.errors import KubetuneError
 
 
 class Launch(click.Group):
@@ -26,19 +27,19 @@ class Launch(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (UserError, PodFailed) as e:
+        except KubetuneError as e:  # ours, from the launcher or the spec contract: one message, its exit code
             if os.environ.get("KUBETUNE_DEBUG") == "1":
                 raise
             _print_error(e)
             ctx.exit(e.exit_code)
 
 
-def _print_error(e: UserError | PodFailed) -> None:
+def _print_error(e: KubetuneError) -> None:
     from rich.console import Console
     from rich.markup import escape
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(f"[bold red]error:[/] {escape(e.message)}")
+    console.print(f"[bold red]error:[/] {escape(getattr(e, 'message', None) or str(e))}")
     for problem in getattr(e, "problems", []):
         console.print(f"  [red]-[/] {escape(problem)}")
 

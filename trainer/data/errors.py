@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from trainer.spec.errors import UsageError
+
 REASONS = (
     "invalid_json",  # a JSONL line that is not JSON, or not a JSON object
     "missing_field",  # a column / key the format needs is absent or null
@@ -15,7 +17,7 @@ REASONS = (
 )
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """A problem that stops the job: the message names the file / line / field and the fix."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import get_args
 
 from trainer.eval import mermaid
+from trainer.spec.errors import UsageError
 from trainer.spec.training import MetricName
 
 
@@ -47,7 +48,7 @@ class Score:
     why: str = ""  # empty for a full score
 
 
-class MetricError(ValueError):
+class MetricError(UsageError, ValueError):
     """A metric that cannot be computed as asked (no reference, no sources root)."""
 
 

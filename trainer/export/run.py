@@ -26,6 +26,7 @@ from trainer.export import say
 from trainer.export.errors import ExportError
 from trainer.export.publish import Publishing
 from trainer.export.wait import wait_for_success
+from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, load_spec
 from trainer.spec.job import JobSpec
 
@@ -257,10 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if spec.export is None:
         say("the spec has no `export` section: nothing to do")
         return 0
-    from trainer.model.load import ModelError
-
     try:
         return Export(spec, Path(args.base_dir or Path(args.spec).resolve().parent)).run()
-    except (ExportError, ModelError) as e:
+    except UsageError as e:  # an export step, the model, the data: the user's to fix
         out.error(f"{e}")
-        return 2
+        return e.exit_code

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from trainer.spec.errors import UsageError
+
 # Fused expert tensors (nn.Parameter, not nn.Linear) per model_type: what `adapter.target_parameters` names.
 EXPERT_PARAMETERS: dict[str, tuple[str, ...]] = {"gpt_oss": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")}
 # transformers 5.23, GptOssPreTrainedModel: _supports_sdpa = False; flash attention only through hub kernels
@@ -28,7 +30,7 @@ NO_SDPA_OR_FA2 = {"gpt_oss": "eager"}
 Quantization = Literal["none", "4bit", "8bit"]
 
 
-class ModelError(Exception):
+class ModelError(UsageError):
     """A base model or adapter setting that cannot work; the message says what to change."""
 
 

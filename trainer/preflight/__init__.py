@@ -26,9 +26,10 @@ the process exits with 1 (2 for bad arguments).
 from __future__ import annotations
 
 from trainer import say as out
+from trainer.spec.errors import KubetuneError
 
 
-class PreflightError(Exception):
+class PreflightError(KubetuneError):
     """A diagnosis: what failed, at which address and rank, and what to check."""
 
 

@@ -18,10 +18,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trainer.spec import matrix
+from trainer.spec.errors import UsageError
 from trainer.spec.job import JobSpec
 
 
-class SpecError(Exception):
+class SpecError(UsageError):
     """A spec that cannot be used; `problems` holds one line per problem."""
 
     def __init__(self, source: str, problems: Sequence[str]):

@@ -51,13 +51,14 @@ from typing import Any
 
 import yaml
 
+from trainer.spec.errors import UsageError
 from trainer.spec.job import JobSpec
 
 GPU_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
 CPU_STRATEGIES = ("ddp", "zero2", "zero3")
 
 
-class StrategyError(ValueError):
+class StrategyError(UsageError, ValueError):
     """A spec whose strategy cannot run on its resources; one line per problem, field path first."""
 
     def __init__(self, problems: list[str]):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import storage
+from trainer.spec.errors import UsageError
 
 FORMAT = 1
 FOLDER = "checkpoints"
@@ -37,7 +38,7 @@ RESTARTS = "restarts.json"  # {"job_name", "starts"}: how often this job started
 CHUNK = 1 << 20
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UsageError, RuntimeError):
     """A manifest or checkpoint that cannot be used; the message names the URI and what to do."""
 
 

@@ -27,11 +27,12 @@ from transformers import PrinterCallback, set_seed
 
 from trainer import say as out
 from trainer import storage
-from trainer.data import Collator, DataError, build_dataset, template_date
+from trainer.data import Collator, build_dataset, template_date
 from trainer.data.stream import TrainStream
 from trainer.model import load as models
 from trainer.model.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
+from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, flatten, load_spec
 from trainer.spec.job import JobSpec
 from trainer.tracking import samples as sampling
@@ -41,7 +42,7 @@ from trainer.train.arguments import training_arguments
 from trainer.train.finish import Finish
 from trainer.train.restarts import Restarts
 
-USER_ERRORS = (DataError, models.ModelError, resume.ResumeError, checkpoint.CheckpointError)
+USER_ERRORS = (UsageError,)  # data, model, resume, checkpoint, strategy, metric errors: the user's to fix (exit 2)
 
 
 class FineTune(Restarts, Finish):

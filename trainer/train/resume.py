@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from trainer.spec.errors import UsageError
 from trainer.tracking.tracker import MeteredTrainer
 from trainer.train import checkpoint
 from trainer.train.datastate import TAG, Tagged, TaggedCollator
@@ -45,7 +46,7 @@ MAY_CHANGE = ("resources.", "tracking.", "eval.", "export", "matrix", "output.",
 SHARDED = ("zero2", "zero3", "fsdp")
 
 
-class ResumeError(ValueError):
+class ResumeError(UsageError, ValueError):
     """A checkpoint this job cannot resume from as it is now; the message says what to change."""
 
 
