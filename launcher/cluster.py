@@ -20,7 +20,7 @@ import yaml
 from launcher import env
 from launcher.errors import PodFailed, UserError
 from launcher.status import Snapshot, gang_line, gather, main_container
-from launcher.tracking_rest import Progress, TrackingUnreachable, progress
+from launcher.tracking_rest import Progress, TrackingRefused, TrackingUnreachable, progress
 
 if TYPE_CHECKING:
     from launcher.backends.kubeconfig import Target
@@ -61,6 +61,8 @@ class Tracking:
                           f"{(self.output or '<output.uri>').rstrip('/')}/mlflow when training ends")
         try:
             found = progress(self.uri, self.experiment, run_name, self.max_steps, self.epochs)
+        except TrackingRefused as e:  # reached, but credentials or TLS refused: its message names the variables
+            return None, str(e)
         except TrackingUnreachable as e:
             return None, f"{e}; pass --mlflow-uri (e.g. through `kubectl port-forward`)"
         return found, None if found else f"no MLflow run {run_name} in experiment {self.experiment} yet"

@@ -27,6 +27,7 @@ from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.sources import expand, read_records
 from trainer.data.stats import REASONING_DROPPED
+from trainer.model.tokenizer import open_tokenizer, read_chat_template
 from trainer.spec.data import BadRowsSpec
 from trainer.spec.job import JobSpec
 
@@ -208,44 +209,31 @@ def _read(tally: _Tally, renderer: Any, spec: JobSpec, split: str, files: list[A
 
 def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -> Any:
     """The base model's tokenizer (or `--tokenizer PATH`'s), with `model.chat_template` applied."""
-    from transformers import AutoTokenizer
-
     source = override or spec.base_model
     where = "--tokenizer" if override else "base_model"
-    path = Path(source).expanduser()
-    if not path.is_absolute() and not storage.is_remote(source):
-        path = (Path.cwd() if override else spec_dir) / path
+    if storage.is_remote(source):
+        raise UserError(f"{where} {source}: validating reads the tokenizer from this machine; pass --tokenizer "
+                        "PATH (a local model folder or .gguf with the same tokenizer)")
+    path = Path(storage.local_path(source, Path.cwd() if override else spec_dir))
+    template = read_chat_template(spec.model.chat_template, spec_dir) if spec.model.chat_template else None
+    trust = spec.model.trust_remote_code
     try:
-        if storage.is_remote(source):
-            raise UserError(f"{where} {source}: validating reads the tokenizer from this machine; pass --tokenizer "
-                            "PATH (a local model folder or .gguf with the same tokenizer)")
         if source.lower().endswith(".gguf"):
             if not path.is_file():
                 raise UserError(f"{where} {source}: no such file ({path})")
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        elif path.is_dir():
-            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=spec.model.trust_remote_code)
-        elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
+            return open_tokenizer(str(path.parent), gguf_file=path.name, chat_template=template)
+        if path.is_dir():
+            return open_tokenizer(str(path), trust_remote_code=trust, chat_template=template)
+        if source.count("/") == 1 and not source.startswith((".", "/", "~", "file://")):
             try:
-                tok = AutoTokenizer.from_pretrained(source, local_files_only=True,
-                                                    trust_remote_code=spec.model.trust_remote_code)
+                return open_tokenizer(source, local_files_only=True, trust_remote_code=trust, chat_template=template)
             except OSError:
                 raise UserError(f"base_model {source}: its tokenizer is not in this machine's Hugging Face cache; "
                                 "pass --tokenizer PATH (a local model folder or .gguf with the same tokenizer), or "
                                 f"download it first (`hf download {source}`)") from None
-        else:
-            raise UserError(f"{where} {source}: no such folder or .gguf file ({path})")
+        raise UserError(f"{where} {source}: no such folder or .gguf file ({path})")
     except (OSError, ValueError) as e:
         raise UserError(f"{where} {source}: cannot load a tokenizer from it: {e}") from None
-    if spec.model.chat_template:
-        uri = spec.model.chat_template
-        if not storage.is_remote(uri) and not Path(uri).expanduser().is_absolute():
-            uri = str(spec_dir / uri)
-        try:
-            tok.chat_template = storage.read_text(uri)
-        except (FileNotFoundError, IsADirectoryError) as e:
-            raise UserError(f"model.chat_template: cannot read {uri} ({e}); give a Jinja template file") from None
-    return tok
 
 
 def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[SplitReport]:

@@ -89,6 +89,9 @@ def result_lines(sub: Submission) -> list[str]:
         f"MLflow run: {done.get('run_id')} ({done.get('tracking_uri')})",
         f"steps:      {done.get('steps')}, final loss {done.get('final_loss')}",
     ]
+    if done.get("tokens_per_second") is not None:  # the trainer's rates (trainer/tracking/speed.py)
+        mfu = f", MFU {done['mfu']:.1%}" if done.get("mfu") is not None else ", MFU not known (see the training log)"
+        lines.append(f"speed:      {done['tokens_per_second']:,.0f} trained tokens/s{mfu}")
     tracking = str(done.get("tracking_uri") or "")
     if tracking.startswith("sqlite:///"):
         lines.append(f"browse it:  mlflow ui --backend-store-uri {tracking}")

@@ -16,16 +16,14 @@ from typing import Any
 
 from trainer.spec.io import parse_override, spec_from_dict
 from trainer.spec.job import JobSpec
-from trainer.storage import is_remote  # the one test: `file://` is this machine, not remote
+from trainer.storage import (  # the one test: `file://` is this machine, not remote
+    is_remote,
+    local_path,
+    output_location,
+)
 
 # The fields that name a file or folder on this machine, unless a URI (base_model: unless a hub id)
 PATH_FIELDS = ("data.train", "data.eval", "base_model", "model.chat_template", "eval.sources_root", "output.uri")
-
-
-def _absolute(path: str, base: Path) -> str:
-    """A path on this machine made absolute against `base` (a `file://` URI is one too)."""
-    path = path.removeprefix("file://")
-    return os.path.normpath(base / os.path.expanduser(path))
 
 
 def _data_fields(spec: JobSpec) -> list[tuple[str, str]]:
@@ -44,7 +42,7 @@ def local_base_model(spec: JobSpec, base: Path) -> str | None:
     """The base model as an absolute path when it names an existing file or folder, else None."""
     if is_remote(spec.base_model):
         return None
-    candidate = _absolute(spec.base_model, base)
+    candidate = local_path(spec.base_model, base)
     return candidate if os.path.exists(candidate) else None
 
 
@@ -54,22 +52,18 @@ def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
     for field in ("train", "eval"):
         value = raw["data"][field]
         if isinstance(value, str) and not is_remote(value):
-            raw["data"][field] = _absolute(value, spec_dir)
+            raw["data"][field] = local_path(value, spec_dir)
         elif isinstance(value, list):
-            raw["data"][field] = [v if is_remote(v) else _absolute(v, spec_dir) for v in value]
+            raw["data"][field] = [v if is_remote(v) else local_path(v, spec_dir) for v in value]
     if (model_path := local_base_model(spec, spec_dir)) is not None:
         raw["base_model"] = model_path
     template = spec.model.chat_template
     if template is not None and not is_remote(template):
-        raw["model"]["chat_template"] = _absolute(template, spec_dir)
+        raw["model"]["chat_template"] = local_path(template, spec_dir)
     sources = spec.eval.sources_root
     if sources is not None and not is_remote(sources):
-        raw["eval"]["sources_root"] = _absolute(sources, spec_dir)
-    uri = spec.output.uri
-    if uri is None:
-        raw["output"]["uri"] = str(spec_dir / "runs" / spec.name)
-    elif not is_remote(uri):
-        raw["output"]["uri"] = _absolute(uri, spec_dir)
+        raw["eval"]["sources_root"] = local_path(sources, spec_dir)
+    raw["output"]["uri"] = output_location(spec.output.uri, spec.name, spec_dir)
     return spec_from_dict(raw, source="resolved spec")
 
 
@@ -100,9 +94,9 @@ def _paths_from(key: str, value: Any, cwd: Path) -> Any:
         return [_paths_from(key, v, cwd) for v in value]
     if not isinstance(value, str) or not value or is_remote(value):
         return value
-    if key == "base_model" and not (looks_like_path(value) or os.path.exists(_absolute(value, cwd))):
+    if key == "base_model" and not (looks_like_path(value) or os.path.exists(local_path(value, cwd))):
         return value  # a hub id
-    return _absolute(value, cwd)
+    return local_path(value, cwd)
 
 
 def looks_like_path(value: str) -> bool:
@@ -128,20 +122,20 @@ def gpu_problems(spec: JobSpec) -> list[str]:
 def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
     """Local inputs that do not exist, found before any process starts."""
     problems = [
-        f"{field}: nothing matches {_absolute(value, spec_dir)!r} (relative paths are read from the spec's folder)"
+        f"{field}: nothing matches {local_path(value, spec_dir)!r} (relative paths are read from the spec's folder)"
         for field, value in _data_fields(spec)
-        if not is_remote(value) and not glob.glob(_absolute(value, spec_dir))
+        if not is_remote(value) and not glob.glob(local_path(value, spec_dir))
     ]
     template = spec.model.chat_template
-    if template is not None and not is_remote(template) and not os.path.isfile(_absolute(template, spec_dir)):
-        problems.append(f"model.chat_template: {_absolute(template, spec_dir)!r} is not a file (a Jinja template)")
+    if template is not None and not is_remote(template) and not os.path.isfile(local_path(template, spec_dir)):
+        problems.append(f"model.chat_template: {local_path(template, spec_dir)!r} is not a file (a Jinja template)")
     sources = spec.eval.sources_root
-    if sources is not None and not is_remote(sources) and not os.path.isdir(_absolute(sources, spec_dir)):
-        problems.append(f"eval.sources_root: {_absolute(sources, spec_dir)!r} is not a folder (the sources that "
+    if sources is not None and not is_remote(sources) and not os.path.isdir(local_path(sources, spec_dir)):
+        problems.append(f"eval.sources_root: {local_path(sources, spec_dir)!r} is not a folder (the sources that "
                         "answers cite)")
     if looks_like_path(spec.base_model) and local_base_model(spec, spec_dir) is None:
         problems.append(
-            f"base_model: {_absolute(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
+            f"base_model: {local_path(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
         )
     return problems
 

@@ -4,27 +4,58 @@ The trainer names its run after the submission (`KUBETUNE_JOB_NAME`) in the spec
 (trainer/tracking/tracker.py). From the run: the last value of each metric; progress and an ETA from the
 `loss` history (step and timestamp of each point) against `training.max_steps`, or from `epoch`
 against `training.epochs`; and the model versions the export registered from it.
-Credentials as MLflow's own client reads them: MLFLOW_TRACKING_TOKEN, or
-MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.
+
+Connection settings as MLflow's own client reads them (mlflow/utils/credentials.py, rest_utils.py):
+MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (each else from ~/.mlflow/credentials) for basic
+auth, which wins over MLFLOW_TRACKING_TOKEN (a bearer token); MLFLOW_TRACKING_INSECURE_TLS=true (no
+certificate check) or MLFLOW_TRACKING_SERVER_CERT_PATH (the CA bundle to trust), never both; and
+MLFLOW_TRACKING_CLIENT_CERT_PATH (a PEM file with the client certificate and its key). Transient failures
+(connection refused or reset, timeouts, 408, 429, 500, 502, 503, 504: MLflow's list) are retried with
+exponential backoff, honouring Retry-After, within RETRY_SECONDS per client; other answers are not.
 """
 
 from __future__ import annotations
 
 import base64
+import configparser
+import http.client
 import json
 import os
+import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-TIMEOUT = 10.0
+from launcher.errors import UserError
+
+TIMEOUT = 10.0  # seconds for one request
+RETRY_SECONDS = 20.0  # no retry starts later than this after the client was made
+BACKOFF_FIRST, BACKOFF_MOST = 0.5, 8.0  # seconds before the first retry, doubling up to the most
+TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 SHOWN = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second", "epoch")
+CREDENTIALS_FILE = "~/.mlflow/credentials"
+AUTH_VARS = "MLFLOW_TRACKING_TOKEN (a bearer token), or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+TLS_VARS = ("set MLFLOW_TRACKING_SERVER_CERT_PATH to the CA bundle that signed the server's certificate, or "
+            "MLFLOW_TRACKING_INSECURE_TLS=true to skip the check")
 
 
 class TrackingUnreachable(Exception):
     """The tracking server did not answer, or answered with an error: one line for the user."""
+
+
+class TrackingRefused(UserError, TrackingUnreachable):
+    """The server is there but will not serve this client as set up here (credentials, certificates): the
+    message names the variables to set. A TrackingUnreachable too, so that progress stays optional."""
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.message, self.retry_after = message, retry_after
 
 
 @dataclass
@@ -59,24 +90,53 @@ class Progress:
 class MlflowRest:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
+        auth, self.sent = credentials()
+        self.headers = {"Content-Type": "application/json"} | auth
+        self.context = tls_context() if self.uri.startswith("https:") else None
+        self.deadline = time.monotonic() + RETRY_SECONDS
 
     def _request(self, path: str, params: dict[str, Any] | None = None, body: dict[str, Any] | None = None) -> Any:
+        """The answer's JSON; None for RESOURCE_DOES_NOT_EXIST. Transient failures are retried (see the top)."""
         url = f"{self.uri}/api/2.0/mlflow/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        headers = {"Content-Type": "application/json"} | _auth()
         data = json.dumps(body).encode() if body is not None else None
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return self._once(urllib.request.Request(url, data, self.headers), path)
+            except _Transient as e:
+                wait = min(BACKOFF_MOST, BACKOFF_FIRST * 2 ** (tries - 1))
+                wait = max(wait, min(e.retry_after or 0.0, BACKOFF_MOST * 4))
+                if time.monotonic() + wait > self.deadline:
+                    raise TrackingUnreachable(f"{e.message} ({tries} tr{'ies' if tries > 1 else 'y'})") from None
+                time.sleep(wait)
+
+    def _once(self, request: urllib.request.Request, path: str) -> Any:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=TIMEOUT) as r:
+            with urllib.request.urlopen(request, timeout=TIMEOUT, context=self.context) as r:
                 return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             detail = e.read().decode("utf-8", errors="replace")[:300]
             if e.code == 404 and "RESOURCE_DOES_NOT_EXIST" in detail:
                 return None
-            raise TrackingUnreachable(f"MLflow at {self.uri} answered {e.code} to {path}: {detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
+            said = f"MLflow at {self.uri} answered {e.code} to {path}: {detail}"
+            if e.code in (401, 403):
+                raise TrackingRefused(refused_message(self.uri, e.code, path, self.sent)) from None
+            if e.code in TRANSIENT:
+                raise _Transient(said, _seconds(e.headers.get("Retry-After"))) from None
+            raise TrackingUnreachable(said) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
             reason = getattr(e, "reason", e)
-            raise TrackingUnreachable(f"MLflow at {self.uri} is unreachable from here ({reason})") from None
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise TrackingRefused(f"MLflow at {self.uri}: its TLS certificate is not trusted here "
+                                      f"({reason.verify_message}): {TLS_VARS}") from None
+            said = f"MLflow at {self.uri} is unreachable from here ({reason})"
+            if isinstance(reason, (ConnectionError, TimeoutError, http.client.IncompleteRead)) and \
+                    not isinstance(reason, ssl.SSLError):
+                raise _Transient(said) from None
+            raise TrackingUnreachable(said) from None
 
     def find_run(self, experiment: str, run_name: str) -> dict[str, Any] | None:
         found = self._request("experiments/get-by-name", {"experiment_name": experiment})
@@ -105,13 +165,70 @@ class MlflowRest:
                  "source": v.get("source", "")} for v in found or []]
 
 
-def _auth() -> dict[str, str]:
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return {"Authorization": f"Bearer {token}"}
+def credentials() -> tuple[dict[str, str], str]:
+    """(the Authorization header, what it is in words). MLflow's order: basic auth when both the username and the
+    password are known (each from the environment, else from ~/.mlflow/credentials), else the token."""
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        saved = configparser.ConfigParser()
+        saved.read(Path(CREDENTIALS_FILE).expanduser())
+        section = saved["mlflow"] if saved.has_section("mlflow") else {}
+        user = user or section.get("mlflow_tracking_username")
+        password = password or section.get("mlflow_tracking_password")
     if user and password:
-        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
-    return {}
+        basic = base64.standard_b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {basic}"}, f"basic auth as {user}"
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {token}"}, "the bearer token in MLFLOW_TRACKING_TOKEN"
+    return {}, ""
+
+
+def refused_message(uri: str, code: int, path: str, sent: str) -> str:
+    """401/403 in one line, with the variables that set the credentials."""
+    if code == 401:
+        told = f"it did not accept {sent}" if sent else "no credentials are set here"
+        return f"MLflow at {uri} answered 401 Unauthorized to {path}: {told}; set {AUTH_VARS}"
+    told = f"{sent} may not read this" if sent else "no credentials are set here"
+    return f"MLflow at {uri} answered 403 Forbidden to {path}: {told}; set {AUTH_VARS} of a user with read access"
+
+
+def insecure_tls() -> bool:
+    raw = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "false")
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise TrackingRefused(f"MLFLOW_TRACKING_INSECURE_TLS={raw!r}: one of true, false, 1, 0 (as for MLflow)")
+    return raw.lower() in ("true", "1")
+
+
+def tls_context() -> ssl.SSLContext:
+    """An SSL context as MLflow's client sets `requests` up from the environment."""
+    ca, client = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"), os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if insecure_tls() and ca:
+        raise TrackingRefused("MLFLOW_TRACKING_INSECURE_TLS and MLFLOW_TRACKING_SERVER_CERT_PATH are both set: "
+                              "set only one (as MLflow's client wants)")
+    try:
+        if ca:
+            context = ssl.create_default_context(**({"capath": ca} if Path(ca).is_dir() else {"cafile": ca}))
+        else:
+            context = ssl.create_default_context()
+    except (OSError, ssl.SSLError) as e:
+        raise TrackingRefused(f"MLFLOW_TRACKING_SERVER_CERT_PATH={ca}: not a readable CA bundle ({e})") from None
+    if insecure_tls():
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if client:
+        try:
+            context.load_cert_chain(client)
+        except (OSError, ssl.SSLError) as e:
+            raise TrackingRefused(f"MLFLOW_TRACKING_CLIENT_CERT_PATH={client}: not a PEM file with a certificate "
+                                  f"and its key ({e})") from None
+    return context
+
+
+def _seconds(retry_after: str | None) -> float | None:
+    try:
+        return max(0.0, float(retry_after)) if retry_after else None
+    except ValueError:  # an HTTP date: the backoff decides
+        return None
 
 
 def _rate(points: list[dict[str, Any]], position: str) -> tuple[float | None, float | None]:

@@ -5,6 +5,10 @@
 #                                        # (zero2-offload, zero3-offload, fsdp-offload) on a Qwen2.5-1.5B-shaped model
 #   scripts/gpu_check.sh --resume --jobs 8  # ... each job started again resumes to the same adapter; 8 at once
 #   scripts/gpu_check.sh --cpu --tiny    # the same flow on CPU with a tiny model (checks the script itself)
+#   scripts/gpu_check.sh --speed         # throughput instead: our trainer, bf16, plain and with each GPU option,
+#                                        # one line each (scripts/gpu_speed.py; --cpu --tiny: on CPU, in the suite)
+#   scripts/gpu_check.sh --wheels DIR ...  # first install the wheels in DIR (a machine without network, see
+#                                        # docs/performance.md) into WORKDIR/site, put first on PYTHONPATH
 #
 # For each strategy, one process on one GPU (world size 1), started as a pod starts the trainer
 # (python -m trainer.train.supervise accelerate launch --config_file <trainer.spec.strategy's config> -m trainer.train),
@@ -27,6 +31,16 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SPEED=0
+WHEELS=""
+ARGS=()  # what --speed passes on to scripts/gpu_speed.py
+for arg in "$@"; do
+  case "$arg" in
+    --speed) SPEED=1 ;;
+    *) ARGS+=("$arg") ;;
+  esac
+done
+set -- "${ARGS[@]+"${ARGS[@]}"}"
 CPU=0
 TINY=0
 RESUME=0
@@ -48,7 +62,9 @@ while [ $# -gt 0 ]; do
     --workdir) WORKDIR=$2; shift ;;
     --timeout) TIMEOUT=$2; shift ;;
     --jobs) JOBS=$2; shift ;;
-    -h|--help) sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --wheels) WHEELS=$2; shift ;;
+    --warmup|--batch|--seq|--tokenizer|--save-tokenizer) [ "$SPEED" = 1 ] || { echo "gpu_check: $1 needs --speed" >&2; exit 2; }; shift ;;
+    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -63,11 +79,30 @@ else
 fi
 
 cd "$ROOT" || exit 2
+if [ -n "$WHEELS" ]; then  # our pinned packages, carried as wheels to a machine without network
+  mkdir -p "$WORKDIR"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$WORKDIR/site" "$WHEELS"/*.whl || exit 2
+  export PYTHONPATH="$WORKDIR/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
 # accelerate, torchrun and deepspeed are found next to the interpreter
 PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
 export PATH
+
+if [ "$SPEED" = 1 ]; then  # the options gpu_speed.py reads, as given
+  SPEED_ARGS=(--workdir "$WORKDIR/speed" --timeout "$TIMEOUT")
+  prev=""
+  for arg in "${ARGS[@]+"${ARGS[@]}"}"; do
+    case "$prev" in --wheels|--workdir|--timeout|--jobs) prev=""; continue ;; esac
+    case "$arg" in
+      --wheels|--workdir|--timeout|--jobs) prev=$arg ;;
+      --resume|--checkpointing) echo "gpu_check: $arg is for the strategy check, not --speed" >&2; exit 2 ;;
+      *) SPEED_ARGS+=("$arg") ;;
+    esac
+  done
+  exec "$PY" "$ROOT/scripts/gpu_speed.py" "${SPEED_ARGS[@]}"
+fi
 
 if [ "$CPU" = 1 ]; then
   STRATEGIES=${ONLY:-"ddp fsdp zero2 zero3"}  # fsdp through tests/fixtures/fsdp_on_cpu.py; no NCCL on CPU

@@ -6,23 +6,19 @@ formatter that keeps the lines users and the launcher read. Progress goes to std
     error("data.train: no such file")       [kubetune] error: data.train: no such file
 
 `ERROR_PREFIX` is the contract with the launcher: it finds a failed pod's diagnosis by it in the pod's log
-(launcher/backends/local.py ERROR_MARK). `main_only=True` writes from the job's first rank only (`is_main`),
+(launcher/backends/local.py ERROR_MARK). `main_only=True` writes from the job's first rank only (trainer/ranks.py `is_main`),
 so an 8-GPU pod does not say everything eight times. Torch-free: the launcher may import it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from trainer.ranks import is_main
 
 ERROR_PREFIX = "[kubetune] error:"
 OUT, ERR = "kubetune.out", "kubetune.err"
-
-
-def is_main() -> bool:
-    """Whether this process is the job's rank 0 (`RANK`, which torchrun and accelerate set; a lone process is)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 class _Current(logging.StreamHandler):  # type: ignore[type-arg]

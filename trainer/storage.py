@@ -39,6 +39,19 @@ def is_remote(uri: str) -> bool:
     return bool(sep) and scheme not in ("file", "local")
 
 
+def local_path(path: str, base: Path) -> str:
+    """A path on this machine made absolute against `base` (`~` expanded; a `file://` URI is one too)."""
+    return os.path.normpath(base / os.path.expanduser(path.removeprefix("file://")))
+
+
+def output_location(uri: str | None, job_name: str, base: Path) -> str:
+    """Where a job's outputs go: `output.uri` (remote as given, a local path against `base`, the spec's folder);
+    unset, `runs/<job name>` next to the spec. The one default, for the launcher, the trainer and the export."""
+    if uri is None:
+        return local_path(str(Path("runs") / job_name), base)
+    return uri if is_remote(uri) else local_path(uri, base)
+
+
 def options(uri: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """fsspec options for `uri`: for S3, botocore's retry and timeout configuration and the read
     block size, under `extra` (which wins key by key, `config_kwargs` included)."""

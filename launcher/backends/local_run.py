@@ -1,6 +1,8 @@
-"""Running a planned local Job: the pods' processes (init containers first), their logs, and stopping them.
+r"""Running a planned local Job: the pods' processes (init containers first), their logs, and stopping them.
 
-Logs stream prefixed with the rank (`[rank 1]`, `[rank 1 preflight]` for an init container). The
+Logs stream prefixed with the rank (`[rank 1]`, `[rank 1 preflight]` for an init container), split on
+both line ends and carriage returns: a progress bar (tqdm's states, each rewritten after a `\r`) is one
+updating line on a terminal, and elsewhere (a pipe, CI, a file) a few plain lines (PodLines). The
 first process that fails stops the others (SIGTERM to each process group, SIGKILL after a grace
 period); SIGINT / SIGTERM are forwarded the same way. `launcher.backends.local.plan` makes the pods.
 
@@ -11,6 +13,7 @@ SIGTERM, as kubelet sends it to a container's PID 1; the trainer then checkpoint
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
@@ -20,11 +23,107 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from launcher.backends.local import ERROR_MARK, PodProcess, process_env
 from launcher.errors import UserError
+
+PROGRESS_PERCENT = 25  # without a terminal, a progress bar is shown at its start, each quarter done,
+PROGRESS_SECONDS = 30.0  # at least this often, and at its end
+PERCENT = re.compile(r"(?<![\d.])(\d{1,3})(?:\.\d+)?%")
+LINE_END = re.compile(r"\r\n|\n|\r")
+CLEAR = "\r\033[K"  # back to the line's start, erase it
+
+
+class Screen:
+    """Where every pod's lines go, one whole line at a time; on a terminal, also one updating line."""
+
+    def __init__(self, out: IO[str]):
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.open = False  # an updating line is shown, not ended
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            self.out.write((CLEAR if self.open else "") + text + "\n")
+            self.open = False
+            self.out.flush()
+
+    def update(self, text: str) -> None:
+        with self._lock:
+            self.out.write(CLEAR + text[: shutil.get_terminal_size().columns - 1])
+            self.open = True
+            self.out.flush()
+
+    def end(self) -> None:
+        """Ends an updating line left shown, as it is."""
+        with self._lock:
+            if self.open:
+                self.out.write("\n")
+                self.out.flush()
+            self.open = False
+
+
+class PodLines:
+    r"""One pod's output bytes as prefixed lines on the Screen, split on `\n`, `\r\n` and `\r`. Text ended by a
+    `\r` is a progress state (the next one rewrites it): on a terminal it updates one line; elsewhere only the
+    bar's first state, one per PROGRESS_PERCENT or PROGRESS_SECONDS, and its last state are kept."""
+
+    def __init__(self, prefix: str, screen: Screen, seen: Callable[[str], None] = lambda _: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.prefix, self.screen, self.seen, self.clock = prefix, screen, seen, clock
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.rest = ""  # text not ended yet
+        self.cr = False  # the last text ended was ended by a `\r`: what follows is a progress state
+        self.state: str | None = None  # the progress bar's latest state; None: no bar under way
+        self.shown: tuple[str, float, int] | None = None  # the bar's last state shown as a line: when, which step
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        text, start = self.rest + self.decoder.decode(data, final), 0
+        for m in LINE_END.finditer(text):
+            if m.group() == "\r" and m.end() == len(text) and not final:
+                break  # perhaps the start of a `\r\n`
+            self.cr = m.group() == "\r"
+            self._fragment(text[start:m.start()], ended=not self.cr)
+            start = m.end()
+        self.rest = text[start:]
+        shown = self.rest.rstrip("\r")
+        if self.screen.tty and self.cr and shown:  # the state being written, before its `\r` comes
+            self.screen.update(f"[{self.prefix}] {shown}")
+
+    def close(self) -> None:
+        self.feed(b"", final=True)
+        if self.rest or self.state is not None:
+            self._fragment(self.rest, ended=True)
+        self.rest = ""
+
+    def _fragment(self, text: str, ended: bool) -> None:
+        if text:
+            self.seen(text)
+        if not ended:
+            if text:
+                self._progress(text)
+            return
+        if self.state is None:
+            self.screen.line(f"[{self.prefix}] {text}")
+            return
+        last, shown, self.state, self.shown = text or self.state, self.shown, None, None
+        if self.screen.tty or shown is None or shown[0] != last:
+            self.screen.line(f"[{self.prefix}] {last}")
+
+    def _progress(self, text: str) -> None:
+        first, self.state = self.state is None, text
+        if self.screen.tty:
+            self.screen.update(f"[{self.prefix}] {text}")
+            return
+        now, found = self.clock(), PERCENT.search(text)
+        step = min(int(found.group(1)), 99) // PROGRESS_PERCENT if found else -1  # 100%: the last state says it
+        if first or self.shown is None or step > self.shown[2] or now - self.shown[1] >= PROGRESS_SECONDS:
+            self.screen.line(f"[{self.prefix}] {text}")
+            self.shown = (text, now, step)
 
 
 @dataclass
@@ -56,17 +155,19 @@ class LocalRun:
         self.pods = pods
         self.label = label
         self.out = out or sys.stdout
+        self.screen = Screen(self.out)
         self.grace = grace
         self.preempt = preempt  # (rank, pattern): SIGTERM to that pod once its log matches (see the docstring)
         self.preempted: int | None = None  # the rank that got it
         self.procs: list[subprocess.Popen[bytes]] = []  # those of the current phase
         self._by_rank: dict[int, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()
         self._signal: int | None = None
         self.errors: dict[int, str] = {}
 
     def _start(self, pod: PodProcess) -> subprocess.Popen[bytes]:
         env = process_env(pod)
+        if self.screen.tty:  # the trainer slows tqdm down without a terminal (trainer/quiet.py); here is one
+            env.setdefault("TQDM_MININTERVAL", "0.5")
         exe = shutil.which(pod.argv[0], path=env["PATH"])
         if exe is None:
             raise UserError(
@@ -84,25 +185,24 @@ class LocalRun:
 
     def _pump(self, pod: PodProcess, stream: IO[bytes]) -> None:
         prefix = f"rank {pod.rank}" if self.label == "rank" else self.label
-        prefix = f"{prefix} {pod.container}" if pod.container else prefix
-        for raw in iter(stream.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-            if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
-                self.errors[pod.rank] = line[mark.end():].strip()
-            if self.preempt and not pod.container and self.preempted is None and pod.rank == self.preempt[0] \
-                    and self.preempt[1].search(line):
-                self._preempt(pod.rank)
-            with self._lock:
-                self.out.write(f"[{prefix}] {line}\n")
-                self.out.flush()
+        lines = PodLines(f"{prefix} {pod.container}" if pod.container else prefix, self.screen,
+                         lambda line: self._seen(pod, line))
+        while chunk := os.read(stream.fileno(), 65536):  # what there is, not waiting for a line's end
+            lines.feed(chunk)
+        lines.close()
         stream.close()
+
+    def _seen(self, pod: PodProcess, line: str) -> None:
+        if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
+            self.errors[pod.rank] = line[mark.end():].strip()
+        if self.preempt and not pod.container and self.preempted is None and pod.rank == self.preempt[0] \
+                and self.preempt[1].search(line):
+            self._preempt(pod.rank)
 
     def _preempt(self, rank: int) -> None:
         """SIGTERM to the pod's first process only, as kubelet sends it to a container's PID 1."""
         self.preempted = rank
-        with self._lock:
-            self.out.write(f"[local runner] SIGTERM to rank {rank} (a simulated preemption)\n")
-            self.out.flush()
+        self.screen.line(f"[local runner] SIGTERM to rank {rank} (a simulated preemption)")
         with contextlib.suppress(ProcessLookupError, KeyError):
             self._by_rank[rank].send_signal(signal.SIGTERM)
 
@@ -177,6 +277,7 @@ class LocalRun:
                 self._stop(signal.SIGTERM)
         for pump in pumps:
             pump.join(timeout=5)
+        self.screen.end()
         codes = [p.returncode for p in self.procs]
         container = processes[0].container if processes else ""
         return Outcome(codes, first_failure, self._signal, stopped, dict(self.errors), self.label, container)

@@ -15,6 +15,7 @@ import click
 
 from launcher.cli.cluster import COMMANDS, cluster_options, mlflow_option, namespace_option, stuck_option
 from launcher.cli.data import data as data_group
+from launcher.cli.options import spec_options
 from launcher.cli.plan import plan as plan_command
 from launcher.errors import UserError
 from launcher.output import output_option
@@ -42,17 +43,6 @@ def _print_error(e: KubetuneError) -> None:
     console.print(f"[bold red]error:[/] {escape(getattr(e, 'message', None) or str(e))}")
     for problem in getattr(e, "problems", []):
         console.print(f"  [red]-[/] {escape(problem)}")
-
-
-def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override a spec field, e.g. --set training.learning_rate=1e-4 (repeatable).",
-    )(f)
-    return click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))(f)
 
 
 def target_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from launcher.cli.datagen import COMMANDS as DATAGEN_COMMANDS
+from launcher.cli.options import spec_options
 from launcher.errors import UserError
 from launcher.output import emit
 
@@ -20,9 +21,7 @@ def data() -> None:
 
 
 @data.command()
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec field, e.g. --set data.max_seq_len=4096 (repeatable).")
+@spec_options
 @click.option("--sample", type=click.IntRange(min=1), default=None, metavar="N",
               help="Read only the first N rows of each split (default: every row).")
 @click.option("--tokenizer", "tokenizer", metavar="PATH", default=None,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from launcher.cli.options import spec_options
+
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a spec field, e.g. --set data.max_seq_len=4096 (repeatable).")
+@spec_options
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--model-config", type=click.Path(exists=True, path_type=Path),
               help="The base model's architecture when the plan cannot find it: its config.json, a folder holding "

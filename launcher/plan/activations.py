@@ -4,12 +4,20 @@ activations of a micro-batch, the logits and loss, and DoRA's weight-norm scratc
 The activation terms itemise the tensors autograd saves in one decoder layer of transformers 5.x with PEFT,
 as measured with `torch.autograd.graph.saved_tensors_hooks` (bench/plan.py compares the total against
 measured peaks on CPU). launcher/plan/memory.py adds them to the weights, adapter and optimizer state.
+
+The GPU options (trainer/model/kernels.py): `training.kernels: liger` saves less in each RMSNorm (its input in
+the model dtype and 1/rms, not an fp32 copy) and MLP (the gate and up outputs; the activation is recomputed in
+backward), from Liger Kernel's autograd functions. `training.padding_free` is flash-attention without padding: no
+mask, and the worst case is unchanged, a micro-batch of full rows (`batch x seq_len` real tokens): it removes
+only the padding of rows shorter than the batch's longest, which lowers typical steps, not the peak.
+`training.compile` changes nothing here (the same tensors are saved; inductor may fuse some away, never adds).
 """
 
 from __future__ import annotations
 
 from launcher.plan.arch import Architecture, Linear
 from launcher.plan.setup import DTYPE_BYTES, Setup
+from trainer.spec.training import loss_chunk_rows
 
 
 def _site_bytes(width: int, readers: list[Linear], setup: Setup, shared: bool) -> float:
@@ -46,7 +54,7 @@ def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
     def readers(*names: str) -> list[Linear]:
         return [lin for lin in targets if lin.name in names]
 
-    saved = arch.norms_per_layer * (4 * h + 4)  # RMSNorm: an fp32 copy of its input and 1/rms
+    saved = arch.norms_per_layer * norm_bytes(arch, setup)
     if arch.qk_norm:
         saved += 4 * (q + kv) + 4 * (arch.num_heads + arch.num_kv_heads)
     saved += _site_bytes(h, readers("q_proj", "k_proj", "v_proj", "qkv_proj"), setup, shared=False)
@@ -67,9 +75,14 @@ def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
         saved += setup.seq_len * a
     if arch.num_experts:  # per routed token and expert: gate/up outputs, gated activations, weighted output
         saved += arch.experts_per_token * (6 * inter + h) * a + arch.num_experts * 4  # gpt-oss's clamped SwiGLU
-    else:
-        saved += 3 * inter * a  # the activation's input and output, and the up projection
+    else:  # the activation's input and output, and the up projection; Liger's fused kernel keeps no output
+        saved += (2 if setup.kernels == "liger" else 3) * inter * a
     return saved
+
+
+def norm_bytes(arch: Architecture, setup: Setup) -> int:
+    """Saved per token by one RMSNorm: an fp32 copy of its input and 1/rms; Liger's: its input as it is."""
+    return (DTYPE_BYTES[setup.dtype] if setup.kernels == "liger" else 4) * arch.hidden_size + 4
 
 
 def attention_kind(arch: Architecture, setup: Setup) -> str:
@@ -91,9 +104,9 @@ def activations(arch: Architecture, setup: Setup) -> int:
         body = arch.num_layers * arch.hidden_size * a * tokens + max(0, layer - logits(arch, setup))
     else:
         body = arch.num_layers * layer
-    final_norm = (4 * arch.hidden_size + 4) * tokens
+    final_norm = norm_bytes(arch, setup) * tokens
     masks = arch.mask_kinds * setup.batch * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
-    if attention_kind(arch, setup) == "flash_attention_2":
+    if attention_kind(arch, setup) == "flash_attention_2":  # padding_free too (it needs flash-attention)
         masks = 0  # packed rows reach flash-attention as position ids, no dense mask
     return int(body + final_norm + masks + merged_experts(arch, setup))
 
@@ -108,12 +121,20 @@ def merged_experts(arch: Architecture, setup: Setup) -> int:
 
 
 def logits(arch: Architecture, setup: Setup) -> int:
-    """batch x seq x vocab: the logits (model dtype), their fp32 copy for the loss, its saved log-softmax and
-    the gradient of that at the start of the backward pass."""
+    """`training.loss: full` (and every loss under zero3 / fsdp, where the trainer falls back to it): batch x seq x
+    vocab: the logits (model dtype), their fp32 copy for the loss, its saved log-softmax and the gradient of that at
+    the start of the backward pass. `chunked` (`liger` and `cce` alike): one chunk of rows of the trained positions
+    at a time (`loss_chunk_rows`) — its logits in the model dtype, two fp32 buffers (the logits, the soft cap's tanh,
+    then the softmax gradient in place) and the gradient in the model dtype for its matmul — plus the hidden states
+    of every trained position (at most all tokens) and their gradient, and the model's own one-position logits."""
     tokens = setup.batch * setup.seq_len
     a = DTYPE_BYTES[setup.dtype]
-    per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
-    return int(tokens * arch.vocab_size * per)
+    if setup.loss == "full" or setup.sharded:
+        per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
+        return int(tokens * arch.vocab_size * per)
+    rows = min(tokens, loss_chunk_rows(arch.vocab_size))
+    chunk = rows * arch.vocab_size * (8 + (2 * a if a != 4 else 0))
+    return int(chunk + 2 * tokens * arch.hidden_size * a + setup.batch * arch.vocab_size * (a + 4))
 
 
 def dora_scratch(arch: Architecture, setup: Setup) -> int:

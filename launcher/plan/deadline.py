@@ -6,8 +6,9 @@ lets a hung run hold its GPUs a few hours longer. Its parts, each printed by `la
 - tokens: at most `training.max_steps` x the global batch (`per_device_batch_size` x `grad_accum` x
   the world size) x `data.max_seq_len` (packed rows are that long; unpacked ones are shorter);
 - FLOPs: 6 per parameter and token (forward 2, backward 4: a LoRA run skips the frozen weights'
-  gradients, so this over-counts), 8 with gradient checkpointing (the forward again);
-- speed: `DEADLINE_MFU` of the slowest board `resources.gpu` may land on (launcher/plan/fit.py);
+  gradients, so this over-counts), 8 with gradient checkpointing (the forward again): `dense_flops` of
+  trainer/spec/flops.py, the formula the trainer's MFU counts with; every parameter counts, the embedding too;
+- speed: `DEADLINE_MFU` of the slowest board `resources.gpu` may land on (the catalog: trainer/spec/gpus.py);
 - then `DEADLINE_FACTOR` times that, plus `DEADLINE_STARTUP_HOURS`, rounded up to whole hours.
 
 Without `training.max_steps` the run's length depends on the data, which `launch` does not read for a
@@ -19,7 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from launcher.plan.fit import KINDS
+from trainer.spec.flops import dense_flops
+from trainer.spec.gpus import KINDS
 from trainer.spec.job import JobSpec
 from trainer.spec.resources import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS
 
@@ -41,7 +43,7 @@ def estimate_seconds(spec: JobSpec, params: int) -> float:
     t, res = spec.training, spec.resources
     assert t.max_steps is not None and res.gpu != "none"
     tokens = t.max_steps * t.per_device_batch_size * t.grad_accum * res.world_size * spec.data.max_seq_len
-    flops = (8 if t.gradient_checkpointing else 6) * params * tokens
+    flops = dense_flops(params, tokens, recompute=t.gradient_checkpointing)
     slowest = min(g.bf16_flops for g in KINDS[res.gpu])
     return flops / (res.world_size * slowest * DEADLINE_MFU)
 

@@ -30,6 +30,8 @@ class Setup:
     world_size: int = 1
     attn: str = "sdpa"  # sdpa | eager | flash_attention_2
     device: str = "cuda"  # cuda | cpu
+    kernels: str = "none"  # none | liger: Liger's RMSNorm and SwiGLU/GeGLU save less (training.kernels)
+    loss: str = "full"  # full | chunked | liger | cce (training.loss; the spec's default is chunked)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> Setup:
@@ -40,6 +42,7 @@ class Setup:
             target_modules=targets, target_parameters=tuple(a.target_parameters or ()), dropout=a.dropout, batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
             checkpointing=t.gradient_checkpointing, strategy=t.strategy, offload=t.offload, world_size=res.world_size,
             attn=spec.model.attn_implementation, device="cpu" if res.gpu == "none" else "cuda",
+            kernels=t.kernels, loss=t.loss,
         )
 
     def with_(self, **changes: object) -> Setup:

@@ -16,7 +16,7 @@ import torch
 from tests.models import tiny_model
 from trainer.data.collator import Collator
 from trainer.model import isolation
-from trainer.model.arch import ModelError
+from trainer.model.errors import ModelError
 
 ARCHS = ["llama", "qwen2", "qwen3", "qwen3_moe", "gemma3", "phi3", "gpt_oss"]
 

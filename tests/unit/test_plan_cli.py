@@ -32,8 +32,10 @@ SEEDS = {  # the seeds' models, set up as their authors describe
                                                                 "gradient_checkpointing": True},
                     "resources": {"gpu": "any", "gpus_per_node": 4, "nodes": 2}},
 }
+# the logits at every position, as transformers computes them (`training.loss: full`): every rung is needed
 TOO_BIG = {"base_model": "google/gemma-3-12b-it", "adapter": {"method": "dora", "r": 64, "alpha": 128},
-           "data": {"max_seq_len": 4096}, "training": {"per_device_batch_size": 2, "gradient_checkpointing": True},
+           "data": {"max_seq_len": 4096},
+           "training": {"per_device_batch_size": 2, "gradient_checkpointing": True, "loss": "full"},
            "resources": {"gpu": "a100", "gpus_per_node": 1}}
 
 

@@ -136,8 +136,8 @@ def test_fit_table_and_deciding_gpu() -> None:
 def job(**sections: Any) -> Any:
     raw = {"name": "plan-test", "base_model": "google/gemma-3-12b-it", "data": {"train": "s3://d/t.jsonl",
            "max_seq_len": 4096}, "adapter": {"method": "dora", "r": 64, "alpha": 128},
-           "training": {"per_device_batch_size": 2, "gradient_checkpointing": True},
-           "resources": {"gpu": "a100", "gpus_per_node": 1}}
+           "training": {"per_device_batch_size": 2, "gradient_checkpointing": True, "loss": "full"},
+           "resources": {"gpu": "a100", "gpus_per_node": 1}}  # full logits (transformers' way): every rung needed
     for key, value in sections.items():
         raw[key] = raw.get(key, {}) | value if isinstance(value, dict) else value
     return spec_from_dict(raw)

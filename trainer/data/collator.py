@@ -6,9 +6,14 @@ Three layouts:
   a real sample. No `attention_mask`: transformers builds the block-diagonal causal mask from the
   restarting position ids (sdpa / eager / flex attention).
 - padding-free (`padding_free=True`): the whole micro-batch flattened into one row `[1, tokens]`
-  with no padding at all. Needed for flash-attention, which only reads packed sequences from
-  position ids at batch size 1. With sdpa / eager it builds a dense `tokens x tokens` mask, so
-  keep the padded layout there.
+  with no padding at all (each sample's labels start with -100, trainer/data/render.py, so no
+  sample's last token is trained to predict the next sample's first). Needed for flash-attention,
+  which reads packed sequences only at batch size 1: the batch also carries the sequence
+  boundaries as transformers' flash-attention kwargs (`cu_seq_lens_q/k`, int32, and
+  `max_length_q/k`, Python ints), the same values `prepare_fa_kwargs_from_position_ids` would
+  derive from the position ids, computed here once instead of in every layer (with a GPU sync
+  each). Chosen by `training.padding_free`, and always for flash-attention with packing. With
+  sdpa / eager it builds a dense `tokens x tokens` mask, so keep the padded layout there.
 - one sample per row (`packing=False`): right padding with an `attention_mask`.
 
 Every batch carries `use_cache=False`: transformers looks for packed sequences only when no KV
@@ -36,6 +41,17 @@ def pad_id_of(tokenizer: Any) -> int:
     return 0
 
 
+def flash_kwargs(positions: list[int]) -> dict[str, Any]:
+    """Sequence boundaries of one flattened row (a new sequence wherever the position id is 0) as transformers'
+    flash-attention varlen kwargs."""
+    import torch
+
+    starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+    cu = torch.tensor(starts, dtype=torch.int32)
+    longest = max(b - a for a, b in zip(starts, starts[1:], strict=False))
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(), "max_length_q": longest, "max_length_k": longest}
+
+
 class Collator:
     def __init__(
         self,
@@ -54,10 +70,11 @@ class Collator:
 
     @classmethod
     def for_spec(cls, spec: JobSpec, tokenizer: Any) -> Collator:
-        """The layout the spec needs: padding-free (one flattened row) with flash-attention and
-        packing, since flash-attention separates packed samples only at batch size 1."""
+        """The layout the spec needs: padding-free (one flattened row) with `training.padding_free`, and with
+        flash-attention and packing, since flash-attention separates packed samples only at batch size 1."""
         flash = spec.model.attn_implementation.startswith("flash")
-        return cls(tokenizer, spec.data.packing, padding_free=flash and spec.data.packing)
+        flat = spec.training.padding_free or (flash and spec.data.packing)
+        return cls(tokenizer, spec.data.packing, padding_free=flat)
 
     @property
     def efficiency(self) -> float:
@@ -95,6 +112,8 @@ class Collator:
             self.real_tokens += n
         self.slots += ids.numel()
         batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "position_ids": positions}
+        if self.padding_free:
+            batch |= flash_kwargs(positions[0].tolist())
         if not (self.packing or self.padding_free):
             batch["attention_mask"] = mask
         # transformers builds the per-sample mask only when there is no KV cache; with the config

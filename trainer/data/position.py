@@ -145,7 +145,7 @@ def restore(states: list[dict[str, Any]], rank: int, world_size: int,
     return reshard(states, rank, world_size)
 
 
-def fingerprint(spec: JobSpec, files: Sequence[SourceFile], sizes: Sequence[int]) -> dict[str, Any]:
+def fingerprint_of(spec: JobSpec, files: Sequence[SourceFile], sizes: Sequence[int]) -> dict[str, Any]:
     """What a saved position depends on, as short digests (a state stays small with many files)."""
 
     def digest(value: Any) -> str:

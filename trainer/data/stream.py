@@ -34,7 +34,7 @@ The data position contract (checkpoints rely on it):
   Trainer must not skip batches itself on resume (`TrainingArguments(ignore_data_skip=True)`):
   the stream continues.
 - The state holds digests of the file list, the files' sizes and the data settings, and the
-  seed (`position.fingerprint`); loading it with other data raises DataError (resuming would lose
+  seed (`position.fingerprint_of`); loading it with other data raises DataError (resuming would lose
   or repeat rows).
 - Positions cover iteration in the main process (`num_workers=0`, as training runs it: the HF
   Trainer's default). DataLoader workers split the rows among themselves as well, but their
@@ -54,11 +54,12 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from trainer import ranks
 from trainer.data import accounting
 from trainer.data import packing as pk
 from trainer.data.badrows import BadRowLog
 from trainer.data.errors import DataError
-from trainer.data.position import STATE_FORMAT, Work, check_states, fingerprint, restore
+from trainer.data.position import STATE_FORMAT, Work, check_states, fingerprint_of, restore
 from trainer.data.render import ChatRenderer
 from trainer.data.shards import fresh, split
 from trainer.data.sources import expand
@@ -87,8 +88,8 @@ class TrainStream(IterableDataset):
         data = spec.data
         self.data, self.training = data, spec.training
         self.seed = spec.training.seed
-        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+        self.rank = ranks.rank() if rank is None else rank
+        self.world_size = ranks.world_size() if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} of world size {self.world_size}")
         self.passes = passes  # None: endless
@@ -98,7 +99,7 @@ class TrainStream(IterableDataset):
         renderer = ChatRenderer(tokenizer, max_seq_len=data.max_seq_len, train_on=data.train_on,
                                 too_long=data.too_long, reasoning=data.reasoning)
         self.windows = Windows(self.files, plan, renderer, data, self.seed, window_rows * data.max_seq_len, FIELD)
-        self.fingerprint = fingerprint(spec, self.files, sizes)
+        self.fingerprint = fingerprint_of(spec, self.files, sizes)
         self._pass_rows: int | None = None  # packed rows of one pass over all ranks (count_pass)
         self._generation = 0
         self._worker: tuple[int, int] | None = None  # (worker id, workers) inside a DataLoader worker

@@ -27,13 +27,12 @@ from trainer.export.errors import ExportError
 from trainer.export.publish import Publishing
 from trainer.export.wait import wait_for_success
 from trainer.spec.errors import UsageError
-from trainer.spec.io import SpecError, load_spec
+from trainer.spec.io import SpecError, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
 
 
 def output_uri(spec: JobSpec, base_dir: Path) -> str:
-    uri = spec.output.uri or str(Path("runs") / spec.name)
-    return uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(base_dir / uri)
+    return storage.output_location(spec.output.uri, spec.name, base_dir)
 
 
 class Export(Publishing):
@@ -239,10 +238,7 @@ class Export(Publishing):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])
-    p.add_argument("--spec", required=True, help="path to the job spec YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override (repeatable)")
-    p.add_argument("--base-dir", help="folder that relative paths in the spec are taken against (default: the spec's)")
-    return p.parse_args(argv)
+    return spec_arguments(p).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.spec.errors import UsageError
+from trainer.model.errors import ModelError
 
 # Fused expert tensors (nn.Parameter, not nn.Linear) per model_type: what `adapter.target_parameters` names.
 EXPERT_PARAMETERS: dict[str, tuple[str, ...]] = {"gpt_oss": ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")}
@@ -28,10 +28,6 @@ EXPERT_PARAMETERS: dict[str, tuple[str, ...]] = {"gpt_oss": ("mlp.experts.gate_u
 NO_SDPA_OR_FA2 = {"gpt_oss": "eager"}
 
 Quantization = Literal["none", "4bit", "8bit"]
-
-
-class ModelError(UsageError):
-    """A base model or adapter setting that cannot work; the message says what to change."""
 
 
 @dataclass(frozen=True)

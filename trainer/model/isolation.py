@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from trainer.model.arch import ModelError
+from trainer.model.errors import ModelError
 
 # Largest |packed - alone| logit difference, relative to the largest |logit|, that is rounding: the two runs
 # multiply matrices of other shapes. Samples that see each other differ by far more (0.3 relative on the tiny

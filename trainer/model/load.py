@@ -17,18 +17,18 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     BitsAndBytesConfig,
     GgufConfig,
     Mxfp4Config,
     PreTrainedModel,
 )
 
+from trainer import ranks, storage
 from trainer import say as out
-from trainer import storage
 from trainer.model import arch as model_config
-from trainer.model import bnb_adapter, hf_adapter
-from trainer.model.arch import ModelError
+from trainer.model import bnb_adapter, hf_adapter, kernels
+from trainer.model.errors import ModelError
+from trainer.model.tokenizer import open_tokenizer, read_chat_template
 from trainer.spec.job import JobSpec
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -61,6 +61,7 @@ def check_hardware(spec: JobSpec) -> None:
             f"resources.gpu is {spec.resources.gpu!r} but this machine has no CUDA GPU: "
             "set `resources.gpu: none` for a CPU run (e.g. `--set resources.gpu=none`)"
         )
+    kernels.preflight(spec, cuda=cuda)  # the GPU options' packages (trainer/model/kernels.py)
     if spec.model.attn_implementation == "flash_attention_2" and not cuda:
         raise ModelError("model.attn_implementation flash_attention_2 needs a CUDA GPU: use `sdpa` on this machine")
     if spec.model.quantization != "none" and spec.base_model.lower().endswith(".gguf"):
@@ -103,28 +104,11 @@ def resolve_base_model(base_model: str, base_dir: Path | None = None) -> BaseMod
 
 
 def load_tokenizer(ref: BaseModelRef, spec: JobSpec, base_dir: Path | None = None):
-    """The base model's tokenizer; `model.chat_template` (a Jinja file) replaces its own template."""
-    tokenizer = AutoTokenizer.from_pretrained(
-        ref.location, gguf_file=ref.gguf_file, trust_remote_code=spec.model.trust_remote_code
-    )
-    if spec.model.chat_template:
-        tokenizer.chat_template = read_chat_template(spec.model.chat_template, base_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # only used for padding, which the loss masks out
-    return tokenizer
-
-
-def read_chat_template(uri: str, base_dir: Path | None = None) -> str:
-    """The text of a chat template file (local path, relative to `base_dir`, or s3://)."""
-    if not storage.is_remote(uri) and base_dir is not None and not Path(uri).expanduser().is_absolute():
-        uri = str(base_dir / uri)
-    try:
-        text = storage.read_text(uri)
-    except (FileNotFoundError, IsADirectoryError) as e:
-        raise ModelError(f"model.chat_template: cannot read {uri} ({e}); give a Jinja template file") from None
-    if "{%" not in text and "{{" not in text:
-        raise ModelError(f"model.chat_template: {uri} holds no Jinja template (no `{{%` or `{{{{`)")
-    return text
+    """The base model's tokenizer (trainer/model/tokenizer.py); `model.chat_template` (a Jinja file) replaces its
+    own template."""
+    template = read_chat_template(spec.model.chat_template, base_dir) if spec.model.chat_template else None
+    return open_tokenizer(ref.location, gguf_file=ref.gguf_file, trust_remote_code=spec.model.trust_remote_code,
+                          chat_template=template)
 
 
 def say(message: str) -> None:
@@ -159,10 +143,12 @@ def load_base_model(ref: BaseModelRef, spec: JobSpec) -> PreTrainedModel:
     elif plan.quantize == "bnb":
         kwargs["quantization_config"] = _bnb_config(spec)
     if plan.quantize in ("bnb", "checkpoint") and torch.cuda.is_available():
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each rank its own GPU
+        kwargs["device_map"] = {"": ranks.local_rank()}  # each rank its own GPU
     model = AutoModelForCausalLM.from_pretrained(ref.location, **kwargs)
     if ref.gguf_file:
         _drop_quantizer_state(model)
+    if note := kernels.apply_kernels(model, spec.training.kernels):  # before the adapter wraps the MLPs' layers
+        say(note)
     return model
 
 
@@ -245,6 +231,9 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
             raise ModelError("adapter.init loftq reads the unquantized safetensors: use a local or s3:// base_model")
         replace_lora_weights_loftq(peft_model, model_path=ref.location)
     peft_model.train()  # see bnb_adapter.keep_4bit_weights_trainable: no quantized forward in eval mode first
+    if spec.training.compile:  # after the adapter, so the LoRA layers are inside the compiled graphs
+        say(f"training.compile: torch.compile of {kernels.compile_model(peft_model)} decoder layers (the first steps "
+            "compile)")
     return peft_model
 
 

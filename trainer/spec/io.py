@@ -6,6 +6,7 @@ be valid. Torch-free: the launcher imports this.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import json
@@ -34,6 +35,16 @@ class SpecError(UsageError):
         n = len(self.problems)
         head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
         return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+def spec_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The pods' entry points' (trainer.train, trainer.export) spec arguments, defined once: `--spec`, `--set`
+    (as `launch`'s, parsed by `parse_override`) and `--base-dir`."""
+    parser.add_argument("--spec", required=True, help="path to the job spec YAML")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override, e.g. training.max_steps=10 (repeatable)")
+    parser.add_argument("--base-dir", help="folder that relative paths in the spec are taken against (default: the spec's)")
+    return parser
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

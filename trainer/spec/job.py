@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainer.spec.base import DNS_LABEL, Section
 from trainer.spec.data import DataSpec
@@ -21,7 +21,7 @@ from trainer.spec.export import ExportSpec
 from trainer.spec.model import AdapterSpec, ModelSpec
 from trainer.spec.output import OutputSpec, TrackingSpec
 from trainer.spec.resources import ResourcesSpec
-from trainer.spec.training import EvalSpec, TrainingSpec
+from trainer.spec.training import EvalSpec, TrainingSpec, gpu_option_problems
 
 NAME_MAX = 40  # leaves room for the per-submission suffix and the pod index in a 63-char label
 
@@ -73,6 +73,13 @@ class JobSpec(Section):
         if not v.strip():
             raise ValueError("must name a model: a hub id, an s3:// prefix, a local folder or a .gguf file")
         return v
+
+    @model_validator(mode="after")
+    def _gpu_options(self) -> JobSpec:
+        problems = gpu_option_problems(self.training, self.model.attn_implementation, self.resources.gpu)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def experiment(self) -> str:

@@ -11,6 +11,16 @@ from pydantic import Field, model_validator
 
 from trainer.spec.base import Section
 
+# `training.loss: chunked`: logits per chunk of trained positions (float32: 128 MiB), at least LOSS_CHUNK_MIN_ROWS
+# rows so a GPU's matmul stays large. The trainer (trainer/train/head.py) and the planner (launcher/plan) read these.
+LOSS_CHUNK_LOGITS = 2**25
+LOSS_CHUNK_MIN_ROWS = 64
+
+
+def loss_chunk_rows(vocab: int) -> int:
+    """Trained positions per chunk of the chunked loss at a vocabulary of `vocab`."""
+    return max(LOSS_CHUNK_MIN_ROWS, LOSS_CHUNK_LOGITS // max(vocab, 1))
+
 
 class TrainingSpec(Section):
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs` when set.")
@@ -47,6 +57,68 @@ class TrainingSpec(Section):
         2, ge=1, le=100, description="Checkpoints kept in `output.uri/checkpoints/`; older ones are deleted."
     )
     eval_steps: int | None = Field(None, ge=1, description="Evaluate on `data.eval` every N steps (unset: at the end).")
+    loss: Literal["chunked", "full", "liger", "cce"] = Field(
+        "chunked",
+        description="How the LM head and cross-entropy are computed. `chunked`: the head only at positions whose "
+        "next-token label exists, the loss in chunks recomputed in backward, so the `[tokens x vocab]` logits are never "
+        "whole in memory; `full`: the model's own logits at every position (the transformers default); `liger`: Liger "
+        "Kernel's fused linear cross-entropy, `cce`: Cut Cross-Entropy (both CUDA only, where installed).",
+    )
+    kernels: Literal["none", "liger"] = Field(
+        "none",
+        description="Fused GPU kernels: `liger` patches RMSNorm, RoPE and SwiGLU/GeGLU with Liger Kernel's Triton "
+        "kernels (CUDA only, where installed).",
+    )
+    compile: bool = Field(
+        False,
+        description="`torch.compile` each decoder layer before training (CUDA only; the first steps compile; see "
+        "docs/performance.md for where it helps).",
+    )
+    padding_free: bool = Field(
+        False,
+        description="Feed each micro-batch as one flattened row of its samples with restarting position ids and "
+        "no padding, which flash-attention's varlen kernels read as separate sequences (needs "
+        "`model.attn_implementation: flash_attention_2`, CUDA only). With flash-attention and `data.packing` the "
+        "batches are flattened anyway: it keeps packed samples apart only that way.",
+    )
+    prefetch: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Optimizer steps' worth of batches (each `grad_accum` micro-batches) a background thread prepares "
+        "ahead of the training step, so that a step does not wait while data is read, rendered, tokenized and packed "
+        "(0, the default: all of that in the training loop). The batches are the same; checkpoints hold the position "
+        "after the trained ones. Opt-in: a multi-rank CPU run once aborted at exit with the thread alive.",
+    )
+
+
+GPU_ONLY_FIX = {"kernels": "`training.kernels: none`", "loss": "`training.loss: chunked`",
+                "compile": "`training.compile: false`", "padding_free": "`training.padding_free: false`"}
+
+
+def gpu_option_problems(training: TrainingSpec, attn_implementation: str, gpu: str) -> list[str]:
+    """What the spec alone shows the GPU options cannot do (JobSpec's validator): flattened batches without
+    flash-attention, CUDA-only options on a CPU job (`resources.gpu: none`). Whether the packages are installed
+    and CUDA is there is checked when the trainer starts (trainer/model/kernels.py `preflight`)."""
+    problems = []
+    if training.padding_free and not attn_implementation.startswith("flash"):
+        problems.append(
+            f"training.padding_free: true needs `model.attn_implementation: flash_attention_2` (it is "
+            f"`{attn_implementation}`): only flash-attention reads the flattened row's samples as separate sequences, "
+            "sdpa and eager would build a dense tokens x tokens mask; set it, or `training.padding_free: false` "
+            "(packed samples are kept apart under sdpa too)")
+    if gpu == "none":
+        used = {"kernels": training.kernels != "none", "loss": training.loss in ("liger", "cce"),
+                "compile": training.compile, "padding_free": training.padding_free}
+        for field, on in used.items():
+            if on:
+                value = getattr(training, field)
+                problems.append(
+                    f"training.{field}: `{str(value).lower()}` runs on CUDA GPUs only and `resources.gpu` is `none` "
+                    f"(a CPU job): set {GPU_ONLY_FIX[field]}, or a GPU kind in resources.gpu"
+                    + (" (on CPU, inductor compiles C++ for minutes: about 100 s for a 2-layer model's first two "
+                       "steps on 2 cores)" if field == "compile" else ""))
+    return problems
 
 
 MetricName = Literal["exact_match", "rouge_l", "json_valid", "mermaid_valid", "cites_existing_source"]

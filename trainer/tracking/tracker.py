@@ -27,6 +27,7 @@ from trainer import say as out
 from trainer.spec.io import dump_spec, flatten, spec_hash
 from trainer.spec.job import JobSpec
 from trainer.tracking.outbox import Outbox
+from trainer.tracking.speed import Speed
 
 if TYPE_CHECKING:
     from mlflow.entities import Metric
@@ -222,10 +223,10 @@ class ProgressPrinter(TrainerCallback):
             return
         step = f"step {state.global_step}/{state.max_steps}"
         if "loss" in logs:
-            tps = logs.get("tokens_per_second")
+            tps, mfu = logs.get("tokens_per_second"), logs.get("mfu")
             out.say(f"{step} loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
-                    f"grad_norm {logs.get('grad_norm', float('nan')):.3f}" + (f" tokens/s {tps:,.0f}" if tps else ""),
-                    tag="train")
+                    f"grad_norm {logs.get('grad_norm', float('nan')):.3f}" + (f" tokens/s {tps:,.0f}" if tps else "")
+                    + (f" MFU {mfu:.1%}" if mfu is not None else ""), tag="train")
         elif "eval_loss" in logs:
             out.say(f"{step} loss {logs['eval_loss']:.4f} perplexity {numeric(logs)['eval_perplexity']:.2f}",
                     tag="eval")
@@ -236,30 +237,52 @@ class MeteredTrainer(Trainer):
 
     The count is taken as each micro-batch trains (`training_step`), so it is exact (no dataloader
     prefetch), and summed over ranks at each log step (all ranks log). The clock starts when the first
-    step's micro-batches have been fetched.
+    step's micro-batches have been fetched; evaluations and checkpoint saves are not counted. With a `speed` meter
+    (trainer/tracking/speed.py) each log step also has the model's FLOP/s and MFU, and the last log the run's.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, speed: Speed | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.tokens_trained = 0
         self._pending: torch.Tensor | None = None
         self._since: float | None = None
+        self.speed = speed
+        if speed is not None:
+            self.add_callback(speed)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.speed is not None:  # last: its pause ends after every other callback's save (the upload) is done
+            self.remove_callback(self.speed)
+            self.add_callback(self.speed)
+        return super().train(*args, **kwargs)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self._since is None:
             self._since = time.perf_counter()
         n = (inputs["labels"] != -100).sum()
         self._pending = n if self._pending is None else self._pending + n
+        if self.speed is not None:
+            self.speed.add(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._pending is not None and self._since is not None:
             tokens = int(self.accelerator.reduce(self._pending.to(self.args.device), reduction="sum").item())
             now = time.perf_counter()
+            seconds = max(now - self._since - (self.speed.take_paused() if self.speed else 0.0), 1e-9)
             self.tokens_trained += tokens
-            logs["tokens_per_second"] = tokens / max(now - self._since, 1e-9)
+            logs["tokens_per_second"] = tokens / seconds
             logs["tokens_trained"] = float(self.tokens_trained)
             self._pending, self._since = None, now
+            if self.speed is not None:
+                counts = self.accelerator.reduce(self.speed.take(self.args.device), reduction="sum")
+                logs.update(self.speed.window(counts.tolist(), seconds, self.args.world_size))
+        elif "train_runtime" in logs and self.speed is not None:  # the run's end: its whole rates
+            counts = self.accelerator.reduce(self.speed.take(self.args.device), reduction="sum").tolist()
+            if counts[0] and self._since is not None:  # steps after the last log step count too
+                seconds = max(time.perf_counter() - self._since - self.speed.take_paused(), 1e-9)
+                self.speed.window(counts, seconds, self.args.world_size)
+            logs.update({f"train_{k}": v for k, v in self.speed.summary(self.args.world_size).items()})
         super().log(logs, start_time)
 
 

@@ -2,6 +2,10 @@
 
 import sys
 
-from trainer.train.loop import main
+from trainer.quiet import plain_progress
+
+plain_progress()  # before transformers imports tqdm: it reads TQDM_MININTERVAL once, at import
+
+from trainer.train.loop import main  # noqa: E402
 
 sys.exit(main())

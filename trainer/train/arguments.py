@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
 
+from trainer import ranks
 from trainer.spec.job import JobSpec
 
 
@@ -16,7 +16,7 @@ def training_arguments(spec: JobSpec, work: Path, name: str, cpu: bool) -> Train
     t, has_eval = spec.training, spec.data.eval is not None
     gpu_dtype = None if cpu else spec.model.dtype
     deepspeed = t.strategy in ("zero2", "zero3")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = ranks.world_size() > 1
     return TrainingArguments(
         output_dir=str(work / "checkpoints"),
         max_steps=t.max_steps or -1, num_train_epochs=t.epochs,

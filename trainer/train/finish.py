@@ -5,12 +5,11 @@ MLflow run ended, and on a failure `_FAILED` for the export job waiting for this
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import UTC, datetime
 
+from trainer import ranks, storage
 from trainer import say as out
-from trainer import storage
 from trainer.model import load as models
 from trainer.spec.io import dump_spec, spec_hash
 from trainer.tracking import samples as sampling
@@ -53,6 +52,7 @@ class Finish:
             "steps": self.trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_loss": self.result.training_loss, "tokens_trained": self.trainer.tokens_trained,
             "rows_trained": rows_trained, "resumes": self._checkpoint_extra()["resumes"],
+            **self.trainer.speed.summary(self.args.world_size),  # this attempt's tokens_per_second and mfu
             "files": files, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         tracker.log_metrics({"data/rows_trained": rows_trained}, step=self.trainer.state.global_step)
@@ -76,7 +76,7 @@ class Finish:
             self.tracker.end("KILLED", timeout=min(10, self.spec.tracking.flush_timeout))
         if not ok and getattr(self, "output", None):
             self.mark_failed(error)
-        if ok and int(os.environ.get("LOCAL_RANK", "0")) == 0 and getattr(self, "work", None):
+        if ok and ranks.is_local_main() and getattr(self, "work", None):
             shutil.rmtree(self.work, ignore_errors=True)
 
     def mark_failed(self, error: str | None) -> None:

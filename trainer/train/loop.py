@@ -25,21 +25,23 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, set_seed
 
+from trainer import ranks, storage
 from trainer import say as out
-from trainer import storage
 from trainer.data import Collator, build_dataset, template_date
 from trainer.data.stream import TrainStream
 from trainer.model import load as models
 from trainer.model.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
 from trainer.spec.errors import UsageError
-from trainer.spec.io import SpecError, flatten, load_spec
+from trainer.spec.io import SpecError, flatten, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
 from trainer.tracking import samples as sampling
+from trainer.tracking.speed import Speed
 from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name
 from trainer.train import checkpoint, preemption, resume
 from trainer.train.arguments import training_arguments
 from trainer.train.finish import Finish
+from trainer.train.head import choose as choose_head
 from trainer.train.restarts import Restarts
 
 USER_ERRORS = (UsageError,)  # data, model, resume, checkpoint, strategy, metric errors: the user's to fix (exit 2)
@@ -52,7 +54,7 @@ class FineTune(Restarts, Finish):
     def __init__(self, spec: JobSpec, base_dir: Path, signals: preemption.Signals | None = None):
         self.spec = spec
         self.base_dir = base_dir
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = ranks.rank()
         self.name = job_name(spec)
         self.tracker: Tracker | None = None
         self.signals = signals or preemption.Signals()
@@ -63,22 +65,30 @@ class FineTune(Restarts, Finish):
         if self.rank == 0:
             out.say(message)
 
+    def run(self) -> None:
+        """The whole job in order: setup, data, model, training and, unless preempted, the outputs."""
+        self.setup()
+        self.load_data()
+        self.load_model()
+        self.train()
+        if not self.preempted:
+            self.save()
+
     # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
         spec = self.spec
         models.check_hardware(spec)
         cpu = spec.resources.gpu == "none"
         if cpu and "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        uri = spec.output.uri or str(Path("runs") / spec.name)
-        self.output = uri if storage.is_remote(uri) or Path(uri).is_absolute() else str(self.base_dir / uri)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks.local_world_size()))
+        self.output = storage.output_location(spec.output.uri, spec.name, self.base_dir)
         self.work = Path(os.environ.get("KUBETUNE_WORK_DIR") or tempfile.gettempdir()) / "kubetune" / self.name
         self.staging = self.work / "out"
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = ranks.world_size()
         self.say(f"job {self.name}: base model {spec.base_model}, output {self.output}, world size {world}")
         # Built before the model: under ZeRO-3 from_pretrained must already see the DeepSpeed config.
         self.args = training_arguments(spec, self.work, self.name, cpu)
-        self.main = self.args.process_index == 0
+        self.main = ranks.is_main()
         if self.main:  # a rerun must not look finished (or failed) early
             for marker in ("_SUCCESS", "_FAILED"):
                 if storage.exists(storage.join(self.output, marker)):
@@ -167,12 +177,17 @@ class FineTune(Restarts, Finish):
         self.stop = resume.StopOnSignal(self.signals)
         callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
         packing_check = None
-        if spec.data.packing:  # before step 1, on the model as the strategy wrapped it (trainer/model/isolation.py)
+        if spec.data.packing or spec.training.padding_free:  # samples share rows: checked before step 1, on the
+            # model as the strategy wrapped it (trainer/model/isolation.py)
             packing_check = PackingCheck(Collator.for_spec(spec, self.tokenizer), len(self.tokenizer), self.say)
             callbacks.insert(0, packing_check)
         trainer = resume.ResumableTrainer(
             model=self.model, args=self.args, train_dataset=self._stream(), eval_dataset=self.eval_items,
             data_collator=Collator.for_spec(spec, self.tokenizer), checkpointer=checkpointer, callbacks=callbacks,
+            speed=Speed.for_run(self.model, spec, self.args.device, self.tokenizer, self.say, tracker),  # tokens/s, MFU
+            prefetch=spec.training.prefetch * spec.training.grad_accum,  # N optimizer steps' micro-batches ahead
+            head=choose_head(spec.training.loss, self.model, say=self.say,  # the LM head where a label is
+                             sharded=spec.training.strategy if spec.training.strategy in ("zero3", "fsdp") else None),
         )
         if packing_check is not None:
             packing_check.trainer = trainer
@@ -212,7 +227,8 @@ class FineTune(Restarts, Finish):
             self.say(f"stopped at step {self.stop.stopped_at}/{self.args.max_steps} after SIGTERM; checkpoint "
                      f"{checkpoint.step_name(self.stop.stopped_at)} written: the job resumes from it when restarted")
             return
-        self.say(f"trained {self.trainer.state.global_step} steps in {time.perf_counter() - started:.1f}s")
+        self.say(f"trained {self.trainer.state.global_step} steps in {time.perf_counter() - started:.1f}s: "
+                 f"{self.trainer.speed.summary_text(self.args.world_size)}")
         self.train_stats = self.train_items.finish()  # every rank: rows read, used, skipped, summed over ranks
         self.say(self.train_stats.report())
         tracker.log_metrics(self.train_stats.as_metrics("data/"), step=self.trainer.state.global_step)
@@ -233,11 +249,7 @@ class FineTune(Restarts, Finish):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.train", description="Fine-tune one adapter from a job spec.")
-    p.add_argument("--spec", required=True, help="path to the job spec YAML")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. training.max_steps=10 (repeatable)")
-    p.add_argument("--base-dir", help="folder that relative paths in the spec are taken against (default: the spec's)")
-    return p.parse_args(argv)
+    return spec_arguments(p).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,12 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
     ok, code, error = False, 1, None
     try:
-        job.setup()
-        job.load_data()
-        job.load_model()
-        job.train()
-        if not job.preempted:
-            job.save()
+        job.run()
         ok, code = True, preemption.EXIT_PREEMPTED if job.preempted else 0
     except USER_ERRORS as e:
         error, code = str(e), preemption.EXIT_USER_ERROR

@@ -12,14 +12,21 @@ Trainer passes `num_items_in_batch` only to models whose class accepts loss kwar
 (`accepts_loss_kwargs = False`, e.g. some conditional-generation classes in transformers 5.23) it
 averages per-micro-batch means — a different weighting under accumulation. With our function the
 normalisation is the same for every model.
+
+With `training.loss: chunked` (and `liger`, `cce`) the sum and count come from `Head.loss_sum`
+(trainer/train/head.py: the LM head only at the trained positions, in chunks) instead of the model's logits;
+the normalisation above is the same.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from trainer.train.head import Head
 
 IGNORE = -100
 
@@ -35,14 +42,19 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 class TokenMeanLoss:
     """The Trainer's `compute_loss_func`. While `collect` is a list, each call adds its (sum, count) to it:
-    evaluation reads the token-weighted mean from there (see `ResumableTrainer.evaluation_loop`)."""
+    evaluation reads the token-weighted mean from there (see `ResumableTrainer.evaluation_loop`). With a `head`,
+    calls made inside its `capture` take the loss from the captured hidden states (trainer/train/head.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, head: Head | None = None) -> None:
         self.collect: list[torch.Tensor] | None = None
+        self.head = head
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        total, count = token_loss_sum(logits, labels)
+        if self.head is not None and self.head.hidden is not None:
+            total, count = self.head.loss_sum(outputs, labels)
+        else:
+            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+            total, count = token_loss_sum(logits, labels)
         if self.collect is not None:
             self.collect[0] = self.collect[0] + total.detach().double().cpu()
             self.collect[1] = self.collect[1] + count.detach().cpu()

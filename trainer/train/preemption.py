@@ -26,7 +26,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from trainer import say
+from trainer import ranks, say
 from trainer.spec.exits import EXIT_DIR, EXIT_PEER_LOST, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 __all__ = ["EXIT_DIR", "EXIT_PEER_LOST", "EXIT_PREEMPTED", "EXIT_USER_ERROR"]
@@ -71,6 +71,6 @@ def report_exit(code: int) -> None:
     """Tell the supervisor this rank's exit code (accelerate launch would turn it into 1)."""
     folder = os.environ.get(EXIT_DIR)
     if folder:
-        path = Path(folder) / f"rank-{os.environ.get('RANK', '0')}"
+        path = Path(folder) / f"rank-{ranks.rank()}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{code}\n", encoding="utf-8")

@@ -33,10 +33,13 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from trainer import ranks
+from trainer.data.prefetch import PrefetchLoader
 from trainer.spec.errors import UsageError
 from trainer.tracking.tracker import MeteredTrainer
 from trainer.train import checkpoint
 from trainer.train.datastate import TAG, Tagged, TaggedCollator
+from trainer.train.head import Head, head_loss
 from trainer.train.loss import TokenMeanLoss
 from trainer.train.preemption import Signals
 
@@ -144,30 +147,30 @@ class Checkpointer:
 
     def save(self, trainer: ResumableTrainer, local: Path) -> checkpoint.Entry | None:
         args, step = trainer.args, trainer.state.global_step
-        ranks = gather({"data": trainer.data_state, "rows": trainer.rows_seen})
+        per_rank = gather({"data": trainer.data_state, "rows": trainer.rows_seen})
         tokens = trainer.tokens_so_far()  # a collective: every rank calls it
-        rows = trainer.rows_before + sum(r["rows"] for r in ranks)
-        if args.process_index == 0:
+        rows = trainer.rows_before + sum(r["rows"] for r in per_rank)
+        if ranks.is_main():
             extra = self.extra()
             state = {"format": checkpoint.FORMAT, "job_name": self.job_name, "step": step,
                      "world_size": args.world_size, "data": {"world_size": args.world_size,
-                                                             "ranks": [r["data"] for r in ranks]},
+                                                             "ranks": [r["data"] for r in per_rank]},
                      "rows_trained": rows, "tokens_trained": tokens, **extra}
             local.mkdir(parents=True, exist_ok=True)
             (local / checkpoint.STATE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
         barrier()  # every rank's files are in the node's local folder
-        files = checkpoint.publish(local, self.output, step) if args.local_process_index == 0 else {}
+        files = checkpoint.publish(local, self.output, step) if ranks.is_local_main() else {}
         merged: dict[str, dict[str, Any]] = {}
         for node_files in gather(files):
             for rel, info in node_files.items():
                 merged.setdefault(rel, info)
         entry = None
-        if args.process_index == 0:
+        if ranks.is_main():
             entry = checkpoint.new_entry(step, args.world_size, merged, rows)
             checkpoint.commit(self.output, entry, self.job_name, extra.get("run_id"), self.spec_flat, self.keep)
             self.say(f"checkpoint {entry.name}: {len(merged)} files in {checkpoint.folder(self.output)}")
         barrier()  # no rank leaves (or exits on SIGTERM) before the manifest names the checkpoint
-        if args.local_process_index == 0:
+        if ranks.is_local_main():
             shutil.rmtree(local, ignore_errors=True)
         self.last = entry
         return entry
@@ -188,8 +191,11 @@ class PublishCheckpoint(TrainerCallback):
 class ResumableTrainer(MeteredTrainer):
     """A Trainer over each rank's own data stream whose checkpoints go to `output.uri` with the data position."""
 
-    def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
-        self.loss_fn = TokenMeanLoss()  # one loss definition for every model (trainer/train/loss.py)
+    def __init__(self, *args: Any, checkpointer: Checkpointer, prefetch: int = 0, head: Head | None = None,
+                 **kwargs: Any):
+        self.prefetch = prefetch  # micro-batches made ahead by a background thread (trainer/data/prefetch.py)
+        self.train_loader: PrefetchLoader | None = None
+        self.loss_fn = TokenMeanLoss(head)  # one loss definition for every model (trainer/train/loss.py)
         super().__init__(*args, compute_loss_func=self.loss_fn, **kwargs)
         self.checkpointer = checkpointer
         self.add_callback(PublishCheckpoint(self, checkpointer))
@@ -199,11 +205,26 @@ class ResumableTrainer(MeteredTrainer):
 
     def get_train_dataloader(self) -> DataLoader:
         """The rank's stream as it is: no sampler, no accelerate re-sharding; its own generator, so that
-        starting the loader draws nothing from the global RNG a resumed run has just restored."""
+        starting the loader draws nothing from the global RNG a resumed run has just restored. With `prefetch`,
+        a thread makes that many batches ahead (the same batches; each carries its own stream position)."""
         batch = self.args.train_batch_size
-        return DataLoader(Tagged(self.train_dataset, batch), batch_size=batch,
-                          collate_fn=TaggedCollator(self.data_collator), num_workers=0,
-                          pin_memory=self.args.dataloader_pin_memory, generator=torch.Generator())
+        self.train_loader = PrefetchLoader(Tagged(self.train_dataset, batch), batch_size=batch,
+                                           collate_fn=TaggedCollator(self.data_collator), num_workers=0,
+                                           pin_memory=self.args.dataloader_pin_memory, generator=torch.Generator(),
+                                           depth=self.prefetch)
+        return self.train_loader
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's; then the prefetch worker is stopped (also on an error or a SIGTERM stop) and the stream is
+        put back at the position after the last trained batch: its accounting counts trained rows, not prefetched."""
+        try:
+            result = super().train(*args, **kwargs)
+        finally:
+            if self.train_loader is not None:
+                self.train_loader.close()
+        if self.data_state is not None:
+            self.train_dataset.load_state_dict(self.data_state)
+        return result
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         """Takes the stream position off each micro-batch as it trains (trainer/train/datastate.py)."""
@@ -212,6 +233,12 @@ class ResumableTrainer(MeteredTrainer):
         if tag["state"] is not None:
             self.data_state = tag["state"]
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """With a head (`training.loss: chunked`, `liger`, `cce`), the model's head computes one position per row and
+        the loss comes from the decoder's hidden states at the trained positions (trainer/train/head.py)."""
+        return head_loss(self.loss_fn, super().compute_loss, model, inputs, return_outputs, num_items_in_batch)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's loop; `<prefix>_loss` is then the token-weighted mean over every rank's eval tokens
