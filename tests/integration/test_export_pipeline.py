@@ -162,8 +162,9 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
         assert "with the importance matrix" in done.stdout
     else:
         assert alias.tags["kubetune.imatrix"] == "none"
-    artifacts = [f.path for f in client.list_artifacts(run_id, "export/q4_k_m")]
-    assert f"export/q4_k_m/{name}-q4_k_m.gguf" in artifacts
+    assert alias.source.startswith("models:/m-")  # an MLflow Model (tests/integration/test_registry_pyfunc.py)
+    artifacts = {f.path for f in client.list_logged_model_artifacts(alias.source.removeprefix("models:/"), "artifacts")}
+    assert {f"artifacts/{name}-q4_k_m.gguf", "artifacts/Modelfile"} <= artifacts
 
     if arch == "qwen2":  # re-running the export for the same run adds no version
         again = run_export(spec, s3)

@@ -54,8 +54,10 @@ class Publishing:
                 "kubetune.verify.top1": f"{r.top1:.4f}", "kubetune.verify.kl": f"{r.kl:.6f}",
                 **({"kubetune.imatrix": self.imatrix_note} if QUANTS[q].step == "quantize" else {}),
                 **(self.evals[q].tags() if q in self.evals else {}),
-            }))
-        done = [registry.register(item, lineage) for item in items]
+            }, gguf=f.path))
+        step = int(self.marker.get("steps") or 0)  # the run's metrics at its last step are linked to each GGUF model
+        done = [registry.register(item, lineage, self.card_facts(registry, item, lineage) if item.gguf else None, step)
+                for item in items]
         registry.log_metrics(self.marker["run_id"], {f"export.{kind}.{k}": v for kind, result in self.evals.items()
                                                      for k, v in result.metrics("").items()})
         for d in done:
@@ -66,6 +68,26 @@ class Publishing:
             say(f"alias {reg.alias!r} -> {registry.name} version {first.version} ({first.kind})")
         self.registry_name = registry.name
         return done
+
+    def card_facts(self, registry: Any, item: Any, lineage: Any) -> Any:
+        """What the model card of a GGUF version says (trainer/export/model_card.py), less its version number."""
+        from trainer.export.model_card import Facts
+
+        metrics = registry.client.get_run(lineage.run_id).data.metrics
+        training = {k: self.marker.get(k) for k in ("steps", "tokens_trained", "final_loss", "train_loss")}
+        assert item.gguf is not None
+        return Facts(
+            name=registry.name, version="", kind=item.kind, file=item.gguf.name, sha256=item.sha256,
+            size_bytes=item.gguf.stat().st_size, base_model=lineage.base_model, run_id=lineage.run_id,
+            spec_hash=lineage.spec_hash, data_fingerprint=lineage.data_fingerprint, llama_cpp=lineage.llama_cpp,
+            modelfile=(item.local / "Modelfile").is_file(), data=self._output_json("data_stats.json"),
+            training=training | {"eval_loss": metrics.get("eval_loss")}, gate=self.report.as_dict(),
+            samples=self._output_json("samples.json"), alias=self.cfg.register.alias if self.cfg.register else None)
+
+    def _output_json(self, name: str) -> dict[str, Any]:
+        """A JSON file training left in the output folder ({} when it is not there)."""
+        path = storage.join(self.output, name)
+        return json.loads(storage.read_text(path)) if storage.exists(path) else {}
 
     # -- outputs -----------------------------------------------------------------------------
     def publish(self, passed: bool, registered: list[Any] = ()) -> None:
@@ -91,7 +113,9 @@ class Publishing:
         if self.cfg.ollama:
             say(f"run it with Ollama:     ollama create {self.spec.name} -f {folder}/Modelfile && ollama run {self.spec.name}")
         if registered and self.cfg.register and self.cfg.register.alias:
-            say(f"registry:               models:/{self.registry_name}@{self.cfg.register.alias}")
+            uri = f"models:/{self.registry_name}@{self.cfg.register.alias}"
+            say(f"registry:               {uri}  (an MLflow Model: mlflow.pyfunc.load_model(\"{uri}\"))")
+            say(f"serve it:               mlflow models serve -m {uri} --env-manager local -p 5001")
 
 
 def _dir_sha256(folder: Path) -> str:

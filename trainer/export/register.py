@@ -1,20 +1,24 @@
 """Verified results as versions of one registered model in the MLflow model registry.
 
-Files are logged as artifacts of the training run (under `export/<kind>/`), then each becomes a
-version with `MlflowClient.create_model_version` (source = that artifact folder, run_id = the
-training run), tagged with its lineage. Re-running the export for the same run finds the version
+Each verified GGUF becomes an MLflow Model (trainer/export/logged_model.py: a LoggedModel of the training
+run with a `python_function` flavor that chats through llama-cpp-python, the GGUF and its Modelfile as plain
+files in it) and a version of it, whose description is the model card (trainer/export/model_card.py), also
+the model folder's README.md. The adapter and the merged model are logged as artifacts of the training run
+(under `export/<kind>/`) and become versions with that folder as source. Every version has run_id = the
+training run and is tagged with its lineage. Re-running the export for the same run finds the version
 whose `kubetune.sha256` and kind match and reuses it: no duplicates. The alias (e.g. `candidate`)
 moves to the newest verified GGUF of the spec's first type. No stages: they are deprecated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from trainer.export import model_card
 from trainer.export.errors import ExportError
 
 
@@ -38,6 +42,7 @@ class Item:
     local: Path  # a file or a folder
     sha256: str
     extra_tags: dict[str, str]
+    gguf: Path | None = None  # a GGUF in `local` (a folder, with its Modelfile): registered as an MLflow Model
 
 
 @dataclass(frozen=True)
@@ -65,19 +70,23 @@ class Registry:
                 if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
                     raise ExportError(f"cannot create registered model {self.name!r} at {self.uri}: {e}") from None
 
-    def _existing(self, run_id: str, kind: str, sha: str) -> str | None:
+    def _existing(self, run_id: str, kind: str, sha: str):
         for mv in self.client.search_model_versions(f"name = '{self.name}' and run_id = '{run_id}'"):
             if mv.tags.get("kubetune.kind") == kind and mv.tags.get("kubetune.sha256") == sha:
-                return mv.version
+                return mv
         return None
 
-    def register(self, item: Item, lineage: Lineage) -> Registered:
+    def register(self, item: Item, lineage: Lineage, card: model_card.Facts | None = None, step: int = 0) -> Registered:
+        """One version of `item`; a GGUF item (`item.gguf`) as an MLflow Model with `card` as its model card, the
+        training run's metrics at `step` (its last) linked to it."""
+        found = self._existing(lineage.run_id, item.kind, item.sha256)
+        if found is not None:
+            return Registered(item.kind, found.version, found.source, reused=True)
+        if item.gguf is not None:
+            return self._register_gguf(item, lineage, card, step)
         run = self.client.get_run(lineage.run_id)
         artifact_path = f"export/{item.kind}"
         source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-        found = self._existing(lineage.run_id, item.kind, item.sha256)
-        if found is not None:
-            return Registered(item.kind, found, source, reused=True)
         if item.local.is_dir():
             self.client.log_artifacts(lineage.run_id, str(item.local), artifact_path)
         else:
@@ -89,6 +98,26 @@ class Registry:
         except MlflowException as e:
             raise ExportError(f"MLflow refused version {item.kind} of {self.name!r}: {e}") from None
         return Registered(item.kind, mv.version, source, reused=False)
+
+    def _register_gguf(self, item: Item, lineage: Lineage, card: model_card.Facts | None, step: int) -> Registered:
+        from trainer.export import logged_model
+
+        assert item.gguf is not None
+        tags = lineage.tags() | {"kubetune.kind": item.kind, "kubetune.sha256": item.sha256} | item.extra_tags
+        modelfile = item.local / "Modelfile"
+        try:
+            logged = logged_model.log_gguf(self.client, lineage.run_id, f"{self.name}-{item.kind}", item.gguf,
+                                           modelfile if modelfile.is_file() else None, step, tags)
+            mv = self.client.create_model_version(self.name, source=logged.uri, run_id=lineage.run_id, tags=tags,
+                                                  description=f"{item.kind} of run {lineage.run_id}",
+                                                  model_id=logged.model_id)
+            if card is not None:
+                text = model_card.render(replace(card, version=str(mv.version)))
+                logged_model.add_card(self.client, logged.model_id, text)
+                self.client.update_model_version(self.name, mv.version, description=model_card.description(text))
+        except MlflowException as e:
+            raise ExportError(f"MLflow refused version {item.kind} of {self.name!r}: {e}") from None
+        return Registered(item.kind, mv.version, logged.uri, reused=False)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         """Metrics of the export (e.g. `export.q4_k_m.rouge_l`) into the training run, next to its own."""

@@ -1,0 +1,57 @@
+"""The `python_function` model of a registered GGUF: chat with it through llama-cpp-python.
+
+MLflow "models from code": trainer/export/logged_model.py logs this file as the model's code, so
+`mlflow.pyfunc.load_model` and `mlflow models serve` run it without kubetune installed (it imports
+only mlflow and llama_cpp). The GGUF is the model's `gguf` artifact, a plain file next to its
+Ollama Modelfile.
+
+Input: a `messages` column, one chat per row (`[{"role": "user", "content": "..."}, ...]`);
+output: the assistant's answer per row. Generation parameters are params (`PARAMS`: their
+defaults are the signature's). The chat template and the stop tokens are the GGUF's own
+(`tokenizer.chat_template`, its end-of-generation tokens): the export's gate checked that they
+render every golden conversation as training did and end an answer where training ended it.
+`KUBETUNE_N_CTX` (default 4096) is the context the GGUF is loaded with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+PARAMS: dict[str, Any] = {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "seed": 0}
+
+
+def _chats(model_input: Any) -> list[list[dict[str, str]]]:
+    """The chats in what pyfunc hands over: a DataFrame with a `messages` column, a dict, or a list of chats."""
+    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # a pandas DataFrame
+        rows = list(model_input["messages"])
+    elif isinstance(model_input, dict):
+        rows = model_input["messages"]
+        rows = [rows] if rows and isinstance(rows[0], dict) else rows
+    else:
+        rows = list(model_input)
+    return [[{"role": str(m["role"]), "content": str(m["content"])} for m in chat] for chat in rows]
+
+
+class GgufChat(PythonModel):
+    def load_context(self, context: Any) -> None:
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=context.artifacts["gguf"], n_ctx=int(os.environ.get("KUBETUNE_N_CTX", "4096")),
+                         n_threads=max(1, os.cpu_count() or 1), verbose=False)
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a signature
+        p = PARAMS | {k: v for k, v in (params or {}).items() if k in PARAMS and v is not None}
+        answers = []
+        for chat in _chats(model_input):
+            out = self.llm.create_chat_completion(
+                messages=chat, max_tokens=int(p["max_tokens"]), temperature=float(p["temperature"]),
+                top_p=float(p["top_p"]), top_k=int(p["top_k"]), seed=int(p["seed"]))
+            answers.append((out["choices"][0]["message"]["content"] or "").strip())
+        return answers
+
+
+set_model(GgufChat())
