@@ -2,7 +2,8 @@
 following it to its end (`--wait`), the failure diagnosis, and where its MLflow run is.
 
 Polling, every KUBETUNE_POLL_SECONDS (default 5): a line for each change of a pod's phase or
-reason and of the job's state, and every PROGRESS_EVERY polls a training progress line from MLflow.
+reason and of the job's state, and a progress line: each export phase as it starts, and every PROGRESS_EVERY
+polls where training is, from the Jobs' progress annotations (launcher/progress.py), else from MLflow's run.
 What keeps the job from starting (launcher/blockers.py: a full quota, an unschedulable pod, an image
 that cannot be pulled, a missing Secret) is said with its fix; once one has lasted the stuck grace
 (`--stuck-grace`, STUCK_GRACE by default) with nothing progressing, following stops (exit 1).
@@ -19,6 +20,7 @@ import yaml
 
 from launcher import env
 from launcher.errors import PodFailed, UserError
+from launcher.progress import progress_json, with_mlflow
 from launcher.status import Snapshot, gang_line, gather, main_container
 from launcher.tracking_rest import Progress, TrackingRefused, TrackingUnreachable, progress
 
@@ -160,18 +162,32 @@ def follow(cluster: Cluster, name: str, say: Callable[[str], None], tracking: Tr
                 b = next(b for b in snap.blockers if (b.kind, b.where) == oldest)
                 snap.gave_up = f"{b.where}: {b.summary} for {seconds_text(clock - stuck[oldest])}"
                 return snap
-            if tracking and snap.training == "running" and polls % PROGRESS_EVERY == 0:
-                found, _ = tracking.progress(name)
-                line = progress_line(found) if found else ""
-                if line and line != last_progress:
-                    say(f"training: {line}")
-                    last_progress = line
+            last_progress = say_progress(snap, tracking, polls, last_progress, say)
             polls += 1
             time.sleep(interval)
     except KeyboardInterrupt:
         ns = cluster.namespace
         raise PodFailed(f"stopped waiting; job {ns}/{name} keeps running: `launch status {name} -n {ns}`, "
                         f"`launch logs {name} -f -n {ns}`, `launch cancel {name} -n {ns}`", exit_code=130) from None
+
+
+def say_progress(snap: Snapshot, tracking: Tracking | None, polls: int, last: str, say: Callable[[str], None]) -> str:
+    """`--wait`'s progress line, said when it changed: what the Jobs' annotations say (launcher/progress.py; each
+    export phase as it comes, training every PROGRESS_EVERY polls), else MLflow's run (every PROGRESS_EVERY polls)."""
+    from launcher.progress import progress_line as published_line
+
+    p = snap.progress.get("export") or snap.progress.get("training")
+    if p is not None and (p.phase == "export" or polls % PROGRESS_EVERY == 0):
+        line = published_line(p)
+    elif p is None and tracking and snap.training == "running" and polls % PROGRESS_EVERY == 0:
+        found, _ = tracking.progress(snap.name)
+        line = f"training: {progress_line(found)}" if found else ""
+    else:
+        return last
+    if line and line != last:
+        say(line)
+        return line
+    return last
 
 
 def failure_lines(snap: Snapshot) -> list[str]:
@@ -228,6 +244,8 @@ def result(snap: Snapshot, target: Target, found: Progress | None, note: str | N
             "registered_model": found.registered_model if found else None,
             "context": target.context, "spec_name": snap.spec_name, "training": snap.training,
             "export": snap.export, "completions": snap.completions}
+    # each phase's live progress: the Jobs' annotations (launcher/progress.py), else MLflow's run for training
+    data["progress"] = {phase: progress_json(p) for phase, p in with_mlflow(snap.progress, found).items()}
     if found:
         data["mlflow"] = {"tracking_uri": found.tracking_uri, "run_status": found.run_status,
                           "metrics": found.metrics, "progress": found.fraction, "eta_seconds": found.eta_seconds,

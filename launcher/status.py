@@ -1,11 +1,10 @@
-"""What a submission looks like in the cluster: its state, its pods rank by rank, its export Job.
+"""What a submission looks like in the cluster: its state, its pods rank by rank, its export Job, their progress.
 
-Plain functions over the API's own dicts (what `kubectl get -o json` shows). A submission is the
-training Job named after it (or a JobSet, when the chart rendered one), an optional `<name>-export`
-Job, and their pods, all labelled `kubetune.dev/submission=<name>` by the chart. States, the same
-words in tables and in JSON: pending, queued (suspended by Kueue), suspended, running, succeeded,
-failed; the export Job also: waiting (suspended until training succeeds, when rank 0 starts it),
-not started (training succeeded but the export is still suspended: blockers.py says how to start it).
+Plain functions over the API's own dicts (what `kubectl get -o json` shows). A submission is the training Job named
+after it (or a JobSet, when the chart rendered one), an optional `<name>-export` Job, and their pods, all labelled
+`kubetune.dev/submission=<name>` by the chart. States, the same words in tables and in JSON: pending, queued
+(suspended by Kueue), suspended, running, succeeded, failed; the export Job also: waiting (suspended until training
+succeeds, when rank 0 starts it), not started (training succeeded but the export is still suspended: blockers.py).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from launcher.backends.kube_errors import ApiError
 from launcher.errors import UserError
+from launcher.progress import Progress, of_submission
 
 if TYPE_CHECKING:
     from launcher.backends.kubernetes import Cluster
@@ -30,6 +30,7 @@ QUEUE = "kueue.x-k8s.io/queue-name"
 INDEX = "batch.kubernetes.io/job-completion-index"
 DEFAULT_CONTAINER = "kubectl.kubernetes.io/default-container"
 DONE = ("succeeded", "failed")
+PREFLIGHT_RUNNING = "init container preflight: running"
 
 
 def labels(obj: dict[str, Any]) -> dict[str, str]:
@@ -161,6 +162,7 @@ class Snapshot:
     gave_up: str | None = None  # `submit --wait` stopped waiting on a blocker: why, in one line
     failure: tuple[str, str] | None = None  # the training workload's Failed condition: (reason, message)
     deadline: int | None = None  # the training Job's activeDeadlineSeconds
+    progress: dict[str, Progress] = field(default_factory=dict)  # per phase, from the Jobs (launcher/progress.py)
 
     @property
     def status(self) -> str:
@@ -226,6 +228,7 @@ def gather(cluster: Cluster, name: str) -> Snapshot:
                     state(owner), completions(owner), export_state(export, state(owner)) if export else None, pods)
     snap.failure = failed_condition(owner)
     snap.deadline = (owner.get("spec") or {}).get("activeDeadlineSeconds")
+    snap.progress = of_submission(cluster, owner, export)
     if not snap.done:
         snap.blockers = find(cluster, owner, export, raw)
     return snap
@@ -268,9 +271,6 @@ def _no_pod(owner: dict[str, Any], where: str, name: str, rank: int) -> UserErro
         return UserError(f"submission {where} is {st}: no pods yet")
     return UserError(f"submission {where} ({st}) has no pod for rank {rank} (pods are deleted with the Job after its "
                     f"TTL): `launch status {name}` shows what is left")
-
-
-PREFLIGHT_RUNNING = "init container preflight: running"
 
 
 def _ranks(ranks: list[int]) -> str:

@@ -1,5 +1,6 @@
 """The export Job's lifecycle in the chart alone (`helm install`, no launcher): rendered suspended, started by
-training's rank 0 with a token that reaches the trainer container only and may get and patch that one Job."""
+training's rank 0 with a token that reaches the trainer and export containers only and may patch the submission's
+own Jobs and nothing else (tests/chart/test_progress_rbac.py: the Role in every scenario)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from tests.chart.scenarios import (
     render,
     values_file,
 )
+from tests.chart.test_progress_rbac import training_job_name
 
 pytestmark = pytest.mark.usefixtures("helm_binary")
 
@@ -37,11 +39,11 @@ def test_the_export_waits_suspended_and_rank_0_may_start_it_and_nothing_else(sce
     assert "ownerReferences" not in export["metadata"]  # launch adds one to the training Job; the trainer drops it
     assert export["spec"]["ttlSecondsAfterFinished"] == 604800  # its own TTL (export.ttlSecondsAfterFinished)
     [role] = by_kind(docs, "Role")
-    assert role["metadata"]["name"] == name
-    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "resourceNames": [name],
-                              "verbs": ["get", "patch"]}]
+    assert role["rules"] == [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["patch"],
+                              "resourceNames": [training_job_name(docs), name]}]
     [binding] = by_kind(docs, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
     [account] = by_kind(docs, "ServiceAccount") or [None]
     sa_name = account["metadata"]["name"] if account else "default"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
@@ -54,28 +56,25 @@ def test_the_export_waits_suspended_and_rank_0_may_start_it_and_nothing_else(sce
         for c in all_containers(spec):
             mounted = [m for m in c.get("volumeMounts", []) if m["mountPath"] == TOKEN_PATH]
             env = env_of(c)
-            if component(pod) == "training" and c in spec["containers"]:  # the trainer container alone
+            if c in spec["containers"]:  # the trainer and the export container, not an init container
                 assert mounted == [{"name": "kube-api-token", "mountPath": TOKEN_PATH, "readOnly": True}], where
-                assert env["KUBETUNE_EXPORT_JOB"] == name
+                assert (env.get("KUBETUNE_EXPORT_JOB") == name) == (component(pod) == "training"), where
             else:
                 assert mounted == [] and "KUBETUNE_EXPORT_JOB" not in env, (where, c["name"])
-        if component(pod) == "training":
-            [token] = tokens
-            sources = token["projected"]["sources"]
-            assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
-            assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
-            assert sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.namespace"
-        else:
-            assert tokens == [], where
+        [token] = tokens
+        sources = token["projected"]["sources"]
+        assert sources[0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
+        assert sources[1]["configMap"]["name"] == "kube-root-ca.crt"
+        assert sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.namespace"
 
 
-def test_without_an_export_there_is_no_token_and_no_role(tmp_path: Path) -> None:
+def test_without_an_export_the_role_names_the_training_job_alone(tmp_path: Path) -> None:
     docs = render("cpu", values_file(tmp_path, {"export": {"enabled": False}}))
-    assert by_kind(docs, "Role") == [] and by_kind(docs, "RoleBinding") == []
-    for where, pod in pod_templates(docs):
-        assert "kube-api-token" not in {v["name"] for v in pod["spec"]["volumes"]}, where
+    [role] = by_kind(docs, "Role")
+    assert role["rules"][0]["resourceNames"] == [training_job_name(docs)]
+    for _where, pod in pod_templates(docs):
         for c in all_containers(pod["spec"]):
-            assert "KUBETUNE_EXPORT_JOB" not in env_of(c), where
+            assert "KUBETUNE_EXPORT_JOB" not in env_of(c)
 
 
 def test_a_platform_service_account_is_the_one_bound(tmp_path: Path) -> None:

@@ -137,7 +137,8 @@ def test_other_schedulers_get_no_volcano_annotations(tmp_path: Path) -> None:
 
 def test_jobset_rendering() -> None:
     docs = render("jobset")
-    assert {d["kind"] for d in docs} == {"ServiceAccount", "ConfigMap", "JobSet", "NetworkPolicy"}  # JobSet: the Service
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ConfigMap", "JobSet", "NetworkPolicy", "Role",
+                                         "RoleBinding"}  # JobSet: the Service; Role: the progress annotation
     (js,) = by_kind(docs, "JobSet")
     name = scenario_values("jobset")["job"]["name"]
     assert js["apiVersion"] == "jobset.x-k8s.io/v1alpha2"

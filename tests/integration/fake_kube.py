@@ -17,6 +17,8 @@ It plays the Job and JobSet controllers (fake_kube_workloads.py); tests drive th
 the Events the cluster would: `FailedCreate` on a Job whose pods are refused (`refuse_pods`, e.g. a
 full ResourceQuota: then no pod exists), and from the scheduler and the kubelet for a pod put into
 an unschedulable or waiting state (see PodState); `event()` adds any other (an autoscaler's).
+Besides the user's token it accepts ServiceAccount tokens (`service_account_token`), as a pod's projected
+volume holds them: those are authorized by the Roles bound to their ServiceAccount in the store (fake_kube_rbac.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import yaml
 
 from tests.integration.fake_kube_http import Fault, Handler, Reply, fields_match, matches, merge_patch
+from tests.integration.fake_kube_rbac import authorize
 from tests.integration.fake_kube_schema import api_causes, drop, field_path, schema_causes, unknown_fields
 from tests.integration.fake_kube_workloads import (
     EVENTS,
@@ -93,6 +96,7 @@ class FakeKube:
         self.trainer_starts_export = True  # a rank-0 pod put into Succeeded starts its export Job, as the trainer does
         self.follow_started = threading.Event()
         self.faults: list[Fault] = []  # the next requests that fail, in order (`fail()`)
+        self.accounts: dict[str, tuple[str, str]] = {}  # ServiceAccount tokens -> (namespace, name): RBAC applies
         self._versions = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
 
@@ -191,6 +195,13 @@ class FakeKube:
                 self.requests.append(Request(method, path, query, body, str(found.answer)))
             return found
 
+    def service_account_token(self, ns: str, account: str) -> str:
+        """A token of ServiceAccount `ns/account`, as a pod's projected volume holds it: requests made with it are
+        allowed only by the Roles bound to that ServiceAccount (fake_kube_rbac.py)."""
+        token = f"sa-{ns}-{account}-{uuid.uuid4().hex[:8]}"
+        self.accounts[token] = (ns, account)
+        return token
+
     def deny(self, verb: str, resource: str) -> None:
         """RBAC: the user may not `verb` `resource` (e.g. "create", "jobs.batch")."""
         self.denied.add((verb, resource))
@@ -279,12 +290,16 @@ class FakeKube:
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any) -> tuple[int, Any]:
         self.requests.append(Request(method, path, query, body))
-        if headers.get("Authorization") != f"Bearer {TOKEN}":
+        bearer = (headers.get("Authorization") or "").removeprefix("Bearer ")
+        if bearer != TOKEN and bearer not in self.accounts:
             raise Reply(401, "Unauthorized", "Unauthorized")
         if path == "/version":
             return 200, {"major": "1", "minor": "35", "gitVersion": "v1.35.0", "platform": "linux/amd64"}
         gv, ns, plural, name, sub = self._route(path)
         verb = VERBS.get(method, "get" if name else "list")
+        if bearer in self.accounts:
+            with self.lock:
+                authorize(self.objects, self.accounts[bearer], gv, ns, plural + (f"/{sub}" if sub else ""), verb, name)
         resource = _resource(gv, plural) + (f"/{sub}" if sub else "")
         if (verb, resource) in self.denied:
             subject = f'{resource} "{name}"' if name else resource

@@ -124,9 +124,9 @@ def test_list_groups_submissions_by_spec_and_matrix(kube: Kube, tmp_path: Path) 
     listed = kube.run("list")
     assert listed.exit_code == 0, listed.output
     rows = [line.split() for line in listed.stdout.splitlines()]
-    assert rows[0] == ["GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "AGE"]
+    assert rows[0] == ["GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "PROGRESS", "AGE"]
     assert [r[:2] for r in rows[1:]] == [["alpha", second], ["alpha", first], ["dims", "(matrix)"]]
-    assert rows[2][2:] == ["succeeded", "2/2", "none", "60m"] and rows[3][3:6] == ["pending", "0/2", "waiting"]
+    assert rows[2][2:] == ["succeeded", "2/2", "none", "-", "60m"] and rows[3][3:6] == ["pending", "0/2", "waiting"]
 
     everywhere = json.loads(kube.run("list", "-A", "-o", "json").stdout)["groups"]
     alpha = next(g for g in everywhere if g["group"] == "alpha")

@@ -40,7 +40,7 @@ def test_submit_prints_the_plan_then_creates_every_object_owned_by_the_job(kube:
     ref = ("Job", name, job["metadata"]["uid"])
     assert owners(export) == [ref]  # goes with a training that never succeeds; the trainer drops it on start
     for plural, obj_name in (("configmaps", name), ("services", name), ("serviceaccounts", name),
-                             ("roles", f"{name}-export"), ("rolebindings", f"{name}-export")):
+                             ("roles", name), ("rolebindings", name)):
         obj = kube.fake.get(plural, "ml", obj_name)  # owned by both Jobs: they live as long as either
         assert obj is not None and owners(obj) == [ref, ("Job", f"{name}-export", export["metadata"]["uid"])], obj
     assert owners(job) == []
@@ -170,7 +170,7 @@ def test_the_export_starts_when_training_succeeded_and_outlives_the_training_job
         kube.fake.remove("batch/v1", "jobs", "ml", name)
     assert kube.fake.get("jobs", "ml", f"{name}-export") is not None  # the export runs on
     for plural in ("configmaps", "serviceaccounts", "roles", "rolebindings"):  # what its pod mounts stays with it
-        obj = kube.fake.get(plural, "ml", name if plural in ("configmaps", "serviceaccounts") else f"{name}-export")
+        obj = kube.fake.get(plural, "ml", name)
         assert obj is not None and [o[1] for o in owners(obj)] == [f"{name}-export"], plural
     with kube.fake.lock:  # then its own TTL
         kube.fake.remove("batch/v1", "jobs", "ml", f"{name}-export")

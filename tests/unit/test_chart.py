@@ -138,7 +138,7 @@ def test_manifests_match_the_kubernetes_openapi_schemas(gpu: str, tmp_path: Path
 
 def test_standard_labels_on_every_object(tmp_path: Path) -> None:
     sub, objs = render(write_spec(tmp_path))
-    assert set(objs) == {"ConfigMap", "Job", "Service", "ServiceAccount"}
+    assert set(objs) == {"ConfigMap", "Job", "Service", "ServiceAccount", "Role", "RoleBinding"}
     for doc in (d for docs in objs.values() for d in docs):
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "kubetune"

@@ -111,7 +111,7 @@ def test_render_is_submit_dry_run(tmp_path: Path) -> None:
     dry_run = launch("submit", "--dry-run", "--local", path)
     assert rendered.returncode == dry_run.returncode == 0, rendered.stderr + dry_run.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
-    assert sorted(kinds) == ["ConfigMap", "Job", "Service", "ServiceAccount"]
+    assert sorted(kinds) == ["ConfigMap", "Job", "Role", "RoleBinding", "Service", "ServiceAccount"]
     # the free local port differs between two runs; everything else is the same
     port = re.compile(r"(?<=main_process_port\n            - \")\d+|(?<=port: )\d+|(?<=containerPort: )\d+")
     assert port.sub("P", normalise(rendered.stdout)) == port.sub("P", normalise(dry_run.stdout))

@@ -29,6 +29,7 @@ from trainer.export.wait import wait_for_success
 from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
+from trainer.tracking.progress import Publisher, payload
 
 
 def output_uri(spec: JobSpec, base_dir: Path) -> str:
@@ -46,26 +47,42 @@ class Export(Publishing):
         self.out = self.work / "export"
         self.imatrix_note = "none"
         self.evals: dict[str, Any] = {}
+        self.progress = Publisher()  # where `launch status` reads the phase (trainer/tracking/progress.py)
+
+    def phase(self, detail: str) -> None:
+        self.progress.publish(payload("export", detail=detail))
 
     def run(self) -> int:
+        try:
+            return self.steps()
+        finally:
+            self.progress.close()  # its last phase sent past the rate limit
+
+    def steps(self) -> int:
         from trainer.export import gguf
 
         self.llama_cpp = gguf.llama_cpp_version()  # fail early when the pinned llama.cpp is missing
+        self.phase("waiting for training to succeed")
         self.marker = wait_for_success(self.output, self.cfg.wait_minutes, job=os.environ.get("KUBETUNE_JOB_NAME"))
         shutil.rmtree(self.work, ignore_errors=True)
         self.out.mkdir(parents=True)
         self.fetch()
+        self.phase("merging the adapter")
         self.merge()
         self.convert()
         report = self.verify()
         self.runtimes(report)
         if not report.passed:
+            self.phase("gate failed: nothing registered")
             self.publish(passed=False)
             say(f"the gate failed: nothing registered. Report: {storage.join(self.output, 'export', 'verify.txt')}")
             return 1
+        self.phase("evaluating")
         self.evaluate()
+        self.phase("registering")
         registered = self.register()
         self.publish(passed=True, registered=registered)
+        self.phase("done")
         self.print_usage(registered)
         shutil.rmtree(self.work, ignore_errors=True)
         return 0
@@ -101,6 +118,7 @@ class Export(Publishing):
         self.files: dict[str, gguf.GgufFile] = {}
         made: dict[str, gguf.GgufFile] = {}
         for q in dict.fromkeys([source, *floats]):
+            self.phase(f"converting {q}")
             made[q] = gguf.convert(self.merged.path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q,
                                    logs / f"convert-{q}.log")
             say(f"{q}: converted in {made[q].seconds:.1f}s ({made[q].size / 2**20:.1f} MiB)")
@@ -110,6 +128,7 @@ class Export(Publishing):
             if q in made:
                 self.files[q] = made[q]
                 continue
+            self.phase(f"quantizing {q}")
             self.files[q] = gguf.quantize(made[source].path, self.work / "gguf" / f"{self.spec.name}-{q}.gguf", q,
                                           imatrix=imatrix, log=logs / f"quantize-{q}.log")
             say(f"{q}: quantized from {source}{weighted} in {self.files[q].seconds:.1f}s "
@@ -179,6 +198,7 @@ class Export(Publishing):
         files = []
         for q, f in self.files.items():
             gate = self.cfg.verify.gate(q)
+            self.phase(f"verifying {q}")
             files.append(verify.verify_file(f.path, q, self.merged.tokenizer, self.merged.eos, ref,
                                             gate.min_top1, gate.max_kl))
         report = verify.Report(files, len(golden))

@@ -103,6 +103,18 @@ Where the ConfigMap (spec.yaml, accelerate.yaml) is mounted.
 {{- end }}
 
 {{/*
+Name of the Job the training rank 0 annotates with its progress (KUBETUNE_PROGRESS_JOB; the Role of rbac.yaml):
+the training Job, or the JobSet's one Job (`<jobset>-<replicatedJob>-0`).
+*/}}
+{{- define "kubetune.trainingJobName" -}}
+{{- if .Values.jobset.enabled }}
+{{- printf "%s-%s-0" (include "kubetune.fullname" .) (include "kubetune.jobsetReplicatedJob" .) }}
+{{- else }}
+{{- include "kubetune.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the export Job: the training rank 0 starts it (KUBETUNE_EXPORT_JOB; the Role of rbac.yaml).
 */}}
 {{- define "kubetune.exportJobName" -}}

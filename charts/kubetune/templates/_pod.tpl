@@ -20,6 +20,38 @@ privilege escalation, all capabilities dropped; the root filesystem read-only by
 {{- end }}
 
 {{/*
+"true" when the pods annotate their Jobs with their progress (`progress.annotate`, rbac.yaml).
+*/}}
+{{- define "kubetune.annotatesProgress" -}}
+{{- if (.Values.progress | default dict).annotate }}true{{ end }}
+{{- end }}
+
+{{/*
+The projected volume `kube-api-token`: what automountServiceAccountToken would mount (token, CA, namespace), for
+the one container that mounts it and with a token that expires hourly (the kubelet renews it). rbac.yaml says
+what the token allows: patch the submission's own Jobs by name.
+*/}}
+{{- define "kubetune.apiTokenVolume" -}}
+- name: kube-api-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3600
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                apiVersion: v1
+                fieldPath: metadata.namespace
+{{- end }}
+
+{{/*
 True ("true") when the training pods ask for GPUs.
 */}}
 {{- define "kubetune.gpu" -}}
