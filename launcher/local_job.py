@@ -1,5 +1,6 @@
 """A submission run on this machine (`launch submit --local`): each pod of its Job a local process
-(launcher/backends/local.py plans them, local_run.py runs them), then the export's; the simulated
+(launcher/backends/local.py plans them, local_run.py runs them), then the export's, with the job's record kept
+(launcher/local_jobs.py); here and now, or in the background (`--detach`, launcher/local_detach.py); the simulated
 preemption (KUBETUNE_LOCAL_SIGTERM), why a failed run failed, and where a finished run's results are."""
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from launcher import helm, resolve
+from launcher import helm, local_jobs, resolve
 from launcher.errors import PodFailed, UserError
 from launcher.submission import Submission, render
+from trainer.spec.errors import KubetuneError
 from trainer.spec.exits import EXIT_PREEMPTED
 
 if TYPE_CHECKING:
+    from launcher.backends.local import PodProcess
     from launcher.backends.local_run import Outcome
+
+PROGRESS_FILE = "KUBETUNE_PROGRESS_FILE"  # trainer/tracking/progress.py FILE_ENV
 
 
 def local_preemption() -> tuple[int, re.Pattern[str]] | None:
@@ -38,41 +43,74 @@ def local_preemption() -> tuple[int, re.Pattern[str]] | None:
 
 
 def run_local(sub: Submission, out: IO[str] | None = None, extra_values: Sequence[Path] = ()) -> None:
-    """Render the chart and run each pod of its Job as a local process; raises PodFailed on failure."""
+    """Render the chart and run each pod of its Job as a local process, here and now (the record, in
+    launcher/local_jobs.py, lets other terminals follow it); raises PodFailed on failure."""
+    rec = local_jobs.create(sub, render(sub, extra_values))
+    local_jobs.runner(rec, os.getpid())
+    execute(rec, out or sys.stdout)
+
+
+def execute(rec: local_jobs.Record, out: IO[str]) -> None:
+    """Run the recorded job's pods (training, then the export), keeping its record; raises PodFailed on failure."""
+    journal = local_jobs.Journal(rec)
+    try:
+        _phases(rec, journal, out)
+    except KubetuneError as e:
+        stopped = isinstance(e, PodFailed) and e.exit_code == 130  # a signal: Ctrl-C, or `launch cancel`'s SIGTERM
+        journal.finish("cancelled" if stopped else "failed", e.exit_code,
+                       None if stopped and journal.cancelled else getattr(e, "message", None) or str(e))
+        raise
+    except BaseException as e:
+        journal.finish("failed", 1, f"the local runner stopped: {type(e).__name__}: {e}")
+        raise
+    journal.finish("succeeded", 0)
+
+
+def _phases(rec: local_jobs.Record, journal: local_jobs.Journal, out: IO[str]) -> None:
     from launcher.backends.local import plan
     from launcher.backends.local_run import LocalRun
 
-    manifests = helm.parse_manifests(render(sub, extra_values))
+    manifests = helm.parse_manifests(rec.path(local_jobs.MANIFESTS).read_text(encoding="utf-8"))
     preempt = local_preemption()
-    with tempfile.TemporaryDirectory(prefix=f"kubetune-{sub.name}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"kubetune-{rec.name}-") as tmp:
         pods = plan(manifests, Path(tmp) / "training", cwd=Path.cwd())
-        outcome = LocalRun(pods, out=out or sys.stdout, preempt=preempt).run()
-        _raise_on_failure(sub, outcome, "")
-        if sub.spec.export is not None:  # suspended until training succeeded: on a cluster rank 0 starts it, here we do
+        _progress_env(pods, rec.progress_file("training"))
+        journal.begin("training")
+        outcome = LocalRun(pods, out=out, preempt=preempt, journal=journal).run()
+        _raise_on_failure(rec, outcome, "")
+        if rec.export:  # suspended until training succeeded: on a cluster rank 0 starts it, here we do
             pods = plan(manifests, Path(tmp) / "export", cwd=Path.cwd(), component="export")
-            outcome = LocalRun(pods, out=out or sys.stdout, label="export").run()
-            report = f"\n  the verification report: {sub.spec.output.uri}/export/verify.txt"
-            _raise_on_failure(sub, outcome, report)
+            _progress_env(pods, rec.progress_file("export"))
+            journal.begin("export")
+            outcome = LocalRun(pods, out=out, label="export", journal=journal).run()
+            _raise_on_failure(rec, outcome, f"\n  the verification report: {rec.output_uri}/export/verify.txt")
 
 
-def _raise_on_failure(sub: Submission, outcome: Outcome, report: str) -> None:
+def _progress_env(pods: list[PodProcess], path: Path) -> None:
+    """Where the pods publish their live progress (trainer/tracking/progress.py): a file `launch status` reads."""
+    for pod in pods:
+        pod.env[PROGRESS_FILE] = str(path)
+
+
+def _raise_on_failure(rec: local_jobs.Record, outcome: Outcome, report: str) -> None:
+    name = rec.name
     if outcome.signal is not None:
-        raise PodFailed(f"job {sub.name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
+        raise PodFailed(f"job {name}: stopped by {signal.Signals(outcome.signal).name}", exit_code=130)
     if outcome.first_failure is not None and outcome.codes[outcome.first_failure] == EXIT_PREEMPTED:
         raise PodFailed(
-            f"job {sub.name}: stopped after SIGTERM at a step boundary, with a checkpoint in "
-            f"{sub.spec.output.uri}/checkpoints; continue it with: launch submit --local --resume {sub.name} "
-            f"{sub.spec_path}", exit_code=EXIT_PREEMPTED,
+            f"job {name}: stopped after SIGTERM at a step boundary, with a checkpoint in "
+            f"{rec.output_uri}/checkpoints; continue it with: launch submit --local --resume {name} "
+            f"{rec.spec_path}", exit_code=EXIT_PREEMPTED,
         )
     if outcome.first_failure is not None:
         rank = outcome.first_failure
         stopped = f"; stopped rank(s) {', '.join(map(str, outcome.stopped))}" if outcome.stopped else ""
         cause = f"\n  {outcome.errors[rank]}" if rank in outcome.errors else ""
         raise PodFailed(
-            f"job {sub.name}: {outcome.who(rank)} exited with code {outcome.codes[rank]}{stopped}{cause}{report}"
+            f"job {name}: {outcome.who(rank)} exited with code {outcome.codes[rank]}{stopped}{cause}{report}"
         )
     if not outcome.ok:
-        raise PodFailed(f"job {sub.name}: pods ended with exit codes {outcome.codes}{report}")
+        raise PodFailed(f"job {name}: pods ended with exit codes {outcome.codes}{report}")
 
 
 def result_lines(sub: Submission) -> list[str]:

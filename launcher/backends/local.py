@@ -45,7 +45,9 @@ INHERITED_BLOCKLIST = {
     "MASTER_PORT",
 }
 INHERITED_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_")
-CLUSTER_ONLY_ENV = ("KUBETUNE_EXPORT_JOB", "KUBETUNE_EXPORT_QUEUE")  # the trainer starts no export Job here
+# No API server here: the trainer starts no export Job and annotates no Job with its progress (the local runner
+# gives the pods KUBETUNE_PROGRESS_FILE instead: launcher/local_jobs.py).
+CLUSTER_ONLY_ENV = ("KUBETUNE_EXPORT_JOB", "KUBETUNE_EXPORT_QUEUE", "KUBETUNE_PROGRESS_JOB")
 # The chart points these at the pod's emptyDir, because a container's root fs is read-only. On this
 # machine the user's own home and caches are better: credentials (~/.aws, the HF token) are found,
 # a hub model is downloaded once, and DeepSpeed's compiled ops are reused across runs.

@@ -1,10 +1,11 @@
 r"""Running a planned local Job: the pods' processes (init containers first), their logs, and stopping them.
 
 Logs stream prefixed with the rank (`[rank 1]`, `[rank 1 preflight]` for an init container), split on
-both line ends and carriage returns: a progress bar (tqdm's states, each rewritten after a `\r`) is one
-updating line on a terminal, and elsewhere (a pipe, CI, a file) a few plain lines (PodLines). The
-first process that fails stops the others (SIGTERM to each process group, SIGKILL after a grace
-period); SIGINT / SIGTERM are forwarded the same way. `launcher.backends.local.plan` makes the pods.
+both line ends and carriage returns (launcher/backends/local_lines.py: a progress bar is one updating
+line on a terminal, a few plain lines elsewhere). The first process that fails stops the others
+(SIGTERM to each process group, SIGKILL after a grace period); SIGINT / SIGTERM are forwarded the same
+way. `launcher.backends.local.plan` makes the pods. A `Journal` (launcher/local_jobs.py) is told when
+each process starts and ends, and gets each pod's lines in a log file of its own.
 
 A simulated preemption (`preempt`, or `KUBETUNE_LOCAL_SIGTERM=RANK:REGEX` through `launch submit
 --local`): when a log line of pod RANK's container matches REGEX, that pod's first process gets
@@ -13,7 +14,6 @@ SIGTERM, as kubelet sends it to a container's PID 1; the trainer then checkpoint
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import re
@@ -23,107 +23,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from launcher.backends.local import ERROR_MARK, PodProcess, process_env
+from launcher.backends.local_lines import CLEAR, PodLines, Screen
 from launcher.errors import UserError
 
-PROGRESS_PERCENT = 25  # without a terminal, a progress bar is shown at its start, each quarter done,
-PROGRESS_SECONDS = 30.0  # at least this often, and at its end
-PERCENT = re.compile(r"(?<![\d.])(\d{1,3})(?:\.\d+)?%")
-LINE_END = re.compile(r"\r\n|\n|\r")
-CLEAR = "\r\033[K"  # back to the line's start, erase it
+__all__ = ["CLEAR", "Journal", "LocalRun", "Outcome", "PodLines", "Screen"]
 
 
-class Screen:
-    """Where every pod's lines go, one whole line at a time; on a terminal, also one updating line."""
+class Journal(Protocol):
+    """Told what the runner does (launcher/local_jobs.py keeps a local job's record with it). `label` is `rank` or
+    `export`; `pod.container` names an init container, empty for the pod's own."""
 
-    def __init__(self, out: IO[str]):
-        self.out = out
-        self.tty = bool(getattr(out, "isatty", lambda: False)())
-        self.open = False  # an updating line is shown, not ended
-        self._lock = threading.Lock()
+    def log(self, pod: PodProcess, label: str) -> IO[str] | None:
+        """A file for the pod's lines (unprefixed, progress bars as a few plain lines); None: none."""
 
-    def line(self, text: str) -> None:
-        with self._lock:
-            self.out.write((CLEAR if self.open else "") + text + "\n")
-            self.open = False
-            self.out.flush()
+    def started(self, pod: PodProcess, label: str, pid: int) -> None: ...
 
-    def update(self, text: str) -> None:
-        with self._lock:
-            self.out.write(CLEAR + text[: shutil.get_terminal_size().columns - 1])
-            self.open = True
-            self.out.flush()
-
-    def end(self) -> None:
-        """Ends an updating line left shown, as it is."""
-        with self._lock:
-            if self.open:
-                self.out.write("\n")
-                self.out.flush()
-            self.open = False
-
-
-class PodLines:
-    r"""One pod's output bytes as prefixed lines on the Screen, split on `\n`, `\r\n` and `\r`. Text ended by a
-    `\r` is a progress state (the next one rewrites it): on a terminal it updates one line; elsewhere only the
-    bar's first state, one per PROGRESS_PERCENT or PROGRESS_SECONDS, and its last state are kept."""
-
-    def __init__(self, prefix: str, screen: Screen, seen: Callable[[str], None] = lambda _: None,
-                 clock: Callable[[], float] = time.monotonic):
-        self.prefix, self.screen, self.seen, self.clock = prefix, screen, seen, clock
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.rest = ""  # text not ended yet
-        self.cr = False  # the last text ended was ended by a `\r`: what follows is a progress state
-        self.state: str | None = None  # the progress bar's latest state; None: no bar under way
-        self.shown: tuple[str, float, int] | None = None  # the bar's last state shown as a line: when, which step
-
-    def feed(self, data: bytes, final: bool = False) -> None:
-        text, start = self.rest + self.decoder.decode(data, final), 0
-        for m in LINE_END.finditer(text):
-            if m.group() == "\r" and m.end() == len(text) and not final:
-                break  # perhaps the start of a `\r\n`
-            self.cr = m.group() == "\r"
-            self._fragment(text[start:m.start()], ended=not self.cr)
-            start = m.end()
-        self.rest = text[start:]
-        shown = self.rest.rstrip("\r")
-        if self.screen.tty and self.cr and shown:  # the state being written, before its `\r` comes
-            self.screen.update(f"[{self.prefix}] {shown}")
-
-    def close(self) -> None:
-        self.feed(b"", final=True)
-        if self.rest or self.state is not None:
-            self._fragment(self.rest, ended=True)
-        self.rest = ""
-
-    def _fragment(self, text: str, ended: bool) -> None:
-        if text:
-            self.seen(text)
-        if not ended:
-            if text:
-                self._progress(text)
-            return
-        if self.state is None:
-            self.screen.line(f"[{self.prefix}] {text}")
-            return
-        last, shown, self.state, self.shown = text or self.state, self.shown, None, None
-        if self.screen.tty or shown is None or shown[0] != last:
-            self.screen.line(f"[{self.prefix}] {last}")
-
-    def _progress(self, text: str) -> None:
-        first, self.state = self.state is None, text
-        if self.screen.tty:
-            self.screen.update(f"[{self.prefix}] {text}")
-            return
-        now, found = self.clock(), PERCENT.search(text)
-        step = min(int(found.group(1)), 99) // PROGRESS_PERCENT if found else -1  # 100%: the last state says it
-        if first or self.shown is None or step > self.shown[2] or now - self.shown[1] >= PROGRESS_SECONDS:
-            self.screen.line(f"[{self.prefix}] {text}")
-            self.shown = (text, now, step)
+    def ended(self, pod: PodProcess, label: str, code: int) -> None: ...
 
 
 @dataclass
@@ -150,7 +69,7 @@ class LocalRun:
 
     def __init__(
         self, pods: list[PodProcess], out: IO[str] | None = None, grace: float = 10.0, label: str = "rank",
-        preempt: tuple[int, re.Pattern[str]] | None = None,
+        preempt: tuple[int, re.Pattern[str]] | None = None, journal: Journal | None = None,
     ):
         self.pods = pods
         self.label = label
@@ -159,10 +78,12 @@ class LocalRun:
         self.grace = grace
         self.preempt = preempt  # (rank, pattern): SIGTERM to that pod once its log matches (see the docstring)
         self.preempted: int | None = None  # the rank that got it
+        self.journal = journal
         self.procs: list[subprocess.Popen[bytes]] = []  # those of the current phase
         self._by_rank: dict[int, subprocess.Popen[bytes]] = {}
         self._signal: int | None = None
         self.errors: dict[int, str] = {}
+        self._reported: set[int] = set()  # processes whose end the journal was told of
 
     def _start(self, pod: PodProcess) -> subprocess.Popen[bytes]:
         env = process_env(pod)
@@ -187,10 +108,20 @@ class LocalRun:
         prefix = f"rank {pod.rank}" if self.label == "rank" else self.label
         lines = PodLines(f"{prefix} {pod.container}" if pod.container else prefix, self.screen,
                          lambda line: self._seen(pod, line))
-        while chunk := os.read(stream.fileno(), 65536):  # what there is, not waiting for a line's end
-            lines.feed(chunk)
-        lines.close()
-        stream.close()
+        file = self.journal.log(pod, self.label) if self.journal else None
+        copy = PodLines("", Screen(file)) if file else None  # the pod's own log: no prefix, like `kubectl logs`
+        try:
+            while chunk := os.read(stream.fileno(), 65536):  # what there is, not waiting for a line's end
+                lines.feed(chunk)
+                if copy:
+                    copy.feed(chunk)
+            lines.close()
+            if copy:
+                copy.close()
+        finally:
+            stream.close()
+            if file:
+                file.close()
 
     def _seen(self, pod: PodProcess, line: str) -> None:
         if mark := ERROR_MARK.search(line):  # repeated at the end when the run fails
@@ -224,6 +155,13 @@ class LocalRun:
         for proc in self.procs:
             proc.wait()
 
+    def _report(self, processes: list[PodProcess], codes: list[int | None]) -> None:
+        """Tells the journal of each process that has ended, once."""
+        for pod, code in zip(processes, codes, strict=False):
+            if self.journal and code is not None and id(pod) not in self._reported:
+                self._reported.add(id(pod))
+                self.journal.ended(pod, self.label, code)
+
     def phases(self) -> list[list[PodProcess]]:
         """The i-th init container of every pod, for each i, then the pods' containers."""
         depth = max((len(pod.init) for pod in self.pods), default=0)
@@ -256,12 +194,15 @@ class LocalRun:
                 proc = self._start(pod)
                 self.procs.append(proc)
                 self._by_rank[pod.rank] = proc
+                if self.journal:
+                    self.journal.started(pod, self.label, proc.pid)
                 assert proc.stdout is not None
                 pump = threading.Thread(target=self._pump, args=(pod, proc.stdout), daemon=True)
                 pump.start()
                 pumps.append(pump)
             while True:
                 codes = [p.poll() for p in self.procs]
+                self._report(processes, codes)
                 failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed and first_failure is None:
                     first_failure = processes[failed[0]].rank
@@ -279,5 +220,6 @@ class LocalRun:
             pump.join(timeout=5)
         self.screen.end()
         codes = [p.returncode for p in self.procs]
+        self._report(processes, codes)
         container = processes[0].container if processes else ""
         return Outcome(codes, first_failure, self._signal, stopped, dict(self.errors), self.label, container)

@@ -119,7 +119,9 @@ def render(
               "the ladder `launch plan` prints (shorter sequences, lower rank, ...) that make it fit, and say so.")
 @cluster_options
 @click.option("--wait", is_flag=True, help="Follow the job to its end (exit 0 succeeded, 1 failed or unable to start "
-              "within --stuck-grace); --local always waits.")
+              "within --stuck-grace); --local waits unless --detach.")
+@click.option("--detach", is_flag=True, help="With --local: start the job in the background and return at once; "
+              "follow it with `launch status NAME`, `launch logs NAME -f`, stop it with `launch cancel NAME`.")
 @stuck_option
 @click.option("--resume", "resume", metavar="JOB", help="Run JOB (an earlier submission's name, e.g. "
               "support-bot-v3-x7k2p) again under its own name; it continues from its latest checkpoint in output.uri. "
@@ -137,6 +139,7 @@ def submit(
     context: str | None,
     kubeconfig: str | None,
     wait: bool,
+    detach: bool,
     stuck_grace: float | None,
     resume: str | None,
     mlflow_uri: str | None,
@@ -147,7 +150,7 @@ def submit(
     cluster_only = {"--context": context, "--kubeconfig": kubeconfig, "--wait": wait and dry_run,
                     "--stuck-grace": stuck_grace,
                     "--mlflow-uri": mlflow_uri, "-o": None if output == "table" else output}
-    _refuse_unused_flags(cluster_only, local, dry_run, resume)
+    _refuse_unused_flags(cluster_only, local, dry_run, resume, detach)
     if resume and not local:
         overrides = _resume_overrides(resume, overrides, context, kubeconfig, namespace)
     if dry_run:
@@ -167,11 +170,16 @@ def submit(
         submit_to_cluster(subs, values_files, context=context, kubeconfig=kubeconfig, namespace=namespace, wait=wait,
                           output=output, mlflow_uri=mlflow_uri, stuck_grace=stuck_grace)
         return
-    _run_here(subs, values_files)
+    _run_here(subs, values_files, detach)
 
 
-def _refuse_unused_flags(cluster_only: dict[str, Any], local: bool, dry_run: bool, resume: str | None) -> None:
-    """Flags that mean nothing for this submit: cluster flags given to --local or --dry-run, --resume to --dry-run."""
+def _refuse_unused_flags(cluster_only: dict[str, Any], local: bool, dry_run: bool, resume: str | None,
+                         detach: bool = False) -> None:
+    """Flags that mean nothing for this submit: cluster flags given to --local or --dry-run, --resume to --dry-run,
+    --detach to anything but --local."""
+    if detach and (dry_run or not local):
+        raise UserError("--detach: runs a job in the background; --dry-run submits nothing" if dry_run else
+                        "--detach: for --local (a cluster job runs on its own already: submit without --wait)")
     if (local or dry_run) and (unused := [flag for flag, value in cluster_only.items() if value]):
         why = "--dry-run submits nothing" if dry_run else "--local runs the job on this machine (and always waits)"
         raise UserError(f"{', '.join(unused)}: for cluster submissions; {why}")
@@ -179,16 +187,21 @@ def _refuse_unused_flags(cluster_only: dict[str, Any], local: bool, dry_run: boo
         raise UserError("--resume: runs an earlier submission again; --dry-run submits nothing")
 
 
-def _run_here(subs: list[Any], values_files: tuple[Path, ...]) -> None:
+def _run_here(subs: list[Any], values_files: tuple[Path, ...], detach: bool = False) -> None:
     """`submit --local`: each job's pods as processes on this machine, one job after the other (each job's pods
-    take this machine's cores)."""
+    take this machine's cores); --detach: in a background process (launcher/local_detach.py)."""
     from launcher import local_job
 
+    if detach:
+        from launcher.cli.local import detach as run_detached
+
+        run_detached(subs, values_files)
+        return
     for sub in subs:
         res = sub.spec.resources
         click.echo(
             f"job {sub.name}: {res.nodes} pod(s) x {res.processes_per_node} process(es) on this machine; "
-            f"results in {sub.spec.output.uri}"
+            f"results in {sub.spec.output.uri}; from another terminal: `launch status {sub.name}`"
         )
         local_job.run_local(sub, extra_values=values_files)
         click.echo(f"job {sub.name} succeeded")

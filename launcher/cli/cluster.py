@@ -1,8 +1,8 @@
 """`launch list | status | logs | cancel`: submissions in a cluster, and the cluster half of `submit`.
 
 Cluster and namespace are found like kubectl finds them (launcher/backends/kubeconfig.py):
-`--kubeconfig`, `--context`, `-n`. Kept light: click at import, the kubernetes client only
-inside the commands.
+`--kubeconfig`, `--context`, `-n`. The same verbs for jobs run on this machine (`--local`, or found by name):
+launcher/cli/local.py. Kept light: click at import, the kubernetes client only inside the commands.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from launcher.cli import local as local_cli
+from launcher.cli.local import local_option
 from launcher.errors import PodFailed, UserError
 from launcher.output import Say, emit, output_option
 
@@ -154,15 +156,25 @@ def _follow(kube: Any, target: Any, sub: Any, created: list[Any], say: Say, wait
 @cluster_options
 @namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="Submissions in every namespace.")
+@local_option
 @output_option
 def list_jobs(context: str | None, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
-              output: str) -> None:
-    """Kubetune submissions, grouped by spec (or matrix), newest first."""
+              local: bool, output: str) -> None:
+    """Kubetune submissions, grouped by spec (or matrix), newest first: the cluster's, and (without cluster flags)
+    this machine's local jobs; --local: only those."""
     from launcher import views
 
-    kube = _cluster(context, kubeconfig, namespace)
-    groups = views.groups(kube, all_namespaces)
-    emit({"groups": groups}, output, views.list_table(groups, all_namespaces, kube.namespace))
+    def cluster() -> tuple[dict[str, Any], list[str]]:
+        kube = _cluster(context, kubeconfig, namespace)
+        groups = views.groups(kube, all_namespaces)
+        return {"groups": groups}, views.list_table(groups, all_namespaces, kube.namespace)
+
+    flags = {"--context": context, "--kubeconfig": kubeconfig, "-n": namespace, "-A": all_namespaces}
+    if local_cli.is_local(None, local, flags) or not any(flags.values()):
+        local_cli.list_jobs(output, None if local or not local_cli.cluster_configured() else cluster)
+        return
+    data, table = cluster()
+    emit(data, output, table)
 
 
 @click.command()
@@ -170,10 +182,20 @@ def list_jobs(context: str | None, kubeconfig: str | None, namespace: str | None
 @cluster_options
 @namespace_option
 @mlflow_option
+@local_option
 @output_option
 def status(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, mlflow_uri: str | None,
-           output: str) -> None:
-    """Where submission NAME is: per-rank pods (phase, restarts, node, last termination), export, MLflow progress."""
+           local: bool, output: str) -> None:
+    """Where submission NAME is: per-rank pods (phase, restarts, node, last termination), export, progress."""
+    flags = {"--context": context, "--kubeconfig": kubeconfig, "-n": namespace, "--mlflow-uri": mlflow_uri}
+    if local_cli.is_local(name, local, flags):
+        local_cli.status(name, output)
+        return
+    local_cli.with_hint(name, lambda: _status(name, context, kubeconfig, namespace, mlflow_uri, output))
+
+
+def _status(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, mlflow_uri: str | None,
+            output: str) -> None:
     from launcher import cluster, views
     from launcher.status import gather
 
@@ -196,14 +218,23 @@ def status(name: str, context: str | None, kubeconfig: str | None, namespace: st
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
 @cluster_options
 @namespace_option
+@local_option
 def logs(name: str, follow: bool, rank: int | None, export: bool, tail: int | None, context: str | None,
-         kubeconfig: str | None, namespace: str | None) -> None:
+         kubeconfig: str | None, namespace: str | None, local: bool) -> None:
     """The log of submission NAME's rank-0 pod (or --rank N, or --export)."""
+    if export and rank is not None:
+        raise UserError("--rank and --export: pick one (the export Job has a single pod)")
+    if local_cli.is_local(name, local, {"--context": context, "--kubeconfig": kubeconfig, "-n": namespace}):
+        local_cli.logs(name, follow, rank, export, tail)
+        return
+    local_cli.with_hint(name, lambda: _logs(name, follow, rank, export, tail, context, kubeconfig, namespace))
+
+
+def _logs(name: str, follow: bool, rank: int | None, export: bool, tail: int | None, context: str | None,
+          kubeconfig: str | None, namespace: str | None) -> None:
     from launcher.cluster import poll_seconds
     from launcher.status import main_container, pod, pod_for
 
-    if export and rank is not None:
-        raise UserError("--rank and --export: pick one (the export Job has a single pod)")
     kube = _cluster(context, kubeconfig, namespace)
     obj = pod_for(kube, name, "export" if export else "training", rank or 0)
     waiting = False
@@ -226,9 +257,19 @@ def logs(name: str, follow: bool, rank: int | None, export: bool, tail: int | No
 @click.argument("name")
 @cluster_options
 @namespace_option
+@local_option
 @output_option
-def cancel(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, output: str) -> None:
-    """Delete submission NAME: its Job(s), and with them their pods, ConfigMap, Service and Secret."""
+def cancel(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, local: bool,
+           output: str) -> None:
+    """Delete submission NAME: its Job(s), and with them their pods, ConfigMap, Service and Secret. A local job:
+    stop its processes (SIGTERM, SIGKILL after a grace); its record stays, cancelled."""
+    if local_cli.is_local(name, local, {"--context": context, "--kubeconfig": kubeconfig, "-n": namespace}):
+        local_cli.cancel(name, output)
+        return
+    local_cli.with_hint(name, lambda: _cancel(name, context, kubeconfig, namespace, output))
+
+
+def _cancel(name: str, context: str | None, kubeconfig: str | None, namespace: str | None, output: str) -> None:
     from launcher.status import workload
 
     kube = _cluster(context, kubeconfig, namespace)
