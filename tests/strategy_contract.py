@@ -149,6 +149,8 @@ class Plan:
     timeout: int = 900
     n_train: int = 96
     n_eval: int = 8
+    loss: str | None = None  # training.loss (None: the spec's default)
+    prefetch: int | None = None  # training.prefetch (None: the spec's default)
 
     @property
     def dtype(self) -> str:
@@ -179,7 +181,9 @@ def job_spec(plan: Plan) -> dict[str, Any]:
         "training": {"strategy": strategy, "offload": offload, "max_steps": plan.steps, "save_steps": plan.save_steps,
                      "learning_rate": plan.learning_rate, "per_device_batch_size": plan.batch,
                      "warmup_ratio": 0.0, "lr_scheduler": "constant", "logging_steps": 1,
-                     "gradient_checkpointing": plan.gradient_checkpointing},
+                     "gradient_checkpointing": plan.gradient_checkpointing}
+                    | ({"loss": plan.loss} if plan.loss else {})
+                    | ({} if plan.prefetch is None else {"prefetch": plan.prefetch}),
         "resources": resources,
         "output": {"uri": str(plan.workdir / "out")},
         "eval": {"num_samples": 0},

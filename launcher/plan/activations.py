@@ -5,8 +5,8 @@ The activation terms itemise the tensors autograd saves in one decoder layer of 
 as measured with `torch.autograd.graph.saved_tensors_hooks` (bench/plan.py compares the total against
 measured peaks on CPU). launcher/plan/memory.py adds them to the weights, adapter and optimizer state.
 
-The GPU options (trainer/model/kernels.py): `training.kernels: liger` saves less in each RMSNorm (its input in
-the model dtype and 1/rms, not an fp32 copy) and MLP (the gate and up outputs; the activation is recomputed in
+The kernel options (trainer/model/kernels.py): `training.kernels: liger` and `torch` save less in each RMSNorm (its
+input in the model dtype and 1/rms, not an fp32 copy); `liger` also in each MLP (the gate and up outputs; the activation is recomputed in
 backward), from Liger Kernel's autograd functions. `training.padding_free` is flash-attention without padding: no
 mask, and the worst case is unchanged, a micro-batch of full rows (`batch x seq_len` real tokens): it removes
 only the padding of rows shorter than the batch's longest, which lowers typical steps, not the peak.
@@ -81,8 +81,9 @@ def layer_activation_bytes(arch: Architecture, setup: Setup) -> float:
 
 
 def norm_bytes(arch: Architecture, setup: Setup) -> int:
-    """Saved per token by one RMSNorm: an fp32 copy of its input and 1/rms; Liger's: its input as it is."""
-    return (DTYPE_BYTES[setup.dtype] if setup.kernels == "liger" else 4) * arch.hidden_size + 4
+    """Saved per token by one RMSNorm: an fp32 copy of its input and 1/rms; Liger's and the fused torch norm's
+    (`training.kernels: torch`, trainer/model/fused_norm.py): its input as it is, and 1/rms."""
+    return (DTYPE_BYTES[setup.dtype] if setup.kernels in ("liger", "torch") else 4) * arch.hidden_size + 4
 
 
 def attention_kind(arch: Architecture, setup: Setup) -> str:
@@ -121,15 +122,16 @@ def merged_experts(arch: Architecture, setup: Setup) -> int:
 
 
 def logits(arch: Architecture, setup: Setup) -> int:
-    """`training.loss: full` (and every loss under zero3 / fsdp, where the trainer falls back to it): batch x seq x
-    vocab: the logits (model dtype), their fp32 copy for the loss, its saved log-softmax and the gradient of that at
-    the start of the backward pass. `chunked` (`liger` and `cce` alike): one chunk of rows of the trained positions
+    """`training.loss: full`: batch x seq x vocab: the logits (model dtype), their fp32 copy for the loss, its saved
+    log-softmax and the gradient of that at the start of the backward pass. `chunked` (`liger` and `cce` alike): one chunk of rows of the trained positions
     at a time (`loss_chunk_rows`) — its logits in the model dtype, two fp32 buffers (the logits, the soft cap's tanh,
     then the softmax gradient in place) and the gradient in the model dtype for its matmul — plus the hidden states
-    of every trained position (at most all tokens) and their gradient, and the model's own one-position logits."""
+    of every trained position (at most all tokens) and their gradient, and the model's own one-position logits.
+    Under every strategy: zero3 / fsdp gather the head's weight for the chunks (trainer/train/head.py), counted with
+    the gathered parameters (memory.py `_gathered`)."""
     tokens = setup.batch * setup.seq_len
     a = DTYPE_BYTES[setup.dtype]
-    if setup.loss == "full" or setup.sharded:
+    if setup.loss == "full":
         per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
         return int(tokens * arch.vocab_size * per)
     rows = min(tokens, loss_chunk_rows(arch.vocab_size))

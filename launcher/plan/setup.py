@@ -30,7 +30,7 @@ class Setup:
     world_size: int = 1
     attn: str = "sdpa"  # sdpa | eager | flash_attention_2
     device: str = "cuda"  # cuda | cpu
-    kernels: str = "none"  # none | liger: Liger's RMSNorm and SwiGLU/GeGLU save less (training.kernels)
+    kernels: str = "none"  # none | torch | liger: fused RMSNorms (both) and SwiGLU/GeGLU (liger) save less
     loss: str = "full"  # full | chunked | liger | cce (training.loss; the spec's default is chunked)
 
     @classmethod

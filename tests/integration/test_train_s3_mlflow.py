@@ -78,7 +78,8 @@ def test_s3_in_s3_out_run_in_mlflow_server(s3, mlflow_url: str, tmp_path: Path,
     from mlflow import MlflowClient
 
     monkeypatch.setenv("KUBETUNE_JOB_NAME", "s3-job-x7k2p")
-    rc = run_trainer(tmp_path, monkeypatch, tracking={"mlflow_uri": mlflow_url, "experiment": "it-s3"},
+    rc = run_trainer(tmp_path, monkeypatch, tracking={"mlflow_uri": mlflow_url, "experiment": "it-s3",
+                                                      "system_metrics_interval": 0.5},
                      output={"uri": "s3://runs/s3-job/"})
     assert rc == 0
     written = keys(s3, "runs", "s3-job/")
@@ -98,6 +99,13 @@ def test_s3_in_s3_out_run_in_mlflow_server(s3, mlflow_url: str, tmp_path: Path,
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 5  # steps 1, 2, 4, 6, 8
     for key in ("eval_loss", "eval_perplexity", "tokens_per_second", "data/rows_used", "data/eval/rows_used"):
         assert key in run.data.metrics, key
+    # MLflow's system metrics (tracking.system_metrics, on by default), sampled every 0.5 s while it trained
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes",
+                "system/disk_usage_percentage", "system/network_receive_megabytes"):
+        assert key in run.data.metrics, (key, sorted(k for k in run.data.metrics if k.startswith("system/")))
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= m.value <= 100 for m in cpu), cpu
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
     stats = json.loads(s3.get_object(Bucket="runs", Key="s3-job/data_stats.json")["Body"].read())["train"]
     assert run.data.metrics["data/rows_used"] == stats["rows_used"] > 0  # the rows the 8 steps trained
     assert stats["rows_read"] == stats["rows_used"] + sum(stats["bad_rows"].values()) + stats["rows_unreached"]

@@ -1,5 +1,6 @@
 """The planner's logits + loss term per `training.loss` (launcher/plan/activations.py): `full` as before, `chunked`
-(and `liger`, `cce`) one chunk of the trained positions; sharded strategies fall back to the full logits."""
+(and `liger`, `cce`) one chunk of the trained positions, under every strategy (zero3 / fsdp gather the head's weight
+for it: counted with the gathered parameters)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ def test_chunked_cuts_the_logits_of_the_h200_job_by_more_than_8x() -> None:
     assert logits(arch, full) == 4 * 2048 * arch.vocab_size * (2 + 4 + 4 + 4)  # unchanged
     for kind in ("chunked", "liger", "cce"):
         assert logits(arch, full.with_(loss=kind)) * 8 <= logits(arch, full)
-    assert logits(arch, full.with_(loss="chunked", strategy="zero3", world_size=2)) == logits(arch, full)
+    for strategy in ("zero3", "fsdp"):
+        sharded = full.with_(loss="chunked", strategy=strategy, world_size=2)
+        assert logits(arch, sharded) == logits(arch, full.with_(loss="chunked"))
+        assert logits(arch, sharded) * 8 <= logits(arch, full.with_(strategy=strategy, world_size=2))
 
 
 def test_a_chunk_is_never_more_rows_than_the_batch_has_tokens() -> None:

@@ -23,15 +23,28 @@ last batch it trained. The batches waiting in the queue are not trained and not 
 a resumed run produces them again. After training, `ResumableTrainer` loads the last trained
 position back into the stream, so its row accounting counts what was trained, not what was made.
 
-Shutdown. `close()` (at the end of training, on an error, after a SIGTERM stop) tells the worker to
-stop, empties the queue and joins the thread; the worker stops at its next batch. A failure in the
-worker (a `DataError` naming bad rows, an S3 error) is queued in order and raised in the training
-loop as the same exception object, with its message and traceback, where the loop without prefetch
-would have raised it. Signals go to the main thread only; the worker needs none.
+Shutdown. `close()` (at the end of training, on an error, after a SIGTERM stop: `ResumableTrainer.train`'s
+`finally`) tells the worker to stop, empties the queue and joins the thread; the worker never blocks on
+a full queue (it polls the stop flag) and stops at its next batch. A new iteration of the loader closes
+the ones before it first: one thread at a time reads the stream. A failure in the worker (a `DataError`
+naming bad rows, an S3 error) is queued in order and raised in the training loop as the same exception
+object, with its message and traceback, where the loop without prefetch would have raised it. Signals
+go to the main thread only; the worker needs none.
+
+No collectives in the worker. The worker only reads the rank's own stream and takes its rank-local
+position (`TrainStream.state_dict`); whatever gathers across ranks (`count_pass`, `steps_left`,
+`stats`, `finish`, the checkpoint's per-rank states) runs on the main thread, and `TrainStream` refuses
+a gather from any other thread. The process group is destroyed after training, once this thread is
+joined (trainer/train/preemption.py `release_process_group`): left to the interpreter's exit, gloo's
+teardown aborted a 2-rank CPU run now and then ("terminate called without an active exception"),
+with or without this thread. And a thread still running torch code when the interpreter exits aborts it
+the same way, so an `atexit` hook stops and joins every worker still alive then (one whose `close()`
+timed out, or that nothing closed).
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
@@ -45,6 +58,19 @@ from trainer import say
 T = TypeVar("T")
 POLL = 0.1  # seconds between checks of the stop flag while the queue is full (worker) or empty (consumer)
 JOIN_TIMEOUT = 120.0  # seconds close() waits for the worker to finish the batch it is making
+
+
+_RUNNING: dict[threading.Thread, threading.Event] = {}  # every worker started, with its stop flag
+
+
+@atexit.register
+def _stop_all() -> None:
+    """At exit, before the interpreter tears down: no worker may be left inside torch code."""
+    for stop in _RUNNING.values():
+        stop.set()
+    for thread in list(_RUNNING):
+        thread.join(JOIN_TIMEOUT)
+    _RUNNING.clear()
 
 
 class _End:
@@ -64,7 +90,7 @@ def _work(source: Iterable[Any], q: queue.Queue[Any], stop: threading.Event) -> 
     try:
         it = iter(source)  # in the worker: a DataLoader's iterator is made (and runs) here
         for item in it:
-            if not _put(q, stop, item):
+            if not _put(q, stop, item) or stop.is_set():  # told to stop: make nothing more
                 return
         _put(q, stop, _End())
     except BaseException as e:  # noqa: BLE001 - every failure reaches the consumer, as it was raised
@@ -100,6 +126,9 @@ class Prefetch(Iterator[T], Generic[T]):
         self.waited = 0.0
         # The worker holds the queue and the flag, not this object: one dropped unclosed is collected and stops it.
         self._thread = threading.Thread(target=_work, args=(source, self._queue, self._stop), name=name, daemon=True)
+        for thread in [t for t in _RUNNING if not t.is_alive()]:
+            del _RUNNING[thread]
+        _RUNNING[self._thread] = self._stop
         self._thread.start()
 
     def __next__(self) -> T:
@@ -137,7 +166,7 @@ class Prefetch(Iterator[T], Generic[T]):
             if self._thread.is_alive():
                 say.warn(
                     f"the data prefetch worker did not stop within {JOIN_TIMEOUT:.0f}s; leaving it (a daemon "
-                    "thread: it does not keep the process alive)"
+                    "thread: it does not keep the process alive; the exit waits for it once more)"
                 )
 
     @property
@@ -161,7 +190,7 @@ class PrefetchLoader(DataLoader):
             raise ValueError("prefetch runs the loader in one thread: num_workers must be 0")
         self.depth = depth
         # Held, not weakly: an iteration the Trainer let go of (the last one, when max_steps ends training) is
-        # still stopped and joined by `close`; finished ones are dropped as new ones start.
+        # still stopped and joined by `close`; a new iteration closes the one before.
         self._live: list[Prefetch[Any]] = []
 
     def _batches(self) -> Iterator[Any]:
@@ -170,8 +199,9 @@ class PrefetchLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         if not self.depth:
             return DataLoader.__iter__(self)
+        self.close()  # the stream continues in the new iteration only (trainer/data/stream.py): one reader at a time
         it: Prefetch[Any] = Prefetch(self._batches(), self.depth)
-        self._live = [p for p in self._live if p.alive] + [it]
+        self._live = [it]
         return it
 
     def close(self) -> None:

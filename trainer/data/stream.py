@@ -41,7 +41,8 @@ The data position contract (checkpoints rely on it):
   positions and counts stay in the worker processes: don't checkpoint such a loader.
 
 `iter()` continues from the current position (it does not restart), so the Trainer's epochs
-simply take the next rows. `stats()` / `finish()` sum the accounting over ranks (collective).
+simply take the next rows. `stats()` / `finish()` sum the accounting over ranks (collective, main thread
+only: iteration and `state_dict()` are rank-local and may run in the prefetch thread, a gather never does).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -240,6 +242,9 @@ class TrainStream(IterableDataset):
 
     # -- accounting -----------------------------------------------------------------------
     def _gather(self, value: dict[str, Any]) -> list[dict[str, Any]]:
+        if threading.current_thread() is not threading.main_thread():  # e.g. the prefetch worker (data/prefetch.py)
+            raise RuntimeError("TrainStream gathers across ranks on the main thread only: a collective issued from "
+                               f"thread {threading.current_thread().name!r} would race the training loop's")
         return accounting.gather(value, self.world_size)
 
     def _stats(self, per_rank: list[dict[str, Any]]) -> DataStats:

@@ -7,6 +7,9 @@
   projections). Liger's own loss patches stay off: the loss is `training.loss`'s. An architecture Liger has no
   function for is refused by name. Liger's functions also replace the classes in the architecture's transformers
   module (its design): models built later in the same process get the kernels too.
+- `training.kernels: torch` (`apply_kernels`): RMSNorm as one autograd Function in plain PyTorch, on CPU and CUDA
+  (trainer/model/fused_norm.py): each norm class of the model is checked against its own forward at start-up and
+  left as it is, with a line saying why, where it differs or is not one we know.
 - `training.loss: liger | cce` (`fused_linear_cross_entropy`): the LM head and the cross-entropy in one kernel that
   never holds the `[tokens x vocab]` logits: Liger's `LigerFusedLinearCrossEntropyLoss` or Cut Cross-Entropy's
   `linear_cross_entropy` (its default implementation, `cce`, with its default gradient filtering). The caller
@@ -76,9 +79,12 @@ def preflight(spec: JobSpec, *, cuda: bool | None = None) -> None:
 
 
 def apply_kernels(model: Any, kernels: str) -> str | None:
-    """Liger's kernels on the loaded base model (before the adapter); returns what was done, None for `none`."""
+    """Liger's or our fused kernels on the loaded base model (before the adapter); returns what was done, None for
+    `none`."""
     if kernels == "none":
         return None
+    if kernels == "torch":
+        return fuse_norms(model)
     require("training.kernels", kernels)
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
@@ -93,6 +99,21 @@ def apply_kernels(model: Any, kernels: str) -> str | None:
     apply(model=model, **off)
     patched = [k for k in ("rope", "rms_norm", "swiglu", "geglu", "layer_norm") if k in accepted]
     return f"Liger Kernel {apply.__name__} ({', '.join(patched)}) on {type(model).__name__}"
+
+
+def fuse_norms(model: Any) -> str:
+    """`training.kernels: torch`: the fused RMSNorm where it matches the original; each class left alone is said."""
+    from trainer import say as out
+    from trainer.model.fused_norm import fuse_rms_norms
+
+    fused, unfused, worst = fuse_rms_norms(model)
+    for name, why in unfused.items():
+        out.say(f"training.kernels: torch leaves {name} unfused: {why}", main_only=True)
+    if not fused:
+        return f"training.kernels: torch fused no RMSNorm in {type(model).__name__} (it runs as with `none`)"
+    done = ", ".join(f"{count} {name}" for name, count in fused.items())
+    return (f"training.kernels: torch: fused RMSNorm in {done} (checked against the originals' forward and "
+            f"gradients on random input: largest relative difference {worst:.1g})")
 
 
 def fused_linear_cross_entropy(kind: str, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

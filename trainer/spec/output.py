@@ -23,6 +23,18 @@ class TrackingSpec(Section):
         description="Seconds the end of a job waits for an unreachable MLflow server to take the metrics buffered "
         "while it was down; what is still unsent then is written to `<output>/mlflow-unsent.jsonl`.",
     )
+    system_metrics: bool = Field(
+        True,
+        description="MLflow system metrics while the job trains, from rank 0's machine: CPU, memory, disk and network "
+        "(`system/cpu_utilization_percentage`, `system/system_memory_usage_megabytes`, ...), and each GPU's "
+        "utilisation and memory through NVML where there is one (`system/gpu_0_utilization_percentage`, ...).",
+    )
+    system_metrics_interval: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds between two samples of `tracking.system_metrics`.",
+    )
 
 
 class OutputSpec(Section):

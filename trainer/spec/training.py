@@ -60,14 +60,18 @@ class TrainingSpec(Section):
     loss: Literal["chunked", "full", "liger", "cce"] = Field(
         "chunked",
         description="How the LM head and cross-entropy are computed. `chunked`: the head only at positions whose "
-        "next-token label exists, the loss in chunks recomputed in backward, so the `[tokens x vocab]` logits are never "
-        "whole in memory; `full`: the model's own logits at every position (the transformers default); `liger`: Liger "
-        "Kernel's fused linear cross-entropy, `cce`: Cut Cross-Entropy (both CUDA only, where installed).",
+        "next-token label exists, the loss in chunks (each chunk's gradient computed at once and its logits freed), so "
+        "the `[tokens x vocab]` logits are never whole in memory, under every strategy (`zero3` and `fsdp` gather the "
+        "head's sharded weight for it); `full`: the model's own logits at every position (the transformers default); "
+        "`liger`: Liger Kernel's fused linear cross-entropy, `cce`: Cut Cross-Entropy (both CUDA only, where "
+        "installed; `cce` runs as `chunked` under `zero3` and `fsdp`).",
     )
-    kernels: Literal["none", "liger"] = Field(
+    kernels: Literal["none", "torch", "liger"] = Field(
         "none",
-        description="Fused GPU kernels: `liger` patches RMSNorm, RoPE and SwiGLU/GeGLU with Liger Kernel's Triton "
-        "kernels (CUDA only, where installed).",
+        description="Fused kernels. `torch`: each RMSNorm as one autograd function in plain PyTorch (CPU and CUDA, "
+        "no package; fewer saved tensors, a one-formula backward), checked at start-up against each norm class's own "
+        "forward and gradients, a class that differs or is unknown left as it is; `liger`: RMSNorm, RoPE and "
+        "SwiGLU/GeGLU with Liger Kernel's Triton kernels (CUDA only, where installed).",
     )
     compile: bool = Field(
         False,
@@ -82,13 +86,14 @@ class TrainingSpec(Section):
         "batches are flattened anyway: it keeps packed samples apart only that way.",
     )
     prefetch: int = Field(
-        0,
+        2,
         ge=0,
         le=64,
         description="Optimizer steps' worth of batches (each `grad_accum` micro-batches) a background thread prepares "
         "ahead of the training step, so that a step does not wait while data is read, rendered, tokenized and packed "
-        "(0, the default: all of that in the training loop). The batches are the same; checkpoints hold the position "
-        "after the trained ones. Opt-in: a multi-rank CPU run once aborted at exit with the thread alive.",
+        "(0: all of that in the training loop, between steps). The batches are the same; checkpoints hold the "
+        "position after the trained ones; the thread is stopped and joined when training ends, fails or is stopped "
+        "by SIGTERM.",
     )
 
 
@@ -108,7 +113,7 @@ def gpu_option_problems(training: TrainingSpec, attn_implementation: str, gpu: s
             "sdpa and eager would build a dense tokens x tokens mask; set it, or `training.padding_free: false` "
             "(packed samples are kept apart under sdpa too)")
     if gpu == "none":
-        used = {"kernels": training.kernels != "none", "loss": training.loss in ("liger", "cce"),
+        used = {"kernels": training.kernels == "liger", "loss": training.loss in ("liger", "cce"),
                 "compile": training.compile, "padding_free": training.padding_free}
         for field, on in used.items():
             if on:

@@ -1,2 +1,3 @@
 """Experiment tracking: the MLflow run of a job (`tracker`), the outbox that keeps metrics through an outage
-(`outbox`), and the sample answers logged before and after training (`samples`). Never imports `launcher`."""
+(`outbox`), the sample answers logged before and after training (`samples`), and the live progress published without
+a tracking server (`progress`, `progress_callback`). Never imports `launcher`."""

@@ -3,7 +3,8 @@
 MLflow store: `tracking.mlflow_uri`, else a local `sqlite:///` store — `<output>/mlflow.db`
 when the output is a local folder, or `<staging>/mlflow/` when it is `s3://` (copied next to
 the outputs at the end). Params are the resolved spec flattened; metrics come from the
-Trainer's logs plus the data statistics; artifacts are added by train.py when it saves.
+Trainer's logs plus the data statistics, and MLflow's system metrics (trainer/tracking/system.py);
+artifacts are added by train.py when it saves.
 Metrics are sent by a background thread that keeps them while MLflow is unreachable
 (trainer/tracking/outbox.py); a resumed job reattaches to its run.
 
@@ -26,6 +27,7 @@ from transformers import Trainer, TrainerCallback
 from trainer import say as out
 from trainer.spec.io import dump_spec, flatten, spec_hash
 from trainer.spec.job import JobSpec
+from trainer.tracking import system
 from trainer.tracking.outbox import Outbox
 from trainer.tracking.speed import Speed
 
@@ -69,6 +71,7 @@ class Tracker:
         self.resumed_step = resumed_step
         self.note = ""
         self._fresh = run_id is None  # a new run: its params and spec are logged once it exists
+        self.system = False  # MLflow's system metrics monitor runs (trainer/tracking/system.py)
         if spec.tracking.mlflow_uri:
             self.uri, self.artifacts = spec.tracking.mlflow_uri, None
         else:
@@ -94,6 +97,7 @@ class Tracker:
             self.outbox.start()
         else:
             self.outbox.start(*opened)
+            self.system = system.start(spec.tracking, self.uri, opened[0], say)  # CPU, memory, GPU: system/*
 
     def _open(self) -> tuple[str, dict[str, int]]:
         """Create the run (experiment, tags, params, spec.yaml), or reattach to it; -> (run id, last steps)."""
@@ -178,6 +182,8 @@ class Tracker:
         if not self.active:
             return []
         left = self.outbox.close(self.spec.tracking.flush_timeout if timeout is None else timeout)
+        if self.system:
+            self.system = system.stop(status)
         if self.run_id is not None:
             try:
                 self.client.set_terminated(self.run_id, status=status)

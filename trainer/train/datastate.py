@@ -10,7 +10,9 @@ A checkpoint must hold the position after the rows that were *trained*, not afte
 loader has fetched ahead. So `Tagged` attaches the stream's `state_dict()` to the last row of each
 micro-batch, `TaggedCollator` moves it onto the batch, and the Trainer takes it off as each micro-batch
 trains (`ResumableTrainer.training_step`): the checkpoint of step k holds the position right after
-step k's rows, whatever a loader prefetched.
+step k's rows, whatever a loader prefetched. With `training.prefetch` `Tagged` runs in the prefetch
+thread: `state_dict()` is this rank's own position, no collective; the checkpoint gathers the ranks'
+positions on the main thread (`trainer.train.resume.Checkpointer.save`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,15 @@ With `data.train_on: completions` most positions carry no label, and with Gemma 
 On the first call the head's logits at the last position of each row are checked against the model's own (step 1):
 a transformers release that changed the head is caught there, and the job goes on with `full` (ResumableTrainer).
 `liger` and `cce` take the same hidden states and targets to trainer.model.kernels' fused linear cross-entropy.
+
+Sharded strategies (`Head.whole_weight`): the loss runs after the model's forward. ZeRO-3 partitions the head's
+weight outside the head's own forward: it is gathered for the loss (`deepspeed.zero.GatheredParameters`, read-only, a
+collective entered once per forward on every rank) and partitioned again right after. Under FSDP2 accelerate 1.15
+puts the final norm and the head (with a tied embedding) in one group not resharded after forward: the weight is whole
+until backward; one still sharded (a DTensor) is unsharded around the loss by the owning module's `unshard()` /
+`reshard()`. The weight is frozen and the chunks' gradients are computed in forward, so nothing reads it in backward
+and the LoRA gradients are those of the full logits. `cce` reads it again in backward: under zero3/fsdp it runs as
+`chunked`.
 """
 
 from __future__ import annotations
@@ -129,7 +138,8 @@ def labelled(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
 
 @dataclass
 class Head:
-    """The model's LM head as the loss uses it; `hidden` holds the decoder's output during one `capture`."""
+    """The model's LM head as the loss uses it; `hidden` holds the decoder's output during one `capture`. `root`: the
+    model the strategy wraps (where an FSDP2 module owning the head is found)."""
 
     decoder: nn.Module
     linear: nn.Linear
@@ -138,6 +148,8 @@ class Head:
     rows: int = 0  # rows per chunk (0: rows_per_chunk(vocab))
     hidden: torch.Tensor | None = None
     checked: bool = False
+    root: nn.Module | None = None
+    gathers: int = 0  # losses computed from a weight gathered from its shards (ZeRO-3, FSDP2)
 
     @contextmanager
     def capture(self) -> Iterator[None]:
@@ -151,43 +163,104 @@ class Head:
             handle.remove()
             self.hidden = None
 
-    def check(self, logits: torch.Tensor) -> None:
+    @contextmanager
+    def whole_weight(self) -> Iterator[torch.Tensor]:
+        """The head's whole weight while the loss runs (module docstring): gathered from its shards under ZeRO-3,
+        unsharded if FSDP2 left it sharded, as it is otherwise."""
+        weight = self.linear.weight
+        if hasattr(weight, "ds_id") and weight.numel() != self.linear.in_features * self.linear.out_features:
+            import deepspeed  # a partitioned ZeRO-3 parameter (a whole one, persistent or held, is used as it is)
+
+            self._gathered("ZeRO-3")
+            with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):  # a collective, on every rank
+                yield _whole(self.linear)
+            return
+        owner = _fsdp_owner(self.root, self.linear) if _is_dtensor(weight) else None
+        if owner is None:
+            yield _whole(self.linear)
+            return
+        owner.unshard()
+        self._gathered("FSDP2")
+        try:
+            yield _whole(self.linear)
+        finally:
+            owner.reshard()
+
+    def _gathered(self, how: str) -> None:
+        if not self.gathers:
+            say.say(f"training.loss: {self.kind}: the LM head's weight is gathered from its {how} shards for the loss",
+                    main_only=True)
+        self.gathers += 1
+
+    def check(self, logits: torch.Tensor, weight: torch.Tensor) -> None:
         """The model's own logits at each row's last position (`logits_to_keep=1`) against the head's."""
         assert self.hidden is not None
         with torch.no_grad():
-            ours = apply_head(self.hidden[:, -1], self.linear.weight, self.softcap)
+            ours = apply_head(self.hidden[:, -1], weight, self.softcap)
             theirs = logits[:, -1].float()
             diff, scale = float((ours - theirs).abs().max()), float(theirs.abs().max())
-        if diff > CHECK_TOLERANCE.get(self.linear.weight.dtype, 5e-2) * max(scale, 1e-6):
+        if diff > CHECK_TOLERANCE.get(weight.dtype, 5e-2) * max(scale, 1e-6):
             raise HeadMismatch(f"the chunked loss's logits differ from the model's own by {diff:.3g} (max |logit| "
                                f"{scale:.3g})")
+        say.say(f"training.loss: {self.kind}: the LM head at the trained positions only (its logits checked against "
+                "the model's own)", main_only=True)
         self.checked = True
 
     def loss_sum(self, outputs: Any, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed float32 cross-entropy over the trained positions of the captured hidden states, and their count."""
         assert self.hidden is not None, "Head.loss_sum outside Head.capture"
-        if not self.checked:
-            self.check(outputs["logits"] if isinstance(outputs, dict) else outputs[0])
         hidden, targets = labelled(self.hidden, labels)
         count = torch.as_tensor(targets.numel(), device=hidden.device)
-        weight = self.linear.weight
-        if self.kind in ("liger", "cce"):
-            from trainer.model.kernels import fused_linear_cross_entropy
+        with self.whole_weight() as weight:
+            if not self.checked:
+                self.check(outputs["logits"] if isinstance(outputs, dict) else outputs[0], weight)
+            if self.kind in ("liger", "cce"):
+                from trainer.model.kernels import fused_linear_cross_entropy
 
-            total = fused_linear_cross_entropy(self.kind, hidden, weight, targets, self.softcap)
-            return total.float(), count
-        return chunked_loss_sum(hidden, weight, targets, self.softcap, self.rows or rows_per_chunk(weight.shape[0])), count
+                total = fused_linear_cross_entropy(self.kind, hidden, weight, targets, self.softcap)
+                return total.float(), count
+            rows = self.rows or rows_per_chunk(weight.shape[0])
+            return chunked_loss_sum(hidden, weight, targets, self.softcap, rows), count
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _fsdp_owner(root: nn.Module | None, linear: nn.Module) -> Any:
+    """The FSDP2 module (`fully_shard`) whose parameter group holds `linear`'s weight: `linear` or its nearest
+    wrapped ancestor under `root`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    named = {m: n for n, m in root.named_modules()} if root is not None else {}
+    target = named.get(linear)
+    owners = [(len(n), m) for m, n in named.items() if isinstance(m, FSDPModule) and target is not None
+              and (not n or f"{target}.".startswith(f"{n}."))]
+    if not owners:
+        raise RuntimeError("the LM head's weight is a sharded DTensor, but no FSDP2 module over it was found")
+    return max(owners, key=lambda o: o[0])[1]
+
+
+def _whole(linear: nn.Linear) -> torch.Tensor:
+    """`linear`'s weight, checked to be whole ([out_features, in_features]), as a plain tensor."""
+    weight = linear.weight
+    if tuple(weight.shape) != (linear.out_features, linear.in_features) or _is_dtensor(weight):
+        raise RuntimeError(f"the LM head's weight is {type(weight).__name__} {tuple(weight.shape)} where the loss "
+                           f"needs it whole ({linear.out_features}, {linear.in_features})")
+    return weight
 
 
 def choose(kind: str, model: Any, *, sharded: str | None, say: Callable[[str], None]) -> Head | None:
     """The head for `training.loss` `kind` on `model` (a PeftModel or a transformers model), or None for the full
-    path: `full`, a sharded strategy (`sharded`: its name), an unverified class, or a head that trains or has a bias."""
+    path: `full`, an unverified class, or a head that trains or has a bias. `sharded`: the name of a strategy that
+    shards the weights (`zero3`, `fsdp`), where `cce` runs as `chunked` (module docstring)."""
     if kind == "full":
         return None
     fallback = f"training.loss: {kind} falls back to the full logits (as `full`): "
-    if sharded is not None:
-        say(fallback + f"under `{sharded}` the LM head's weight is sharded outside its own forward")
-        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
     if name not in VERIFIED:
@@ -197,9 +270,14 @@ def choose(kind: str, model: Any, *, sharded: str | None, say: Callable[[str], N
     if type(linear) is not nn.Linear or linear.weight.requires_grad or linear.bias is not None:
         say(fallback + "the LM head is adapted or trained (e.g. an adapter on `lm_head`), or has a bias")
         return None
+    if kind == "cce" and sharded is not None:
+        say(f"training.loss: cce runs as `chunked` under `{sharded}`: Cut Cross-Entropy reads the LM head's weight "
+            "again in backward, when it is sharded again")
+        kind = "chunked"
     attr = VERIFIED[name]
     softcap = getattr(base.config, attr, None) if attr else None
-    return Head(decoder=base.get_decoder(), linear=linear, softcap=float(softcap) if softcap else None, kind=kind)
+    return Head(decoder=base.get_decoder(), linear=linear, softcap=float(softcap) if softcap else None, kind=kind,
+                root=model)
 
 
 def head_loss(loss_fn: Any, compute: Callable[..., Any], model: Any, inputs: dict[str, Any], return_outputs: bool,

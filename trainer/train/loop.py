@@ -36,6 +36,7 @@ from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, flatten, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
 from trainer.tracking import samples as sampling
+from trainer.tracking.progress_callback import ProgressCallback
 from trainer.tracking.speed import Speed
 from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name
 from trainer.train import checkpoint, preemption, resume
@@ -176,6 +177,8 @@ class FineTune(Restarts, Finish):
                                            self._checkpoint_extra, self.say)
         self.stop = resume.StopOnSignal(self.signals)
         callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
+        if self.main:  # live progress without MLflow: a file, or the Job's annotation (trainer/tracking/progress.py)
+            callbacks.append(ProgressCallback())
         packing_check = None
         if spec.data.packing or spec.training.padding_free:  # samples share rows: checked before step 1, on the
             # model as the strategy wrapped it (trainer/model/isolation.py)
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         job.cleanup(ok, None if ok else error)
         if ok or code == preemption.EXIT_USER_ERROR:
             preemption.report_exit(code)
+        if ok:  # every rank ended the run here together (not after an error, nor a lost peer)
+            preemption.release_process_group()
     return code
 
 

@@ -67,6 +67,17 @@ def peer_lost_diagnosis(error: BaseException, rank: int | str, job: str | None =
             f"pod that failed first has the cause in its log: launch logs {job} --rank N (N: its node index)")
 
 
+def release_process_group() -> None:
+    """Destroy torch.distributed's process groups once a run is over on every rank (its data prefetch thread
+    joined, its last collective done). Left to the interpreter's exit, gloo's teardown aborts the process now
+    and then ("terminate called without an active exception", SIGABRT) and NCCL's warns; the pod's exit code
+    would then say 1, not the run's own. Not after a lost peer: a communicator may not be torn down alone."""
+    import torch.distributed as dist  # here: this module stays light (trainer.train.supervise imports it)
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def report_exit(code: int) -> None:
     """Tell the supervisor this rank's exit code (accelerate launch would turn it into 1)."""
     folder = os.environ.get(EXIT_DIR)
