@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import say as out
-from trainer.train.start_export import TOKEN_DIR, _server, _why
+from trainer.train.start_export import TOKEN_DIR, api_server, failure_reason
 
 ANNOTATION = "kubetune.io/progress"
 FILE_ENV, JOB_ENV = "KUBETUNE_PROGRESS_FILE", "KUBETUNE_PROGRESS_JOB"
@@ -133,7 +133,7 @@ class Publisher:
         try:
             namespace = (self.token_dir / "namespace").read_text(encoding="utf-8").strip() or namespace
             token = (self.token_dir / "token").read_text(encoding="utf-8").strip()  # renewed hourly: read each time
-            base = self.server or _server(self.env)
+            base = self.server or api_server(self.env)
             context = ssl.create_default_context(cafile=str(self.token_dir / "ca.crt")) \
                 if base.startswith("https") else None
             body = json.dumps({"metadata": {"annotations": {ANNOTATION: json.dumps(doc)}}}).encode()
@@ -145,7 +145,7 @@ class Publisher:
                 resp.read()
             self.sent.append(doc)
         except Exception as e:  # never fails the job: said once, then tried again with the next document
-            self._warn_once("job", f"progress: cannot annotate Job {namespace}/{self.job} ({_why(e)}); `launch "
+            self._warn_once("job", f"progress: cannot annotate Job {namespace}/{self.job} ({failure_reason(e)}); `launch "
                             f"status` shows no live progress until it can, the job goes on")
 
     def _warn_once(self, sink: str, message: str) -> None:

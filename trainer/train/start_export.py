@@ -47,7 +47,7 @@ def manual_command(job: str, namespace: str, patch: dict[str, Any]) -> str:
     return f"kubectl patch job {job} -n {namespace} --type merge -p '{body}'"
 
 
-def _server(env: Mapping[str, str]) -> str:
+def api_server(env: Mapping[str, str]) -> str:
     host = env.get("KUBERNETES_SERVICE_HOST", "")
     if not host:
         raise RuntimeError("KUBERNETES_SERVICE_HOST is not set (not in a pod?)")
@@ -63,7 +63,7 @@ def _send(url: str, token: str, body: bytes, context: ssl.SSLContext | None) -> 
         resp.read()
 
 
-def _why(e: BaseException) -> str:
+def failure_reason(e: BaseException) -> str:
     if isinstance(e, urllib.error.HTTPError):
         try:
             message = json.loads(e.read() or b"{}").get("message", "")
@@ -97,7 +97,7 @@ def start(
     try:
         namespace = (token_dir / "namespace").read_text(encoding="utf-8").strip() or namespace
         token = (token_dir / "token").read_text(encoding="utf-8").strip()
-        base = server or _server(env)
+        base = server or api_server(env)
         context = ssl.create_default_context(cafile=str(token_dir / "ca.crt")) if base.startswith("https") else None
         url = f"{base.rstrip('/')}/apis/batch/v1/namespaces/{namespace}/jobs/{job}"
         body = json.dumps(patch).encode()
@@ -110,7 +110,7 @@ def start(
                     raise
                 sleep(2.0 ** (attempt + 1))
     except Exception as e:  # never fails training: the adapter is written and _SUCCESS with it
-        say(f"[kubetune] warning: could not start the export Job {namespace}/{job} ({_why(e)}); training "
+        say(f"[kubetune] warning: could not start the export Job {namespace}/{job} ({failure_reason(e)}); training "
             f"succeeded and the export waits: start it with `{manual_command(job, namespace, patch)}`")
         return False
     if queue:
