@@ -1,5 +1,6 @@
 # kubetune: two commands do all set-up on a fresh machine.
 #   make quickstart   fine-tune Gemma 3 270M locally on the embedded defaults
+#   make dpo-quickstart  then DPO on preference pairs, starting from the quickstart's adapter
 #   make test         every test (unit, integration with real servers, e2e)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,13 +9,18 @@ export KUBETUNE_LLAMA_CPP_DIR ?= $(CURDIR)/.cache/llama.cpp
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast lint docs clean
+.PHONY: setup quickstart dpo-quickstart test test-fast lint docs clean
 
 setup:
 	bash scripts/setup.sh
 
 quickstart: setup
 	$(VENV)/bin/launch submit --local examples/quickstart.yaml
+
+# DPO from the quickstart's SFT adapter (docs/preference.md); the quickstart runs first only when its output is missing
+dpo-quickstart: setup
+	test -f examples/runs/quickstart/_SUCCESS || $(VENV)/bin/launch submit --local examples/quickstart.yaml
+	$(VENV)/bin/launch submit --local examples/dpo-quickstart.yaml
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -25,6 +25,7 @@ from trainer import storage
 from trainer.data.badrows import BadRowLog
 from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
+from trainer.data.preference_rows import PREFERENCE_FORMATS, parse_record
 from trainer.data.sources import expand, read_records
 from trainer.data.stats import REASONING_DROPPED
 from trainer.model.tokenizer import open_tokenizer, read_chat_template
@@ -236,7 +237,8 @@ def load_tokenizer(spec: JobSpec, spec_dir: Path, override: str | None = None) -
         raise UserError(f"{where} {source}: cannot load a tokenizer from it: {e}") from None
 
 
-def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[SplitReport]:
+def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer: str | None = None) -> list[Any]:
+    """A SplitReport per split; for preference data (`data.format: preference | unpaired`) a PreferenceReport."""
     from datetime import date
 
     from trainer.data import template_date
@@ -244,6 +246,10 @@ def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer
     # the date `launch submit` would record: the spec's own, else today's
     tok = template_date.pin(load_tokenizer(spec, spec_dir, tokenizer), spec.data.template_date or date.today())
     splits = ["train"] + (["eval"] if spec.data.eval is not None else [])
+    if spec.data.format in PREFERENCE_FORMATS:
+        from launcher.datacheck_preference import preference_report
+
+        return [preference_report(spec, s, tok, spec_dir, sample) for s in splits]
     return [split_report(spec, s, tok, spec_dir, sample) for s in splits]
 
 
@@ -257,10 +263,11 @@ def precheck(spec: JobSpec, spec_dir: Path) -> list[str]:
             continue
         files = _files(spec, split, spec_dir)
         rows = bad = 0
+        check = parse_record if spec.data.format in PREFERENCE_FORMATS else conversation
         try:
             for rec in islice(read_records(files, f"data.{split}"), PRECHECK_ROWS):
                 rows += 1
-                bad += isinstance(conversation(rec, spec.data), BadRow)
+                bad += isinstance(check(rec, spec.data), BadRow)
         except DataError as e:
             problems.append(str(e))
             continue

@@ -23,7 +23,8 @@ from trainer.storage import (  # the one test: `file://` is this machine, not re
 )
 
 # The fields that name a file or folder on this machine, unless a URI (base_model: unless a hub id)
-PATH_FIELDS = ("data.train", "data.eval", "base_model", "model.chat_template", "eval.sources_root", "output.uri")
+PATH_FIELDS = ("data.train", "data.eval", "base_model", "model.chat_template", "eval.sources_root", "output.uri",
+               "adapter.init_from")
 
 
 def _data_fields(spec: JobSpec) -> list[tuple[str, str]]:
@@ -46,6 +47,12 @@ def local_base_model(spec: JobSpec, base: Path) -> str | None:
     return candidate if os.path.exists(candidate) else None
 
 
+def local_init_from(spec: JobSpec) -> str | None:
+    """`adapter.init_from` when it names a folder on this machine (not `s3://`, not `models:/NAME@ALIAS`)."""
+    given = spec.adapter.init_from
+    return None if given is None or is_remote(given) or given.startswith("models:/") else given
+
+
 def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
     """Relative paths made absolute against the spec's folder; `output.uri` defaults to `runs/<name>` there."""
     raw = spec.model_dump(mode="json")
@@ -63,6 +70,8 @@ def for_local(spec: JobSpec, spec_dir: Path) -> JobSpec:
     sources = spec.eval.sources_root
     if sources is not None and not is_remote(sources):
         raw["eval"]["sources_root"] = local_path(sources, spec_dir)
+    if (parent := local_init_from(spec)) is not None:
+        raw["adapter"]["init_from"] = local_path(parent, spec_dir)
     raw["output"]["uri"] = output_location(spec.output.uri, spec.name, spec_dir)
     return spec_from_dict(raw, source="resolved spec")
 
@@ -92,7 +101,7 @@ def _paths_from(key: str, value: Any, cwd: Path) -> Any:
         return value
     if isinstance(value, list) and key in ("data.train", "data.eval"):
         return [_paths_from(key, v, cwd) for v in value]
-    if not isinstance(value, str) or not value or is_remote(value):
+    if not isinstance(value, str) or not value or is_remote(value) or value.startswith("models:/"):
         return value
     if key == "base_model" and not (looks_like_path(value) or os.path.exists(local_path(value, cwd))):
         return value  # a hub id
@@ -137,6 +146,9 @@ def local_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
         problems.append(
             f"base_model: {local_path(spec.base_model, spec_dir)!r} does not exist (for the quickstart model: `make setup`)"
         )
+    if (parent := local_init_from(spec)) is not None and not os.path.isdir(local_path(parent, spec_dir)):
+        problems.append(f"adapter.init_from: {local_path(parent, spec_dir)!r} is not a folder (a job's output or an "
+                        "adapter folder): run the job it starts from first")
     return problems
 
 
@@ -157,6 +169,9 @@ def cluster_problems(spec: JobSpec, spec_dir: Path) -> list[str]:
     sources = spec.eval.sources_root
     if sources is not None and not is_remote(sources):
         problems.append(f"eval.sources_root: {sources!r} is a local path; upload the sources and use an s3:// prefix")
+    if (parent := local_init_from(spec)) is not None:
+        problems.append(f"adapter.init_from: {parent!r} is a local path; upload the parent job's output and use an "
+                        "s3:// prefix (or `models:/NAME@ALIAS`)")
     uri = spec.output.uri
     if uri is None:
         problems.append("output.uri: a cluster job needs somewhere to write results: set an s3:// prefix")

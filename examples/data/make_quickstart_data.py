@@ -6,6 +6,7 @@
 A base model never answers like this on its own, so the effect of a few dozen LoRA steps is
 plain to see in the before/after samples. Answers are computed, not typed, so they are right.
 Run from the repo root: python examples/data/make_quickstart_data.py
+The generators' tables are parameters: make_preference_data.py draws new questions of the same kinds from them.
 """
 
 from __future__ import annotations
@@ -40,25 +41,25 @@ def arithmetic(rng: random.Random) -> tuple[str, str, str]:
     return f"What is {a} minus {b}?", str(a - b), f"{a} - {b} = {a - b}."
 
 
-def capital(rng: random.Random) -> tuple[str, str, str]:
-    country = rng.choice(sorted(CAPITALS))
-    city = CAPITALS[country]
+def capital(rng: random.Random, table: dict[str, str] = CAPITALS) -> tuple[str, str, str]:
+    country = rng.choice(sorted(table))
+    city = table[country]
     return f"What is the capital of {country}?", city, f"{city} is the capital city of {country}."
 
 
-def opposite(rng: random.Random) -> tuple[str, str, str]:
-    word = rng.choice(sorted(OPPOSITES))
-    return f"What is the opposite of '{word}'?", OPPOSITES[word], f"'{OPPOSITES[word]}' means the reverse of '{word}'."
+def opposite(rng: random.Random, table: dict[str, str] = OPPOSITES) -> tuple[str, str, str]:
+    word = rng.choice(sorted(table))
+    return f"What is the opposite of '{word}'?", table[word], f"'{table[word]}' means the reverse of '{word}'."
 
 
-def letters(rng: random.Random) -> tuple[str, str, str]:
-    word = rng.choice(WORDS)
+def letters(rng: random.Random, words: list[str] = WORDS) -> tuple[str, str, str]:
+    word = rng.choice(words)
     return (f"How many letters are in the word '{word}'?", str(len(word)),
             f"{'-'.join(word)} has {len(word)} letters.")
 
 
-def minutes(rng: random.Random) -> tuple[str, str, str]:
-    h = rng.randint(2, 12)
+def minutes(rng: random.Random, hours: tuple[int, int] = (2, 12)) -> tuple[str, str, str]:
+    h = rng.randint(*hours)
     return f"How many minutes are in {h} hours?", str(60 * h), f"Each hour has 60 minutes, and {h} x 60 = {60 * h}."
 
 

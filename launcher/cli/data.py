@@ -31,7 +31,8 @@ def data() -> None:
               help="table for people; json: one document on stdout.")
 def validate(spec: Path, overrides: tuple[str, ...], sample: int | None, tokenizer: str | None, output: str) -> None:
     """Read SPEC's training (and eval) data through its format, chat template and tokenizer; report row counts, bad
-    rows, token lengths, trained share and packing. Exit 2 when a split is empty, all bad or over data.bad_rows."""
+    rows, token lengths, trained share and packing (preference data: pairs, or KTO's desirable / undesirable rows, and
+    prompt / answer lengths). Exit 2 when a split is empty, all bad or over data.bad_rows."""
     from launcher import client, datacheck
 
     jobs = client.load_all(spec, overrides)

@@ -16,6 +16,7 @@ only the padding of rows shorter than the batch's longest, which lowers typical 
 from __future__ import annotations
 
 from launcher.plan.arch import Architecture, Linear
+from launcher.plan.objective import FUSED, FUSED_TOKEN_TILE, FUSED_VOCAB_TILE
 from launcher.plan.setup import DTYPE_BYTES, Setup
 from trainer.spec.training import loss_chunk_rows
 
@@ -98,7 +99,7 @@ def activations(arch: Architecture, setup: Setup) -> int:
 
     Checkpointing keeps only each layer's input and recomputes one layer at a time later in the backward
     pass, when the logits and their gradient are already freed: that layer adds only what exceeds them."""
-    tokens = setup.batch * setup.seq_len
+    tokens = setup.rows * setup.seq_len
     a = DTYPE_BYTES[setup.dtype]
     layer = layer_activation_bytes(arch, setup) * tokens
     if setup.checkpointing:
@@ -106,10 +107,15 @@ def activations(arch: Architecture, setup: Setup) -> int:
     else:
         body = arch.num_layers * layer
     final_norm = norm_bytes(arch, setup) * tokens
-    masks = arch.mask_kinds * setup.batch * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
+    return int(body + final_norm + masks(arch, setup) + merged_experts(arch, setup))
+
+
+def masks(arch: Architecture, setup: Setup) -> int:
+    """The dense attention masks of one forward of the micro-batch's rows (none for flash-attention)."""
     if attention_kind(arch, setup) == "flash_attention_2":  # padding_free too (it needs flash-attention)
-        masks = 0  # packed rows reach flash-attention as position ids, no dense mask
-    return int(body + final_norm + masks + merged_experts(arch, setup))
+        return 0  # packed rows reach flash-attention as position ids, no dense mask
+    a = DTYPE_BYTES[setup.dtype]
+    return arch.mask_kinds * setup.rows * setup.seq_len**2 * (1 if attention_kind(arch, setup) != "eager" else a)
 
 
 def merged_experts(arch: Architecture, setup: Setup) -> int:
@@ -128,15 +134,66 @@ def logits(arch: Architecture, setup: Setup) -> int:
     then the softmax gradient in place) and the gradient in the model dtype for its matmul — plus the hidden states
     of every trained position (at most all tokens) and their gradient, and the model's own one-position logits.
     Under every strategy: zero3 / fsdp gather the head's weight for the chunks (trainer/train/head.py), counted with
-    the gathered parameters (memory.py `_gathered`)."""
-    tokens = setup.batch * setup.seq_len
+    the gathered parameters (memory.py `_gathered`). A preference objective (launcher/plan/objective.py) counts its
+    micro-batch's rows (dpo, orpo: chosen + rejected): dpo and kto through TRL's fused head (`fused_head`), orpo as
+    `full` (its trainer computes the full logits with the model's own head)."""
+    tokens = setup.rows * setup.seq_len
     a = DTYPE_BYTES[setup.dtype]
-    if setup.loss == "full":
+    if setup.objective in FUSED:
+        return fused_head(arch, setup)
+    if setup.loss == "full" or setup.objective == "orpo":  # ORPO's trainer: the model's own head, full logits
         per = a + 4 + 4 + 4 if a != 4 else 4 + 4 + 4
         return int(tokens * arch.vocab_size * per)
     rows = min(tokens, loss_chunk_rows(arch.vocab_size))
     chunk = rows * arch.vocab_size * (8 + (2 * a if a != 4 else 0))
     return int(chunk + 2 * tokens * arch.hidden_size * a + setup.batch * arch.vocab_size * (a + 4))
+
+
+def fused_tile(arch: Architecture, setup: Setup) -> int:
+    """The tile buffer of TRL's fused LM head (trl/kernels/chunked_logprob.py): at most FUSED_TOKEN_TILE positions x
+    FUSED_VOCAB_TILE columns in the compute dtype, that wide whatever the vocabulary, folded in place by a Triton
+    kernel on GPU. On CPU its torch fallback folds each tile (positions x at most FUSED_VOCAB_TILE vocabulary entries)
+    through fp32 temporaries: seven alive at once in the backward, as measured with torch.profiler. QLoRA under
+    autocast also casts each vocabulary chunk of the fp32 head to the compute dtype."""
+    a = DTYPE_BYTES[setup.dtype]
+    rows, cols = min(setup.rows * setup.seq_len, FUSED_TOKEN_TILE), min(arch.vocab_size, FUSED_VOCAB_TILE)
+    tile = rows * FUSED_VOCAB_TILE * a + (7 * rows * cols * 4 if setup.device == "cpu" else 0)
+    if setup.quantization != "none" and setup.autocast:
+        tile += cols * arch.hidden_size * a
+    return tile
+
+
+def fused_head(arch: Architecture, setup: Setup) -> int:
+    """dpo / kto: TRL's fused LM head (`add_fused_lm_head`) never holds the `[tokens x vocab]` logits. Its autograd
+    function saves the trained positions' hidden states (a copy: at most every token); its backward recomputes one
+    tile at a time into the logits gradient and accumulates the hidden states' gradient in fp32 (then cast to the
+    model dtype). Per-position scalars (log-probabilities, log-sum-exp, entropy) are left out."""
+    tokens = setup.rows * setup.seq_len
+    a = DTYPE_BYTES[setup.dtype]
+    return int(tokens * arch.hidden_size * (a + 4 + a) + fused_tile(arch, setup))
+
+
+def reference_forward(arch: Architecture, setup: Setup) -> int:
+    """dpo / kto with a reference forward each step: what that no_grad forward of the micro-batch's rows (kto: the
+    rows, then the KL rows, one forward at a time) adds to the peak. It runs after the policy's forward, with every
+    saved activation and the head's saved hidden states alive, and is freed before the backward: so it adds only
+    what exceeds the head's backward working set (`fused_head` less its saved hidden states). Alive during it: the
+    residual stream and its masks, and the largest of one layer's transients (an RMSNorm's two fp32 copies, attention's
+    query, key, value and output, or the MLP's gate, up and activation outputs) or of the fused head's forward."""
+    if not setup.reference:
+        return 0
+    tokens = setup.rows * setup.seq_len
+    a = DTYPE_BYTES[setup.dtype]
+    h, q, kv = arch.hidden_size, arch.q_dim, arch.kv_dim
+    kind = attention_kind(arch, setup)
+    attention = (2 * q + 2 * (kv if kind == "flash_attention_2" or kv == q else q)) * a
+    if kind == "eager":
+        attention += arch.num_heads * setup.seq_len * (4 + (a if a != 4 else 0))
+    mlp = (arch.experts_per_token if arch.num_experts else 1) * 3 * arch.intermediate_size * a
+    layer = tokens * (h * a + max(8 * h, attention, mlp))  # the normed input beside the largest transient
+    head = tokens * h * a + fused_tile(arch, setup)  # the positions' hidden-state copy and one tile
+    transient = tokens * h * a + masks(arch, setup) + max(layer, head)
+    return max(0, transient - (fused_head(arch, setup) - tokens * h * a))
 
 
 def dora_scratch(arch: Architecture, setup: Setup) -> int:

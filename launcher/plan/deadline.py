@@ -7,7 +7,11 @@ lets a hung run hold its GPUs a few hours longer. Its parts, each printed by `la
   the world size) x `data.max_seq_len` (packed rows are that long; unpacked ones are shorter);
 - FLOPs: 6 per parameter and token (forward 2, backward 4: a LoRA run skips the frozen weights'
   gradients, so this over-counts), 8 with gradient checkpointing (the forward again): `dense_flops` of
-  trainer/spec/flops.py, the formula the trainer's MFU counts with; every parameter counts, the embedding too;
+  trainer/spec/flops.py, the formula the trainer's MFU counts with; every parameter counts, the embedding too.
+  A preference objective (launcher/plan/objective.py) trains its rows per batch row (dpo, orpo: 2, chosen and
+  rejected) and adds 2 per parameter and token of each forward-only row: the reference and KL forwards of each
+  step, or with `preference.precompute_reference` the reference pass before training, counted over the rows the
+  steps read (the pass reads the whole training set once, which `launch` does not read);
 - speed: `DEADLINE_MFU` of the slowest board `resources.gpu` may land on (the catalog: trainer/spec/gpus.py);
 - then `DEADLINE_FACTOR` times that, plus `DEADLINE_STARTUP_HOURS`, rounded up to whole hours.
 
@@ -20,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from trainer.spec.flops import dense_flops
+from launcher.plan.objective import spec_passes
+from trainer.spec.flops import FORWARD, dense_flops
 from trainer.spec.gpus import KINDS
 from trainer.spec.job import JobSpec
 from trainer.spec.resources import DEADLINE_FACTOR, DEADLINE_MFU, DEADLINE_STARTUP_HOURS
@@ -43,7 +48,9 @@ def estimate_seconds(spec: JobSpec, params: int) -> float:
     t, res = spec.training, spec.resources
     assert t.max_steps is not None and res.gpu != "none"
     tokens = t.max_steps * t.per_device_batch_size * t.grad_accum * res.world_size * spec.data.max_seq_len
-    flops = dense_flops(params, tokens, recompute=t.gradient_checkpointing)
+    p = spec_passes(spec)  # a preference objective's rows per batch row (sft: trained once, no forward-only pass)
+    flops = dense_flops(params, tokens * p.trained, recompute=t.gradient_checkpointing)
+    flops += FORWARD * params * tokens * (p.forward + p.precomputed)
     slowest = min(g.bf16_flops for g in KINDS[res.gpu])
     return flops / (res.world_size * slowest * DEADLINE_MFU)
 
@@ -65,6 +72,9 @@ def resolve(spec: JobSpec, params: int | None) -> Deadline:
     compute = estimate_seconds(spec, params)  # type: ignore[arg-type]
     seconds = math.ceil((DEADLINE_FACTOR * compute + DEADLINE_STARTUP_HOURS * HOUR) / HOUR) * HOUR
     slowest = min(KINDS[res.gpu], key=lambda g: g.bf16_flops)
+    t, p = spec.training, spec_passes(spec)
+    kind = "" if t.objective == "sft" else f" of {t.objective} ({p.flops_factor(t.gradient_checkpointing):.2f} x " \
+        f"an SFT step's FLOPs{', + the reference pass before training' if p.precomputed else ''})"
     return Deadline(seconds, f"deadline: {hours(seconds)} (resources.deadline auto: {DEADLINE_FACTOR} x "
-                             f"{hours(compute)} for {spec.training.max_steps} steps at {DEADLINE_MFU:.0%} of "
+                             f"{hours(compute)} for {t.max_steps} steps{kind} at {DEADLINE_MFU:.0%} of "
                              f"{res.world_size} {slowest.label}'s bf16 peak, + {DEADLINE_STARTUP_HOURS} h to start)")

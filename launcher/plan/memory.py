@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from launcher.plan.activations import activations, attention_kind, dora_scratch, logits
+from launcher.plan.activations import activations, attention_kind, dora_scratch, logits, reference_forward
 from launcher.plan.arch import Architecture, Linear
 from launcher.plan.setup import DTYPE_BYTES, Setup
 
@@ -128,10 +128,14 @@ def estimate(arch: Architecture, setup: Setup) -> Estimate:
         "activations": activations(arch, setup),
         "logits + loss": logits(arch, setup),
     }
+    if setup.reference:
+        parts["reference forward"] = reference_forward(arch, setup)
+    if setup.ref_adapter:  # TRL's frozen "ref" copy of the starting adapter, as the adapter is held
+        parts["reference adapter"] = int(trainable * w_bytes)
     if setup.method == "dora":
         parts["DoRA weight norm"] = dora_scratch(arch, setup)
     if setup.device == "cuda":
-        transient = parts["activations"] + parts["logits + loss"] + gathered
+        transient = parts["activations"] + parts["logits + loss"] + parts.get("reference forward", 0) + gathered
         overhead = CUDA_CONTEXT + (NCCL_BUFFERS if setup.world_size > 1 else 0) + int(ALLOCATOR_SLACK * transient)
         if setup.deepspeed:
             overhead += DS_REDUCE_BUCKET * (2 if setup.mixed else 4)

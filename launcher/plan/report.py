@@ -6,6 +6,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from launcher.plan import objective
 from launcher.plan.arch import Architecture
 from launcher.plan.fit import GPUS, Gpu, Row, deciding_gpu, table
 from launcher.plan.ladder import Rung, auto_fit, climb
@@ -64,12 +65,13 @@ def describe(plan: Plan) -> list[str]:
     quant = "" if s.quantization == "none" else f", {s.quantization} base (QLoRA)"
     where = "CPU process" if s.device == "cpu" else f"GPU, {s.world_size} GPU(s) ({spec.resources.nodes} node(s) x " \
         f"{spec.resources.gpus_per_node}), {s.strategy}{'' if s.offload == 'none' else f' + offload {s.offload}'}"
-    return [
+    lines = [
         f"{spec.name}: {spec.base_model} — {arch.model_type}, {params(arch.total_params)} parameters ({arch.source})",
         f"  {s.dtype}{quant}; {s.method} r={s.r} on {targets}: {params(plan.estimate.trainable)} trainable",
         f"  batch {s.batch} x {s.seq_len} tokens, gradient checkpointing {'on' if s.checkpointing else 'off'}, "
         f"{s.attn} attention; memory per {where}",
     ]
+    return lines + ([line] if (line := objective.describe(spec)) else [])
 
 
 def breakdown_lines(est: Estimate) -> list[str]:
@@ -110,10 +112,11 @@ def other_levers(plan: Plan) -> list[str]:
     if not s.checkpointing:
         total = estimate(plan.arch, s.with_(checkpointing=True)).total
         lines.append(f"--set training.gradient_checkpointing=true -> {gib(total)} per GPU (recomputes activations)")
-    if s.batch > 1:
-        total = estimate(plan.arch, s.with_(batch=1)).total
-        lines.append(f"--set training.per_device_batch_size=1 --set training.grad_accum={s.batch * t.grad_accum} -> "
-                     f"{gib(total)} per GPU (same rows per optimizer step)")
+    least = objective.MIN_BATCH.get(s.objective, 1)  # kto's KL rows are the batch's own completions, shifted
+    if s.batch > least and s.batch % least == 0:
+        total = estimate(plan.arch, s.with_(batch=least)).total
+        lines.append(f"--set training.per_device_batch_size={least} --set training.grad_accum="
+                     f"{s.batch // least * t.grad_accum} -> {gib(total)} per GPU (same rows per optimizer step)")
     return lines
 
 
@@ -163,6 +166,9 @@ def as_dict(plan: Plan, with_auto_fit: bool = False) -> dict[str, Any]:
         "world_size": plan.setup.world_size, "strategy": plan.setup.strategy,
         "breakdown_bytes": plan.estimate.parts, "total_bytes": plan.estimate.total, "notes": plan.estimate.notes,
         "fits": plan.fits, "verdict": verdict(plan),
+        **({} if (line := objective.describe(plan.spec)) is None else {"objective": {
+            "name": plan.spec.training.objective, "rows_per_micro_batch": plan.setup.rows,
+            "reference_forward": plan.setup.reference, "line": line.strip()}}),
         "deciding_gpu": None if plan.gpu is None else {"type": plan.gpu.key, "capacity_bytes": plan.gpu.capacity},
         "fit": [{"gpus": r.gpus, "spec_layout": r.spec_layout, "bytes_per_gpu": r.estimate.total,
                  "headroom_bytes": {g.key: r.headroom(g) for g in GPUS}} for r in plan.rows],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from launcher.plan import objective
 from trainer.spec.job import JobSpec
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -32,21 +33,36 @@ class Setup:
     device: str = "cuda"  # cuda | cpu
     kernels: str = "none"  # none | torch | liger: fused RMSNorms (both) and SwiGLU/GeGLU (liger) save less
     loss: str = "full"  # full | chunked | liger | cce (training.loss; the spec's default is chunked)
+    objective: str = "sft"  # sft | dpo | orpo | kto (training.objective; launcher/plan/objective.py)
+    reference: bool = False  # dpo / kto: a reference forward each step (not preference.precompute_reference)
+    ref_adapter: bool = False  # dpo / kto: TRL's frozen copy of the starting adapter (trainer/train/trl_adapter.py)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> Setup:
         a, t, res = spec.adapter, spec.training, spec.resources
         targets = a.target_modules if isinstance(a.target_modules, str) else tuple(a.target_modules)
+        reference = objective.referenced(t.objective)  # orpo is reference-free
         return cls(
             dtype=spec.model.dtype, quantization=spec.model.quantization, method=a.method, r=a.r,
-            target_modules=targets, target_parameters=tuple(a.target_parameters or ()), dropout=a.dropout, batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
+            target_modules=targets, target_parameters=tuple(a.target_parameters or ()),
+            # preference.dropout `off`: TRL switches every dropout off, the adapter's included
+            dropout=0.0 if t.objective != "sft" and spec.preference.dropout == "off" else a.dropout,
+            batch=t.per_device_batch_size, seq_len=spec.data.max_seq_len,
             checkpointing=t.gradient_checkpointing, strategy=t.strategy, offload=t.offload, world_size=res.world_size,
             attn=spec.model.attn_implementation, device="cpu" if res.gpu == "none" else "cuda",
-            kernels=t.kernels, loss=t.loss,
+            kernels=t.kernels, loss=t.loss, objective=t.objective,
+            reference=reference and not spec.preference.precompute_reference,
+            ref_adapter=reference,
         )
 
     def with_(self, **changes: object) -> Setup:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def rows(self) -> int:
+        """Rows through the policy (forward + backward) per micro-step: dpo and orpo concatenate each pair's chosen
+        and rejected rows; kto's KL rows only go forward, without grad."""
+        return self.batch * (2 if self.objective in objective.PAIRED else 1)
 
     @property
     def sharded(self) -> bool:

@@ -121,6 +121,9 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
         export["imatrix"] = {"conversations": 4}
     extra = {"eval": {"metrics": ["exact_match", "rouge_l"], "max_new_tokens": 8}} if arch == "qwen2" else {}
     spec, run_id = prepare(arch, tmp_path, s3, mlflow, export, **extra)
+    parent = {"kubetune.parent": "models:/sft@candidate", "kubetune.parent.resolved": "models:/sft/4"}
+    for key, value in parent.items():  # what training records for adapter.init_from (trainer/model/init_from.py)
+        MlflowClient(mlflow).set_tag(run_id, key, value)
     done = run_export(spec, s3)
     print(done.stdout)  # the job's report: shown with `pytest -s`
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -137,11 +140,13 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
     versions = client.search_model_versions(f"name = 'reg-{arch}'")
     kinds = sorted(v.tags["kubetune.kind"] for v in versions)
     assert kinds == ["adapter", "f16", "q4_k_m", "q8_0"]
+    assert all(v.tags["kubetune.objective"] == "sft" and parent.items() <= v.tags.items() for v in versions)
     alias = client.get_model_version_by_alias(f"reg-{arch}", "candidate")
     assert alias.tags["kubetune.kind"] == "q4_k_m"
     assert alias.tags["kubetune.run_id"] == run_id and alias.run_id == run_id
     assert alias.tags["kubetune.llama_cpp"] == "0.3.36" and len(alias.tags["kubetune.sha256"]) == 64
     assert alias.tags["kubetune.verify.passed"] == "true"
+    assert "| started from | `models:/sft@candidate` = `models:/sft/4` |" in alias.description  # the model card
     if extra:  # task metrics of each GGUF through llama.cpp, as registry tags
         rouge = float(alias.tags["kubetune.eval.rouge_l"])
         assert 0.0 <= rouge <= 1.0 and alias.tags["kubetune.eval.answers"] == "3"

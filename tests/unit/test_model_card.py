@@ -83,6 +83,24 @@ def test_card_leaves_out_what_is_not_known() -> None:
     assert training_row(partial) == ["12", "–", "–", "–", "–"]
 
 
+def test_the_objective_and_the_parent_adapter_are_in_the_card_and_every_versions_tags() -> None:
+    from trainer.export.register import Lineage, parent_tags
+
+    assert "| objective | `sft` |" in model_card.render(facts()) and "started from" not in model_card.render(facts())
+    run_tags = {"kubetune.parent": "s3://runs/sft", "kubetune.parent.resolved": "s3://runs/sft/adapter",
+                "kubetune.parent.run_id": "run-sft", "kubetune.spec_hash": "5f3e9a", "mlflow.user": "me"}
+    parent = parent_tags(run_tags, "s3://runs/sft")  # as training recorded it (trainer/model/init_from.py)
+    assert parent == {k: v for k, v in run_tags.items() if k.startswith("kubetune.parent")}
+    assert parent_tags({}, "runs/sft") == {"kubetune.parent": "runs/sft"} and parent_tags({}, None) == {}
+    tags = Lineage("run-dpo", "h", "d", "google/gemma-3-270m", "0.3.36", "dpo", parent).tags()
+    assert tags["kubetune.objective"] == "dpo" and tags["kubetune.run_id"] == "run-dpo"
+    assert tags["kubetune.parent.resolved"] == "s3://runs/sft/adapter" and tags["kubetune.parent.run_id"] == "run-sft"
+    card = model_card.render(facts(objective="dpo", parent=parent))
+    assert "A q8_0 GGUF of a LoRA DPO preference tune of `google/gemma-3-270m`" in card
+    assert "| objective | `dpo` |" in card
+    assert "| started from | `s3://runs/sft` = `s3://runs/sft/adapter` (training run `run-sft`) |" in card
+
+
 def test_a_long_card_is_cut_at_a_line_for_the_registry() -> None:
     many = {k: [f"{k} {i} " + "word " * 30 for i in range(40)] for k in ("prompt", "reference", "before", "after")}
     card = model_card.render(facts(samples=many))

@@ -14,8 +14,9 @@ back by cursor), with `records` (the types reading passes around), `jsonl` and `
 reader per format); `formats` (row -> conversation), `reasoning`, `render` (conversation ->
 token ids + labels) with `turns` (where each assistant turn sits in the rendered text) and
 `template_date`; `encode` (a chunk of records -> samples), `packing`, `collator`; `badrows`,
-`stats`, `errors`; `builder` (`build_dataset`). Training's stream: `stream` (`TrainStream`),
-`window` (reading and packing one window of rows), `stripes` (a pass's shuffled order of rows)
+`stats`, `errors`; `builder` (`build_dataset`). Preference data (DPO / ORPO / KTO): `preference`
+(`build_preference`) with `preference_rows` (row -> prompt and answers) and `preference_stats`.
+Training's stream: `stream` (`TrainStream`), `window` (reading and packing one window of rows), `stripes` (a pass's shuffled order of rows)
 with `seeded` (its keyed hashes and permutation), `shards` (which rows a rank reads),
 `position` (a stream's saved position) and `accounting` (its row counts over ranks).
 """
@@ -23,6 +24,7 @@ with `seeded` (its keyed hashes and permutation), `shards` (which rows a rank re
 from trainer.data.builder import build_dataset, conversations
 from trainer.data.collator import Collator
 from trainer.data.errors import BadRow, DataError
+from trainer.data.preference import build_preference
 from trainer.data.stats import DataStats
 
-__all__ = ["BadRow", "Collator", "DataError", "DataStats", "build_dataset", "conversations"]
+__all__ = ["BadRow", "Collator", "DataError", "DataStats", "build_dataset", "build_preference", "conversations"]

@@ -11,6 +11,7 @@ from trainer.data.badrows import BadRowLog
 from trainer.data.encode import CHUNK, Located, conversation, encode_chunk
 from trainer.data.errors import BadRow, DataError
 from trainer.data.formats import Message
+from trainer.data.preference_rows import PREFERENCE_FORMATS, prompt_turns
 from trainer.data.records import Record, SourceFile
 from trainer.data.render import ChatRenderer, Sample
 from trainer.data.sources import expand, read_records
@@ -127,11 +128,17 @@ def conversations(
     storage_options: dict[str, Any] | None = None,
 ) -> list[list[Message]]:
     """The first `limit` conversations of a split that pass the format checks (bad rows skipped);
-    reads only as far as needed."""
+    reads only as far as needed. Preference data (`data.format: preference | unpaired`): each prompt with its
+    preferred answer (trainer/data/preference_rows.py `prompt_turns`)."""
     out: list[list[Message]] = []
     if limit <= 0:
         return out
-    for _, conv in _conversations(read_records(_files(spec, split, base_dir, storage_options), f"data.{split}"), spec):
+    records = read_records(_files(spec, split, base_dir, storage_options), f"data.{split}")
+    if spec.data.format in PREFERENCE_FORMATS:
+        located: Iterator[Located] = ((r.location, prompt_turns(r, spec.data)) for r in records)
+    else:
+        located = _conversations(records, spec)
+    for _, conv in located:
         if not isinstance(conv, BadRow):
             out.append(conv)
             if len(out) >= limit:

@@ -14,6 +14,8 @@ REASONS = (
     "no_assistant_turn",  # nothing to learn from: no assistant message
     "template_error",  # the chat template refused the conversation (raise_exception)
     "too_long",  # longer than data.max_seq_len (or nothing trainable left after truncation)
+    "same_answers",  # preference: `chosen` and `rejected` are the same answer
+    "prompt_mismatch",  # preference: the answers' prompts differ (in their messages or in their tokens)
 )
 
 

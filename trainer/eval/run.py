@@ -120,16 +120,23 @@ def score_items(items: list[Item], names: list[str], ctx: Context) -> tuple[dict
 def held_out_loss(model: Any, tokenizer: Any, spec: JobSpec, base_dir: str | os.PathLike[str] | None = None,
                   batch_size: int = 4) -> float:
     """Mean cross-entropy per trained token of data.eval (nats per token; trainer/train/loss.py), laid out as training
-    lays it out: packed rows are first checked to keep their samples apart (trainer/model/isolation.py)."""
+    lays it out: packed rows are first checked to keep their samples apart (trainer/model/isolation.py). Preference
+    data: of the preferred answers (chosen, or desirable), given their prompts."""
     import torch
 
     from trainer.data import Collator, build_dataset
     from trainer.model.isolation import ensure_isolated
     from trainer.train.loss import token_loss_sum
 
-    rows, _ = build_dataset(spec, tokenizer, "eval", base_dir=base_dir)
-    collate = Collator(tokenizer, spec.data.packing)
-    if spec.data.packing:
+    if spec.training.objective == "sft":
+        rows, _ = build_dataset(spec, tokenizer, "eval", base_dir=base_dir)
+    else:  # a preference job: the preferred answers, one per row (trainer/data/preference.py `preferred_rows`)
+        from trainer.data.preference import preferred_rows
+
+        rows = preferred_rows(spec, tokenizer, "eval", base_dir=base_dir)
+    packed = spec.data.packing and spec.training.objective == "sft"
+    collate = Collator(tokenizer, packed)
+    if packed:
         ensure_isolated(model, collate, vocab=len(tokenizer), say=lambda line: None)
     device = next(model.parameters()).device
     total, count = 0.0, 0

@@ -31,6 +31,8 @@ class Facts:
     gate: dict[str, Any] = field(default_factory=dict)  # verify.Report.as_dict()
     samples: dict[str, list[str]] = field(default_factory=dict)  # samples.json: prompt, reference, before, after
     alias: str | None = None
+    objective: str = "sft"  # training.objective
+    parent: dict[str, str] = field(default_factory=dict)  # the adapter training started from: register.parent_tags
 
 
 def _cell(text: Any, width: int = 160) -> str:
@@ -42,13 +44,24 @@ def _number(value: Any, fmt: str = "{:,}") -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def _parent(f: Facts) -> list[str]:
+    """The adapter training started from (`adapter.init_from`), as given and as found."""
+    if not f.parent:
+        return []
+    given, resolved, run = (f.parent.get(f"kubetune.parent{k}") for k in ("", ".resolved", ".run_id"))
+    found = f" = `{resolved}`" if resolved and resolved != given else ""
+    return [f"| started from | `{given}`{found}" + (f" (training run `{run}`)" if run else "") + " |"]
+
+
 def _lineage(f: Facts) -> list[str]:
+    how = "a LoRA fine-tune" if f.objective == "sft" else f"a LoRA {f.objective.upper()} preference tune"
     return [
         f"# {f.name} · version {f.version} · {f.kind}", "",
-        f"A {f.kind} GGUF of a LoRA fine-tune of `{f.base_model}`, made by kubetune and verified against the merged "
+        f"A {f.kind} GGUF of {how} of `{f.base_model}`, made by kubetune and verified against the merged "
         "model before it was registered.", "",
         "| | |", "| --- | --- |",
         f"| base model | `{f.base_model}` |",
+        f"| objective | `{f.objective}` |", *_parent(f),
         f"| file | `{f.file}` ({f.size_bytes / 2**20:,.1f} MiB) |",
         f"| sha256 | `{f.sha256}` |",
         f"| training run | `{f.run_id}` |",

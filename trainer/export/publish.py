@@ -38,8 +38,10 @@ class Publishing:
             return []
         registry = register.Registry(self.tracking_uri(), reg.name or self.spec.name)
         registry.ensure_model(f"kubetune exports of job {self.spec.name} (base {self.spec.base_model})")
+        run_tags = registry.client.get_run(self.marker["run_id"]).data.tags  # the parent adapter, as training found it
         lineage = register.Lineage(self.marker["run_id"], self.marker.get("spec_hash") or spec_hash(self.spec),
-                                   self.data_fingerprint, self.spec.base_model, self.llama_cpp)
+                                   self.data_fingerprint, self.spec.base_model, self.llama_cpp,
+                                   self.spec.training.objective, register.parent_tags(run_tags, self.spec.adapter.init_from))
         items = []
         merged_tags = self.evals["merged"].tags() if "merged" in self.evals else {}  # the adapter on its base
         if reg.register_adapter:
@@ -80,6 +82,7 @@ class Publishing:
             name=registry.name, version="", kind=item.kind, file=item.gguf.name, sha256=item.sha256,
             size_bytes=item.gguf.stat().st_size, base_model=lineage.base_model, run_id=lineage.run_id,
             spec_hash=lineage.spec_hash, data_fingerprint=lineage.data_fingerprint, llama_cpp=lineage.llama_cpp,
+            objective=lineage.objective, parent=lineage.parent,
             modelfile=(item.local / "Modelfile").is_file(), data=self._output_json("data_stats.json"),
             training=training | {"eval_loss": metrics.get("eval_loss")}, gate=self.report.as_dict(),
             samples=self._output_json("samples.json"), alias=self.cfg.register.alias if self.cfg.register else None)

@@ -12,7 +12,7 @@ moves to the newest verified GGUF of the spec's first type. No stages: they are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -29,11 +29,20 @@ class Lineage:
     data_fingerprint: str
     base_model: str
     llama_cpp: str
+    objective: str = "sft"  # training.objective
+    parent: dict[str, str] = field(default_factory=dict)  # the adapter training started from (`parent_tags`)
 
     def tags(self) -> dict[str, str]:
         return {"kubetune.run_id": self.run_id, "kubetune.spec_hash": self.spec_hash,
                 "kubetune.data_fingerprint": self.data_fingerprint, "kubetune.base_model": self.base_model,
-                "kubetune.llama_cpp": self.llama_cpp}
+                "kubetune.llama_cpp": self.llama_cpp, "kubetune.objective": self.objective} | self.parent
+
+
+def parent_tags(run_tags: dict[str, str], init_from: str | None) -> dict[str, str]:
+    """The lineage of `adapter.init_from` as the training run recorded it (`kubetune.parent`, `.resolved`, `.run_id`:
+    trainer/model/init_from.py), or the spec's `init_from` alone when the run has none; {} without a parent."""
+    found = {k: v for k, v in run_tags.items() if k == "kubetune.parent" or k.startswith("kubetune.parent.")}
+    return found or ({"kubetune.parent": init_from} if init_from else {})
 
 
 @dataclass(frozen=True)

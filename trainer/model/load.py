@@ -26,7 +26,7 @@ from transformers import (
 from trainer import ranks, storage
 from trainer import say as out
 from trainer.model import arch as model_config
-from trainer.model import bnb_adapter, hf_adapter, kernels
+from trainer.model import bnb_adapter, hf_adapter, init_from, kernels
 from trainer.model.errors import ModelError
 from trainer.model.tokenizer import open_tokenizer, read_chat_template
 from trainer.spec.job import JobSpec
@@ -199,8 +199,11 @@ def lora_config(spec: JobSpec) -> LoraConfig:
     )
 
 
-def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> PeftModel:
-    """Wrap the base in a trainable adapter (QLoRA preparation and checkpointing included)."""
+def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef,
+                parent: init_from.Parent | None = None) -> PeftModel:
+    """Wrap the base in a trainable adapter (QLoRA preparation and checkpointing included); with
+    `adapter.init_from`, it starts as `parent` (trainer/model/init_from.py: resolved by the caller, the node's first
+    rank first; resolved here, against the working folder, when not given)."""
     quantized = spec.model.quantization != "none"
     checkpointing = spec.training.gradient_checkpointing
     if quantized:
@@ -230,6 +233,8 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef) -> Pef
         if not ref.local:
             raise ModelError("adapter.init loftq reads the unquantized safetensors: use a local or s3:// base_model")
         replace_lora_weights_loftq(peft_model, model_path=ref.location)
+    if spec.adapter.init_from is not None:
+        init_from.load_into(peft_model, parent or init_from.resolve(spec))  # type: ignore[arg-type]
     peft_model.train()  # see bnb_adapter.keep_4bit_weights_trainable: no quantized forward in eval mode first
     if spec.training.compile:  # after the adapter, so the LoRA layers are inside the compiled graphs
         say(f"training.compile: torch.compile of {kernels.compile_model(peft_model)} decoder layers (the first steps "

@@ -68,11 +68,13 @@ class DataSpec(Section):
         "(`s3://bucket/train-*.jsonl`). JSONL or Parquet.",
     )
     eval: str | list[str] | None = Field(None, description="Held-out data, same forms as `train`.")
-    format: Literal["messages", "sharegpt", "instruction", "template"] = Field(
+    format: Literal["messages", "sharegpt", "instruction", "template", "preference", "unpaired"] = Field(
         "messages",
         description="Row format: `messages` (OpenAI chat: `{messages: [{role, content}]}`), "
         "`sharegpt` (`{conversations: [{from, value}]}`), `instruction` "
-        "(instruction / optional input / output) or `template` (see `data.template`).",
+        "(instruction / optional input / output) or `template` (see `data.template`). Preference data "
+        "(`training.objective: dpo | orpo | kto`, docs/preference.md): `preference` (`{prompt, chosen, rejected}`, "
+        "each text or chat turns) or `unpaired` (KTO: `{prompt, completion, label}`).",
     )
     template: TemplateSpec | None = Field(None, description="Required with `format: template`.")
     columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names for `format: instruction`.")

@@ -20,6 +20,7 @@ from trainer.spec.data import DataSpec
 from trainer.spec.export import ExportSpec
 from trainer.spec.model import AdapterSpec, ModelSpec
 from trainer.spec.output import OutputSpec, TrackingSpec
+from trainer.spec.preference import PreferenceSpec, preference_problems
 from trainer.spec.resources import ResourcesSpec
 from trainer.spec.training import EvalSpec, TrainingSpec, gpu_option_problems
 
@@ -41,6 +42,10 @@ class JobSpec(Section):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec, description="The adapter that is trained.")
     data: DataSpec = Field(..., description="Training and evaluation data.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation and distribution.")
+    preference: PreferenceSpec = Field(
+        default_factory=PreferenceSpec,
+        description="Settings of the preference objectives (`training.objective: dpo | orpo | kto`).",
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Nodes and GPUs.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where results are written.")
@@ -77,6 +82,7 @@ class JobSpec(Section):
     @model_validator(mode="after")
     def _gpu_options(self) -> JobSpec:
         problems = gpu_option_problems(self.training, self.model.attn_implementation, self.resources.gpu)
+        problems += preference_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self

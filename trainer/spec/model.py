@@ -64,6 +64,13 @@ class AdapterSpec(Section):
     init: Literal["default", "pissa", "loftq"] = Field(
         "default", description="Adapter initialisation: `default` (B = 0), `pissa` or `loftq`."
     )
+    init_from: str | None = Field(
+        None,
+        description="Start from a trained adapter instead of a new one: a local folder, an `s3://` prefix (a job's "
+        "`output.uri` or its `adapter/` folder) or `models:/NAME@ALIAS` / `models:/NAME/VERSION` (an adapter version "
+        "of the MLflow registry). Its LoRA settings must equal this section's. The usual chain: an SFT job's output "
+        "starts a DPO job (docs/preference.md); the parent is recorded in the run's and the export's lineage tags.",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -78,6 +85,16 @@ class AdapterSpec(Section):
         if v is not None and (not v or not all(name.strip() for name in v)):
             raise ValueError("must name at least one parameter, e.g. `[mlp.experts.gate_up_proj]`, or be left out")
         return v
+
+    @model_validator(mode="after")
+    def _init_from_keeps_its_weights(self) -> AdapterSpec:
+        if self.init_from is not None and not self.init_from.strip():
+            raise ValueError("init_from: empty: give a folder, an `s3://` prefix or `models:/NAME@ALIAS`, or leave it out")
+        if self.init_from is not None and self.init != "default":
+            raise ValueError(
+                f"init_from: the adapter starts from the trained weights of {self.init_from}, which `init: {self.init}` "
+                "would replace: set `adapter.init: default`, or leave out init_from")
+        return self
 
     @model_validator(mode="after")
     def _parameter_adapters_are_plain_lora(self) -> AdapterSpec:

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from trainer.spec.base import Section
+from trainer.spec.preference import Objective
 
 # `training.loss: chunked`: logits per chunk of trained positions (float32: 128 MiB), at least LOSS_CHUNK_MIN_ROWS
 # rows so a GPU's matmul stays large. The trainer (trainer/train/head.py) and the planner (launcher/plan) read these.
@@ -23,6 +24,14 @@ def loss_chunk_rows(vocab: int) -> int:
 
 
 class TrainingSpec(Section):
+    objective: Objective = Field(
+        "sft",
+        description="What is learned: `sft` (supervised: the cross-entropy of the answers), or preference tuning "
+        "with TRL's trainers on preference data (`data.format: preference | unpaired`, settings in `preference`): "
+        "`dpo` (chosen over rejected, against a reference: the base with the adapter as it starts, no second copy), "
+        "`orpo` (reference-free: the chosen answers' cross-entropy plus an odds-ratio term), `kto` (rows labelled "
+        "desirable or not, paired or unpaired). See docs/preference.md.",
+    )
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides `epochs` when set.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (when `max_steps` is unset).")
     learning_rate: float = Field(2.0e-4, gt=0, lt=1, description="Peak learning rate.")

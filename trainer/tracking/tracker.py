@@ -28,6 +28,7 @@ from trainer import say as out
 from trainer.spec.io import dump_spec, flatten, spec_hash
 from trainer.spec.job import JobSpec
 from trainer.tracking import system
+from trainer.tracking.log_lines import numeric, trained_tokens
 from trainer.tracking.outbox import Outbox
 from trainer.tracking.speed import Speed
 
@@ -113,7 +114,8 @@ class Tracker:
             else:
                 exp_id = exp.experiment_id
             tags = {"kubetune.spec_hash": spec_hash(spec), "kubetune.base_model": spec.base_model,
-                    "kubetune.spec_name": spec.name}
+                    "kubetune.spec_name": spec.name, "kubetune.objective": spec.training.objective,
+                    **({"kubetune.parent": spec.adapter.init_from} if spec.adapter.init_from else {})}
             self.run_id = client.create_run(exp_id, run_name=job_name(spec), tags=tags).info.run_id
         if self._fresh:  # retried as a whole when MLflow failed in the middle: nothing of it is lost
             params, cut = mlflow_params(spec)
@@ -174,6 +176,10 @@ class Tracker:
     def log_artifact(self, path: Path) -> None:
         self._artifact(path.name, lambda: self.client.log_artifact(self.run_id, str(path)))
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags known once the run has started, e.g. the resolved parent adapter (trainer/model/init_from.py)."""
+        self._artifact("tags", lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+
     def log_table(self, table: dict[str, list[str]], name: str) -> None:
         self._artifact(name, lambda: self.client.log_table(self.run_id, data=table, artifact_file=name))
 
@@ -202,14 +208,6 @@ def say(message: str) -> None:
     out.say(message)
 
 
-def numeric(logs: dict[str, Any]) -> dict[str, float]:
-    """The Trainer's log entries that are metrics, with eval perplexity added."""
-    out = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if "eval_loss" in out:
-        out["eval_perplexity"] = math.exp(min(out["eval_loss"], 50.0))
-    return out
-
-
 class MlflowCallback(TrainerCallback):
     """Sends every Trainer log line to MLflow (rank 0 only: the Tracker is inactive elsewhere)."""
 
@@ -219,23 +217,6 @@ class MlflowCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             self.tracker.log_metrics(numeric(logs), step=state.global_step)
-
-
-class ProgressPrinter(TrainerCallback):
-    """One readable line per log step on rank 0, instead of progress bars."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        step = f"step {state.global_step}/{state.max_steps}"
-        if "loss" in logs:
-            tps, mfu = logs.get("tokens_per_second"), logs.get("mfu")
-            out.say(f"{step} loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0):.2e} "
-                    f"grad_norm {logs.get('grad_norm', float('nan')):.3f}" + (f" tokens/s {tps:,.0f}" if tps else "")
-                    + (f" MFU {mfu:.1%}" if mfu is not None else ""), tag="train")
-        elif "eval_loss" in logs:
-            out.say(f"{step} loss {logs['eval_loss']:.4f} perplexity {numeric(logs)['eval_perplexity']:.2f}",
-                    tag="eval")
 
 
 class MeteredTrainer(Trainer):
@@ -265,7 +246,7 @@ class MeteredTrainer(Trainer):
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         if self._since is None:
             self._since = time.perf_counter()
-        n = (inputs["labels"] != -100).sum()
+        n = trained_tokens(inputs)
         self._pending = n if self._pending is None else self._pending + n
         if self.speed is not None:
             self.speed.add(inputs)

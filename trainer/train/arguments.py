@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
@@ -12,12 +13,22 @@ from trainer.spec.job import JobSpec
 
 
 def training_arguments(spec: JobSpec, work: Path, name: str, cpu: bool) -> TrainingArguments:
-    """Checkpoints are written locally under `work`/checkpoints first (then published: trainer/train/resume.py)."""
+    """Checkpoints are written locally under `work`/checkpoints first (then published: trainer/train/resume.py).
+    A preference objective's arguments are its TRL config's (trainer/train/preference_args.py), from the same values."""
+    if spec.training.objective != "sft":
+        from trainer.train.preference_args import preference_arguments
+
+        return preference_arguments(spec, argument_values(spec, work, name, cpu))
+    return TrainingArguments(**argument_values(spec, work, name, cpu))
+
+
+def argument_values(spec: JobSpec, work: Path, name: str, cpu: bool) -> dict[str, Any]:
+    """The keyword arguments of `TrainingArguments` that every objective shares."""
     t, has_eval = spec.training, spec.data.eval is not None
     gpu_dtype = None if cpu else spec.model.dtype
     deepspeed = t.strategy in ("zero2", "zero3")
     distributed = ranks.world_size() > 1
-    return TrainingArguments(
+    return dict(
         output_dir=str(work / "checkpoints"),
         max_steps=t.max_steps or -1, num_train_epochs=t.epochs,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,

@@ -52,7 +52,7 @@ class Finish:
             "steps": self.trainer.state.global_step, "final_loss": losses[-1] if losses else None,
             "train_loss": self.result.training_loss, "tokens_trained": self.trainer.tokens_trained,
             "rows_trained": rows_trained, "resumes": self._checkpoint_extra()["resumes"],
-            **self.trainer.speed.summary(self.args.world_size),  # this attempt's tokens_per_second and mfu
+            **(self.trainer.speed.summary(self.args.world_size) if self.trainer.speed else {}),  # this attempt's rates
             "files": files, "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         tracker.log_metrics({"data/rows_trained": rows_trained}, step=self.trainer.state.global_step)

@@ -29,6 +29,7 @@ from trainer import ranks, storage
 from trainer import say as out
 from trainer.data import Collator, build_dataset, template_date
 from trainer.data.stream import TrainStream
+from trainer.model import init_from
 from trainer.model import load as models
 from trainer.model.isolation import PackingCheck
 from trainer.quiet import quiet_libraries
@@ -36,21 +37,23 @@ from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, flatten, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
 from trainer.tracking import samples as sampling
+from trainer.tracking.log_lines import ProgressPrinter
 from trainer.tracking.progress_callback import ProgressCallback
 from trainer.tracking.speed import Speed
-from trainer.tracking.tracker import MlflowCallback, ProgressPrinter, Tracker, job_name
+from trainer.tracking.tracker import MlflowCallback, Tracker, job_name
 from trainer.train import checkpoint, preemption, resume
 from trainer.train.arguments import training_arguments
 from trainer.train.finish import Finish
 from trainer.train.head import choose as choose_head
 from trainer.train.restarts import Restarts
+from trainer.train.sampling import Samples
 
 USER_ERRORS = (UsageError,)  # data, model, resume, checkpoint, strategy, metric errors: the user's to fix (exit 2)
 
 
-class FineTune(Restarts, Finish):
-    """One training run; its start-up steps are `Restarts`' (trainer/train/restarts.py), its last ones `Finish`'s
-    (trainer/train/finish.py)."""
+class FineTune(Restarts, Samples, Finish):
+    """One training run; its start-up steps are `Restarts`' (trainer/train/restarts.py), its sample answers
+    `Samples`' (trainer/train/sampling.py), its last ones `Finish`'s (trainer/train/finish.py)."""
 
     def __init__(self, spec: JobSpec, base_dir: Path, signals: preemption.Signals | None = None):
         self.spec = spec
@@ -75,7 +78,6 @@ class FineTune(Restarts, Finish):
         if not self.preempted:
             self.save()
 
-    # -- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
         spec = self.spec
         models.check_hardware(spec)
@@ -103,14 +105,18 @@ class FineTune(Restarts, Finish):
         note = self.tracker.note + (f", copied to {storage.join(self.output, 'mlflow')} at the end" if remote else "")
         self.say(f"MLflow run {self.tracker.run_id} at {self.tracker.uri}" + (f" — {note}" if self.tracker.note else ""))
 
-    # -- data ----------------------------------------------------------------------------
-    def load_data(self) -> None:
+    def load_tokenizer(self) -> None:
+        """The base model and the adapter to start from (`adapter.init_from`) found (fetched once per node), and the
+        tokenizer; templates that write today's date render the job's date instead (trainer/data/template_date.py)."""
         with self.args.main_process_first(local=True, desc="fetch the base model"):
             self.ref = models.resolve_base_model(self.spec.base_model, self.base_dir)
-        self.tokenizer = models.load_tokenizer(self.ref, self.spec, self.base_dir)
-        # Templates that write today's date render the job's date instead (trainer/data/template_date.py).
-        self.tokenizer = template_date.pin(self.tokenizer, self.spec.data.template_date)
+            self.parent = init_from.resolve(self.spec, self.base_dir)
+        self.tokenizer = template_date.pin(models.load_tokenizer(self.ref, self.spec, self.base_dir),
+                                           self.spec.data.template_date)
         self.say(template_date.describe(self.spec.data.template_date, self.tokenizer.chat_template))
+
+    def load_data(self) -> None:
+        self.load_tokenizer()
         # Each rank streams its own share of data.train at flat memory (trainer/data/stream.py).
         self.train_items = TrainStream(self.spec, self.tokenizer, base_dir=self.base_dir,
                                        rank=self.args.process_index, world_size=self.args.world_size)
@@ -125,12 +131,13 @@ class FineTune(Restarts, Finish):
         self.samples, where = sampling.choose(self.spec, self.base_dir)  # every rank: ZeRO-3 generates on all
         self.say(f"samples: {where}")
 
-    # -- model ---------------------------------------------------------------------------
     def load_model(self) -> None:
         started = time.perf_counter()
         set_seed(self.spec.training.seed)  # the adapter's initial weights: the same in every run of this spec
         base = models.load_base_model(self.ref, self.spec)
-        self.model = models.add_adapter(base, self.spec, self.ref)
+        self.model = models.add_adapter(base, self.spec, self.ref, self.parent)
+        if self.parent is not None and self.tracker is not None:
+            self.tracker.set_tags(self.parent.tags())  # the run's lineage: what it started from
         self.load_seconds = time.perf_counter() - started
         self.say(f"loaded {self.ref.describe()} in {self.load_seconds:.1f}s; {models.trainable_summary(self.model)}")
         self.pissa_init = None
@@ -138,7 +145,6 @@ class FineTune(Restarts, Finish):
             self.pissa_init = self.work / "pissa-init"
             models.save_initial_adapter(self.model, self.pissa_init)
 
-    # -- train ---------------------------------------------------------------------------
     def _stream(self) -> TrainStream:
         """This rank's training stream, at the checkpoint's position when resuming; sets the step budget."""
         stream = self.train_items
@@ -197,18 +203,6 @@ class FineTune(Restarts, Finish):
         trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
         return trainer
 
-    def _samples_before(self) -> None:
-        """Sample answers before training: a resumed job keeps its first attempt's."""
-        before = self.resume.state.get("samples_before") if self.resume else None
-        if before is not None and len(before) == len(self.samples):
-            for sample, answer in zip(self.samples, before, strict=True):
-                if answer is not None:
-                    sample.answers["before"] = answer  # as the first attempt answered, not again
-        elif self.spec.training.strategy == "zero3":
-            self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
-        else:
-            self._sample("before")
-
     def train(self) -> None:
         tracker = self.tracker
         assert tracker is not None
@@ -242,30 +236,27 @@ class FineTune(Restarts, Finish):
         if self.samples:
             self.say("samples (before → after):\n" + sampling.render(self.samples))
 
-    def _sample(self, key: str) -> None:
-        if self.spec.training.strategy == "fsdp":
-            return self.say(f"samples {key} training skipped: not supported with fsdp yet")
-        if self.spec.training.strategy == "zero3":  # every rank takes part in each sharded forward
-            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens, True)
-        elif self.main and self.samples:
-            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens)
+def job_class(spec: JobSpec) -> type[FineTune]:
+    """`FineTune`, or for a preference objective its subclass with TRL's trainer (trainer/train/preference.py)."""
+    if spec.training.objective == "sft":
+        return FineTune
+    from trainer.train.preference import PreferenceTune
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m trainer.train", description="Fine-tune one adapter from a job spec.")
-    return spec_arguments(p).parse_args(argv)
+    return PreferenceTune
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     signals = preemption.Signals().install()
-    args = parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m trainer.train", description="Fine-tune one adapter from a job spec.")
+    args = spec_arguments(p).parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
         out.text(e.render(), err=True)
         preemption.report_exit(preemption.EXIT_USER_ERROR)
         return preemption.EXIT_USER_ERROR
-    job = FineTune(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
+    job = job_class(spec)(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
     ok, code, error = False, 1, None
     try:
         job.run()

@@ -1,0 +1,90 @@
+"""trainer/train/trl_adapter.py: what our preference trainers rely on in TRL beyond its documented constructor.
+A TRL upgrade that changes any of it fails here first: the overridden methods' signatures, the frozen reference
+adapter TRL builds from the starting one, and ORPO's columns (compared with TRL's own `tokenize_row`)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: E402
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
+
+from tests.models import tiny_model  # noqa: E402
+from trainer.train import trl_adapter  # noqa: E402
+from trainer.train.resume import Checkpointer  # noqa: E402
+
+
+def test_the_overridden_methods_keep_their_signatures() -> None:
+    for cls in (DPOTrainer, KTOTrainer):
+        assert list(inspect.signature(cls._prepare_dataset).parameters) == [
+            "self", "dataset", "processing_class", "args", "dataset_name"], cls
+    assert list(inspect.signature(ORPOTrainer.tokenize_row).parameters) == ["self", "feature", "model"]
+    assert "calculate_KL" in inspect.getsource(KTOTrainer.__init__)  # read by KtoTrainer._prepare_dataset
+
+
+def rows(tokenizer, end: str = "<|eot_id|>") -> list[dict[str, list[int]]]:
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Capital of France?"}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    chosen = tokenizer(f"ANSWER: Paris{end}", add_special_tokens=False)["input_ids"]
+    rejected = tokenizer(f"paris i guess{end}", add_special_tokens=False)["input_ids"]
+    return [{"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}] * 4
+
+
+@pytest.fixture(scope="module")
+def llama() -> tuple[Path, object]:
+    path = tiny_model("llama")
+    return path, AutoTokenizer.from_pretrained(path)
+
+
+def peft_model(path: Path):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                            init_lora_weights=False))  # B != 0: the copy is visible
+
+
+def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(llama, tmp_path: Path) -> None:
+    path, tokenizer = llama
+    model = peft_model(path)
+    start = {k: v.clone() for k, v in model.named_parameters() if ".default." in k}
+    args = DPOConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=2, max_steps=1, use_cpu=True,
+                     gradient_checkpointing=False, bf16=False, report_to="none", remove_unused_columns=False)
+    checkpointer = Checkpointer(str(tmp_path / "out"), "t", {}, 1, dict, lambda _: None)
+    trainer = trl_adapter.DpoTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows(tokenizer)),
+                                     processing_class=tokenizer, checkpointer=checkpointer)
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+    assert trl_adapter.REF_ADAPTER in unwrapped.peft_config
+    for name, value in start.items():
+        ref = dict(unwrapped.named_parameters())[name.replace(".default.", f".{trl_adapter.REF_ADAPTER}.")]
+        assert torch.equal(ref, value) and not ref.requires_grad
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "adapter" / trl_adapter.REF_ADAPTER).exists()
+    with pytest.raises(ValueError, match="lack"):
+        trainer._prepare_dataset(Dataset.from_list([{"prompt_ids": [1]}]), tokenizer, args, "train")
+
+
+def test_orpo_columns_equal_trls_own_tokenization(llama, tmp_path: Path) -> None:
+    path, tokenizer = llama
+    row = rows(tokenizer, end=tokenizer.eos_token)[0]  # TRL's text path appends EOS to an answer without it
+    args = ORPOConfig(output_dir=str(tmp_path), max_length=64, use_cpu=True, gradient_checkpointing=False,
+                      bf16=False, report_to="none")
+    checkpointer = Checkpointer(str(tmp_path / "out"), "t", {}, 1, dict, lambda _: None)
+    ours = trl_adapter.OrpoTrainer(model=peft_model(path), args=args, train_dataset=Dataset.from_list([row] * 2),
+                                   processing_class=tokenizer, checkpointer=checkpointer)
+    text = {"prompt": tokenizer.decode(row["prompt_ids"]), "chosen": tokenizer.decode(row["chosen_ids"]),
+            "rejected": tokenizer.decode(row["rejected_ids"])}
+    theirs = ORPOTrainer.tokenize_row(ours, text)  # TRL's own, on the same tokens as text
+    mine = ours.tokenize_row(row)
+    for key in mine:
+        assert mine[key] == theirs[key], key

@@ -1,0 +1,108 @@
+"""A preference-tuning job (`training.objective: dpo | orpo | kto`): `FineTune`'s steps with TRL's trainer.
+
+What differs from SFT (trainer/train/loop.py):
+- Data: the preference rows of `data.train` / `data.eval`, rendered and tokenized by trainer/data/preference.py (our
+  chat templates and bad-row policy), held in memory as a map-style dataset on every rank: the Trainer's distributed
+  sampler shares them out, and on resume its own data skip finds the position (same world size: exact).
+- Model: the same base and adapter (`adapter.init_from` starts from a trained one). The reference is TRL's frozen copy
+  of that adapter as it starts (trainer/train/trl_adapter.py): no second copy of the model.
+- Training: TRL's DPOTrainer / KTOTrainer / ORPOTrainer with our checkpoints, SIGTERM stop, MLflow and progress
+  callbacks; TRL's metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/...) go to
+  MLflow as they are logged, eval ones too.
+"""
+
+from __future__ import annotations
+
+import time
+
+from datasets import Dataset
+from transformers import PrinterCallback
+
+from trainer.data.preference import build_preference
+from trainer.spec.io import flatten
+from trainer.tracking import samples as sampling
+from trainer.tracking.log_lines import ProgressPrinter
+from trainer.tracking.progress_callback import ProgressCallback
+from trainer.tracking.tracker import MlflowCallback, Tracker
+from trainer.train import checkpoint, resume
+from trainer.train.loop import FineTune
+from trainer.train.trl_adapter import TRAINERS
+
+
+class PreferenceTune(FineTune):
+    """`FineTune` with preference data and TRL's trainer for `training.objective`."""
+
+    def _find_checkpoint(self) -> None:
+        """As SFT's, on the same world size only: the Trainer's data skip counts batches of this rank's sampler."""
+        super()._find_checkpoint()
+        if self.resume is not None and self.resume.entry.world_size != self.args.world_size:
+            raise resume.ResumeError(
+                f"checkpoint {self.resume.entry.name} of job {self.name} was trained on {self.resume.entry.world_size} "
+                f"rank(s), and this start has {self.args.world_size}: a {self.spec.training.objective} job resumes on "
+                "the world size it was stopped on (its data position is the Trainer's sampler's). Resume it with the "
+                "same resources.nodes and resources.gpus_per_node")
+
+    def load_data(self) -> None:
+        self.load_tokenizer()
+        items, self.train_stats = build_preference(self.spec, self.tokenizer, "train", base_dir=self.base_dir)
+        self.say(self.train_stats.report())
+        self.train_rows = Dataset.from_list(items)
+        self.eval_rows, self.eval_stats = None, None
+        if self.spec.data.eval is not None:
+            items, self.eval_stats = build_preference(self.spec, self.tokenizer, "eval", base_dir=self.base_dir)
+            self.say(self.eval_stats.report())
+            self.eval_rows = Dataset.from_list(items)
+        per = "pairs" if self.spec.training.objective != "kto" else "rows"
+        self.say(f"{self.spec.training.objective}: {self.spec.training.per_device_batch_size} {per} per micro-batch, "
+                 "padded (preference rows are never packed: data.packing does not apply)")
+        self.samples, where = sampling.choose(self.spec, self.base_dir)
+        self.say(f"samples: {where}")
+
+    def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
+        spec = self.spec
+        checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
+                                           self._checkpoint_extra, self.say)
+        self.stop = resume.StopOnSignal(self.signals)
+        callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
+        if self.main:
+            callbacks.append(ProgressCallback())
+        trainer = TRAINERS[spec.training.objective](
+            model=self.model, args=self.args, train_dataset=self.train_rows, eval_dataset=self.eval_rows,
+            processing_class=self.tokenizer, callbacks=callbacks, checkpointer=checkpointer)
+        trainer.remove_callback(PrinterCallback)
+        if self.resume is not None and self.resume.step >= trainer.args.max_steps > 0:
+            raise resume.ResumeError(
+                f"checkpoint {self.resume.entry.name} of job {self.name} is at step {self.resume.step}, and the job "
+                f"has {trainer.args.max_steps} steps: nothing is left to train. Its weights are in "
+                f"{checkpoint.folder(self.output)}; to train again, use another output.uri")
+        return trainer  # type: ignore[return-value]
+
+    def train(self) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        self.trainer = self._make_trainer(tracker)
+        tracker.log_metrics(self.train_stats.as_metrics("data/"), step=0)
+        if self.eval_stats is not None:
+            tracker.log_metrics(self.eval_stats.as_metrics("data/eval/"), step=0)
+        tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
+        self._samples_before()
+        if self.resume is not None:
+            self.trainer.tokens_trained = int(self.resume.state.get("tokens_trained", 0))
+            self.trainer.rows_before = int(self.resume.state.get("rows_trained", 0))
+            tracker.requeue(self.resume.state.get("unsent_metrics", []))
+        started = time.perf_counter()
+        self.result = self.trainer.train(resume_from_checkpoint=str(self.resume.local_dir) if self.resume else None)
+        if self.stop.stopped_early(self.trainer.state.max_steps):
+            self.preempted = True
+            self.say(f"stopped at step {self.stop.stopped_at}/{self.trainer.state.max_steps} after SIGTERM; "
+                     f"checkpoint {checkpoint.step_name(self.stop.stopped_at)} written: the job resumes from it")
+            return
+        self.say(f"trained {self.trainer.state.global_step} steps of {self.spec.training.objective} in "
+                 f"{time.perf_counter() - started:.1f}s")
+        if self.eval_rows is not None:
+            metrics = self.trainer.evaluate()
+            self.say(f"eval loss {metrics['eval_loss']:.4f}" + "".join(
+                f", {k.removeprefix('eval_')} {v:.3f}" for k, v in metrics.items() if k.startswith("eval_rewards/")))
+        self._sample("after")
+        if self.samples:
+            self.say("samples (before → after):\n" + sampling.render(self.samples))

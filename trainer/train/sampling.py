@@ -1,0 +1,31 @@
+"""Sample answers before and after training (trainer/train/loop.py's `FineTune`): the prompts of `eval` or of the
+data, answered by the model as it trains (trainer/tracking/samples.py)."""
+
+from __future__ import annotations
+
+from trainer.tracking import samples as sampling
+
+
+class Samples:
+    """`FineTune`'s sample answers; they use its `spec`, `resume`, `samples`, `trainer`, `tokenizer`, `main` and
+    `say`."""
+
+    def _samples_before(self) -> None:
+        """Sample answers before training: a resumed job keeps its first attempt's."""
+        before = self.resume.state.get("samples_before") if self.resume else None
+        if before is not None and len(before) == len(self.samples):
+            for sample, answer in zip(self.samples, before, strict=True):
+                if answer is not None:
+                    sample.answers["before"] = answer  # as the first attempt answered, not again
+        elif self.spec.training.strategy == "zero3":
+            self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
+        else:
+            self._sample("before")
+
+    def _sample(self, key: str) -> None:
+        if self.spec.training.strategy == "fsdp":
+            return self.say(f"samples {key} training skipped: not supported with fsdp yet")
+        if self.spec.training.strategy == "zero3":  # every rank takes part in each sharded forward
+            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens, True)
+        elif self.main and self.samples:
+            sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens)
