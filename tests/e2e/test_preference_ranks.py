@@ -46,6 +46,8 @@ def test_two_ranks_train_the_adapter_one_rank_trains(tmp_path: Path) -> None:
         two = train(tmp_path / strategy, 2, strategy)
         assert two.keys() == one.keys()
         moved = max(float(w.abs().max()) for k, w in one.items() if "lora_B" in k)
-        assert moved > 1e-3  # trained: B starts at zero
+        assert moved > 1e-2  # trained: B starts at zero
+        # Adam turns the float rounding of another reduction order into differences of ~1e-5 where a gradient is
+        # near zero; other rows, or a summed instead of averaged gradient, move weights by ~the learning rate (1e-2).
         for key in one:
-            assert torch.allclose(two[key], one[key], rtol=1e-4, atol=1e-5 * max(moved, 1.0)), (strategy, key)
+            assert torch.allclose(two[key], one[key], rtol=0, atol=2e-4), (strategy, key)

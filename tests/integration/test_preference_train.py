@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,11 +45,11 @@ def preference_rows(n: int, seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def write_job(folder: Path, objective: str, arch: str, **training: Any) -> Path:
+def write_job(folder: Path, objective: str, arch: str, model: dict[str, Any] | None = None, **training: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(24, 0)))
     spec = {
-        "name": f"pref-{objective}", "base_model": str(tiny_model(arch)), "model": {"dtype": "float32"},
+        "name": f"pref-{objective}", "base_model": str(tiny_model(arch)), "model": {"dtype": "float32", **(model or {})},
         "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
         "data": {"train": "train.jsonl", "format": "preference", "max_seq_len": 64},
         "training": {"objective": objective, "max_steps": STEPS, "learning_rate": 5.0e-3, "per_device_batch_size": 2,
@@ -103,3 +104,34 @@ def test_each_objective_learns_the_preference(tmp_path: Path, monkeypatch: pytes
     weights = load_file(adapter / "adapter_model.safetensors")
     assert weights and all(".ref." not in k for k in weights)
     assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)  # trained: B left zero
+
+
+def test_dpo_on_a_4bit_base_trains_a_float32_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QLoRA (bitsandbytes 4-bit base, its CPU kernels): the preference is learned, and the adapter trains and is
+    saved in float32 as an SFT QLoRA adapter is (TRL alone would cast it to bfloat16)."""
+    spec = write_job(tmp_path, "dpo", "llama", model={"quantization": "4bit"})
+    run(spec, monkeypatch)
+    out = tmp_path / "out"
+    first, last = early_late(history(out, "loss"))
+    assert last < first, history(out, "loss")
+    assert early_late(history(out, "rewards/margins"))[1] > 0
+    weights = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_a_precomputed_reference_trains_the_same_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          objective: str) -> None:
+    """`preference.precompute_reference`: the reference log-probabilities computed in one pass before training are
+    those the per-step reference forward computes (dropout off), so the adapters are the same."""
+    adapters = {}
+    for precompute in (False, True):
+        spec = write_job(tmp_path / str(precompute), objective, "llama")
+        raw = yaml.safe_load(spec.read_text())
+        spec.write_text(yaml.safe_dump({**raw, "preference": {"precompute_reference": precompute},
+                                        "training": {**raw["training"], "max_steps": 4}}))
+        run(spec, monkeypatch)
+        adapters[precompute] = load_file(tmp_path / str(precompute) / "out" / "adapter" / "adapter_model.safetensors")
+    assert adapters[True].keys() == adapters[False].keys()
+    for key, value in adapters[False].items():
+        assert torch.allclose(adapters[True][key], value, rtol=1e-4, atol=1e-6), key

@@ -43,6 +43,13 @@ class PreferenceSpec(Section):
         description="DPO only (`sigmoid`, `robust`, `exo_pair`): the assumed fraction of pairs whose preference "
         "is flipped (conservative DPO).",
     )
+    sft_weight: float = Field(
+        0.0, ge=0, le=100,
+        description="DPO only: add the chosen answers' cross-entropy (TRL's `sft` loss, as in RPO) with this weight "
+        "to the DPO loss. DPO alone only widens the gap between the answers, and can do so by making both less "
+        "likely, the chosen ones too, until the model's own answers degrade; this term keeps the chosen answers "
+        "likely. 0: off; 1 is RPO's usual weight.",
+    )
     precompute_reference: bool = Field(
         False,
         description="DPO and KTO: compute the reference model's log-probabilities of every training (and eval) row "
@@ -65,7 +72,7 @@ class PreferenceSpec(Section):
 
 # Fields of `preference` that only some objectives read, and which.
 ONLY_FOR: dict[str, tuple[str, ...]] = {
-    "loss_type": ("dpo",), "label_smoothing": ("dpo",), "precompute_reference": ("dpo", "kto"),
+    "loss_type": ("dpo",), "label_smoothing": ("dpo",), "sft_weight": ("dpo",), "precompute_reference": ("dpo", "kto"),
     "desirable_weight": ("kto",), "undesirable_weight": ("kto",),
 }
 FORMATS: dict[str, tuple[str, ...]] = {"sft": ("messages", "sharegpt", "instruction", "template"),

@@ -23,7 +23,9 @@ def preference_arguments(spec: JobSpec, values: dict[str, Any]) -> TrainingArgum
     values = {**values, "ignore_data_skip": False, "gradient_checkpointing": False,
               "max_length": spec.data.max_seq_len, "beta": p.beta, "disable_dropout": p.dropout == "off"}
     if objective == "dpo":
-        return DPOConfig(**values, loss_type=[p.loss_type], label_smoothing=p.label_smoothing,
+        sft = (["sft"], [p.sft_weight]) if p.sft_weight else ([], [])  # RPO: the chosen answers' cross-entropy
+        return DPOConfig(**values, loss_type=[p.loss_type, *sft[0]], loss_weights=[1.0, *sft[1]],
+                         label_smoothing=p.label_smoothing,
                          precompute_ref_log_probs=p.precompute_reference, truncation_mode="keep_start")
     if objective == "kto":
         return KTOConfig(**values, desirable_weight=p.desirable_weight, undesirable_weight=p.undesirable_weight,

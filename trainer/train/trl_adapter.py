@@ -10,7 +10,8 @@ place, and in tests/unit/test_trl_adapter.py (which checks the signatures these 
 - `tokenize_row(feature, model=None)` (ORPO, a public method): turns our ids into ORPO's columns.
 
 `PreferenceParts` (first in the MRO, before MeteredTrainer and the TRL trainer) adds what `ResumableTrainer` gives SFT:
-checkpoints published to `output.uri` (trainer/train/resume.py `PublishCheckpoint`), the rows and tokens trained.
+checkpoints published to `output.uri` (trainer/train/resume.py `PublishCheckpoint`), the rows and tokens trained; and
+it keeps the adapter's dtype, which TRL would cast to bfloat16 on a quantized (QLoRA) base.
 TRL's trainers keep a frozen copy of the starting adapter named `ref` as the reference model; it is rebuilt at every
 start from the adapter as it starts (a resumed job then loads the checkpoint into the trained one), so the saved
 adapter folders leave it out.
@@ -45,7 +46,14 @@ class PreferenceParts:
         self.rows_seen = 0  # rows (pairs, or KTO rows) this rank trained in this attempt
         self.rows_before = 0  # rows all ranks trained before this attempt (from the checkpoint)
         self.data_state = None  # the Trainer's own sampler position: restored by its resume, not by a stream state
+        model = kwargs["model"]
+        dtypes = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
         super().__init__(*args, **kwargs)
+        # TRL casts a quantized (QLoRA) model's trainable weights to bfloat16; they train in the dtype our loading
+        # gave them (float32 adapters, as for SFT: trainer/model/bnb_adapter.py), and so do the optimizer's states.
+        for name, param in model.named_parameters():
+            if name in dtypes and param.dtype != dtypes[name]:
+                param.data = param.data.to(dtypes[name])
         self.checkpointer = checkpointer
         self.add_callback(PublishCheckpoint(self, checkpointer))  # type: ignore[attr-defined]
 
