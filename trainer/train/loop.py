@@ -203,7 +203,9 @@ class FineTune(Restarts, Samples, Finish):
         trainer.remove_callback(PrinterCallback)  # ProgressPrinter says the same, readably
         return trainer
 
-    def train(self) -> None:
+    def _run_trainer(self) -> float | None:
+        """The Trainer made and run (from the checkpoint when resuming): the seconds it trained, or None when it
+        stopped at a SIGTERM (a checkpoint written: the job resumes from it)."""
         tracker = self.tracker
         assert tracker is not None
         self.trainer = self._make_trainer(tracker)
@@ -219,22 +221,31 @@ class FineTune(Restarts, Samples, Finish):
             tracker.requeue(self.resume.state.get("unsent_metrics", []))
         started = time.perf_counter()
         self.result = self.trainer.train(resume_from_checkpoint=str(self.resume.local_dir) if self.resume else None)
-        if self.stop.stopped_early(self.args.max_steps):
+        steps = self.trainer.state.max_steps
+        if self.stop.stopped_early(steps):
             self.preempted = True
-            self.say(f"stopped at step {self.stop.stopped_at}/{self.args.max_steps} after SIGTERM; checkpoint "
+            self.say(f"stopped at step {self.stop.stopped_at}/{steps} after SIGTERM; checkpoint "
                      f"{checkpoint.step_name(self.stop.stopped_at)} written: the job resumes from it when restarted")
+            return None
+        return time.perf_counter() - started
+
+    def train(self) -> None:
+        seconds = self._run_trainer()
+        if seconds is None:
             return
-        self.say(f"trained {self.trainer.state.global_step} steps in {time.perf_counter() - started:.1f}s: "
+        self.say(f"trained {self.trainer.state.global_step} steps in {seconds:.1f}s: "
                  f"{self.trainer.speed.summary_text(self.args.world_size)}")
         self.train_stats = self.train_items.finish()  # every rank: rows read, used, skipped, summed over ranks
         self.say(self.train_stats.report())
-        tracker.log_metrics(self.train_stats.as_metrics("data/"), step=self.trainer.state.global_step)
+        assert self.tracker is not None
+        self.tracker.log_metrics(self.train_stats.as_metrics("data/"), step=self.trainer.state.global_step)
         if self.eval_items is not None:
             metrics = self.trainer.evaluate()
             self.say(f"eval loss {metrics['eval_loss']:.4f}")
         self._sample("after")
         if self.samples:
             self.say("samples (before → after):\n" + sampling.render(self.samples))
+
 
 def job_class(spec: JobSpec) -> type[FineTune]:
     """`FineTune`, or for a preference objective its subclass with TRL's trainer (trainer/train/preference.py)."""

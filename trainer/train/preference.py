@@ -13,8 +13,6 @@ What differs from SFT (trainer/train/loop.py):
 
 from __future__ import annotations
 
-import time
-
 from datasets import Dataset
 from transformers import PrinterCallback
 
@@ -78,27 +76,11 @@ class PreferenceTune(FineTune):
         return trainer  # type: ignore[return-value]
 
     def train(self) -> None:
-        tracker = self.tracker
-        assert tracker is not None
-        self.trainer = self._make_trainer(tracker)
-        tracker.log_metrics(self.train_stats.as_metrics("data/"), step=0)
-        if self.eval_stats is not None:
-            tracker.log_metrics(self.eval_stats.as_metrics("data/eval/"), step=0)
-        tracker.log_metrics({"load_seconds": self.load_seconds}, step=0)
-        self._samples_before()
-        if self.resume is not None:
-            self.trainer.tokens_trained = int(self.resume.state.get("tokens_trained", 0))
-            self.trainer.rows_before = int(self.resume.state.get("rows_trained", 0))
-            tracker.requeue(self.resume.state.get("unsent_metrics", []))
-        started = time.perf_counter()
-        self.result = self.trainer.train(resume_from_checkpoint=str(self.resume.local_dir) if self.resume else None)
-        if self.stop.stopped_early(self.trainer.state.max_steps):
-            self.preempted = True
-            self.say(f"stopped at step {self.stop.stopped_at}/{self.trainer.state.max_steps} after SIGTERM; "
-                     f"checkpoint {checkpoint.step_name(self.stop.stopped_at)} written: the job resumes from it")
+        seconds = self._run_trainer()
+        if seconds is None:
             return
         self.say(f"trained {self.trainer.state.global_step} steps of {self.spec.training.objective} in "
-                 f"{time.perf_counter() - started:.1f}s")
+                 f"{seconds:.1f}s")
         if self.eval_rows is not None:
             metrics = self.trainer.evaluate()
             self.say(f"eval loss {metrics['eval_loss']:.4f}" + "".join(
