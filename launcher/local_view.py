@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from launcher import exports
 from launcher.errors import UserError
 from launcher.local_jobs import LIVE, PROGRESS, Record
 from launcher.output import columns
@@ -84,8 +85,14 @@ def _success(rec: Record) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+def exported(rec: Record) -> dict[str, Any] | None:
+    """The job's export as its files say (launcher/exports.py), once the job ended; None before or without one."""
+    return exports.read(rec.output_uri) if rec.export and rec.status not in LIVE else None
+
+
 def result(rec: Record) -> dict[str, Any]:
-    """`launch status NAME -o json|yaml` of a local job: the keys of a cluster submission's, and `local`."""
+    """`launch status NAME -o json|yaml` of a local job: the keys of a cluster submission's, `local` and `exported`
+    (its merged GGUFs, shared bases and adapter GGUFs with their gate results)."""
     done = _success(rec)
     failure = None if rec.status in (*LIVE, "succeeded") else {"reason": rec.status, "message": rec.message or ""}
     return {
@@ -99,6 +106,7 @@ def result(rec: Record) -> dict[str, Any]:
                   "started": rec.started, "ended": rec.ended, "phase": rec.phase, "exit_code": rec.exit_code,
                   "message": rec.message, "logs": {(f"rank {p['rank']}" if p["component"] == "training" else "export"):
                                                    str(rec.path(p["log"])) for p in rec.pods}},
+        "exported": exported(rec),
     }
 
 
@@ -124,6 +132,7 @@ def status_table(rec: Record) -> list[str]:
         lines.append(f"outcome:    {rec.status}{code}" + (f": {rec.message}" if rec.message else ""))
         if rec.status == "succeeded":
             lines.append(f"results:    {rec.output_uri}")
+        lines += exports.status_lines(exported(rec))
     lines.append(f"logs:       launch logs {rec.name} [-f] [--rank N]" + (" [--export]" if export else ""))
     return lines
 
@@ -135,7 +144,8 @@ def list_groups(recs: list[Record]) -> list[dict[str, Any]]:
         found.setdefault(rec.spec_name, []).append({
             "name": rec.name, "namespace": None, "status": rec.status, "training": training_state(rec),
             "export": export_state(rec), "completions": completions(rec), "created": rec.created,
-            "age": age(rec.created), "progress": {phase: progress_json(p) for phase, p in progress(rec).items()}})
+            "age": age(rec.created), "progress": {phase: progress_json(p) for phase, p in progress(rec).items()},
+            "exported": exported(rec)})
     return [{"group": group, "by": "spec", "submissions": rows} for group, rows in sorted(found.items())]
 
 
@@ -145,7 +155,9 @@ def list_table(groups: list[dict[str, Any]]) -> list[str]:
     rows = [[g["group"], s["name"], s["status"], s["completions"], s["export"] or "none",
              cell({phase: from_json(p) for phase, p in s["progress"].items()}), s["age"]]
             for g in groups for s in g["submissions"]]
-    return columns(["GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "PROGRESS", "AGE"], rows)
+    found = {s["name"]: s.get("exported") for g in groups for s in g["submissions"]}
+    return [*columns(["GROUP", "NAME", "STATUS", "COMPLETIONS", "EXPORT", "PROGRESS", "AGE"], rows),
+            *exports.list_lines(found)]
 
 
 def log_file(rec: Record, rank: int | None, export: bool) -> tuple[dict[str, Any], Path]:

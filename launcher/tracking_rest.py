@@ -154,7 +154,8 @@ class MlflowRest:
         return sorted(points or [], key=lambda m: (int(m.get("step", 0)), int(m["timestamp"])))
 
     def versions(self, run_id: str) -> list[dict[str, Any]]:
-        """The model versions registered from the run, each with its aliases (the search leaves them out)."""
+        """The model versions registered from the run, each with its aliases (the search leaves them out) and its
+        `kubetune.*` tags (a LoRA GGUF's gate figures and the shared base it needs: launcher/exports.py)."""
         found = (self._request("model-versions/search", {"filter": f"run_id = '{run_id}'"}) or {}).get("model_versions")
         aliases: dict[tuple[str, str], list[str]] = {}
         for name in {v["name"] for v in found or []}:
@@ -162,7 +163,9 @@ class MlflowRest:
             for a in model.get("aliases") or []:
                 aliases.setdefault((name, a["version"]), []).append(a["alias"])
         return [{"name": v["name"], "version": v["version"], "aliases": aliases.get((v["name"], v["version"]), []),
-                 "source": v.get("source", "")} for v in found or []]
+                 "source": v.get("source", ""),
+                 "tags": {t["key"]: t.get("value") for t in v.get("tags") or [] if t["key"].startswith("kubetune.")}}
+                for v in found or []]
 
 
 def credentials() -> tuple[dict[str, str], str]:

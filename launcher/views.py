@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from launcher.backends.kube_errors import ApiError
+from launcher.exports import registry_lines
 from launcher.output import columns
 from launcher.progress import annotation, cell, from_json, progress_json, progress_line, training_job_name
 from launcher.status import (
@@ -110,6 +111,7 @@ def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> li
             lines.append(f"  {mlflow_line(found)}")
         if found.registered_model:
             lines.append(f"  registered: {found.registered_model}")
+        lines += registry_lines(found.registered)
     else:
         lines.append(f"MLflow: {note}")
     return lines

@@ -67,6 +67,8 @@ def moto_s3() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/moto-api/", timeout=30)
+        # moto keeps buckets in this process across servers: each server starts empty, like a fresh S3
+        urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30)
         yield url
     finally:
         server.stop()

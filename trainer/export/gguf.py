@@ -12,15 +12,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import json
+import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from trainer.export import expert_lora
 from trainer.export.errors import ExportError
 from trainer.spec.quants import QUANTS
 
@@ -152,9 +156,46 @@ def quantize(src: Path, out: Path, quant: str, threads: int | None = None, imatr
 
 
 def convert_adapter(adapter_dir: Path, base_dir: Path, out: Path, log: Path, outtype: str = "f16") -> GgufFile:
-    """PEFT adapter -> LoRA GGUF (for runtimes that load adapters: llama.cpp `--lora`, Ollama ADAPTER)."""
+    """PEFT adapter -> LoRA GGUF (for runtimes that load adapters: llama.cpp `--lora`, Ollama ADAPTER).
+
+    llama.cpp scales every LoRA tensor by the file's one `lora_alpha` over that tensor's rank, and the converter
+    writes `lora_alpha` as the config states it: so the converter reads a copy of the adapter whose config says
+    PEFT's scale in those terms (`lora_config`). Fused expert tensors (`target_parameters`, gpt-oss), which the
+    converter cannot map, are taken out of that copy and written by trainer/export/expert_lora.py."""
     started = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run_script("convert_lora_to_gguf.py",
-                ["--base", str(base_dir), "--outtype", outtype, "--outfile", str(out), str(adapter_dir)], log)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    with tempfile.TemporaryDirectory(prefix=".adapter-", dir=out.parent) as tmp:
+        copy = Path(tmp)
+        (copy / "adapter_config.json").write_text(json.dumps(lora_config(config), indent=2))
+        experts = {}
+        if config.get("target_parameters"):
+            experts = expert_lora.split(adapter_dir, copy)
+        for f in adapter_dir.iterdir():
+            if not (copy / f.name).exists():
+                (copy / f.name).symlink_to(f.resolve())
+        _run_script("convert_lora_to_gguf.py",
+                    ["--base", str(base_dir), "--outtype", outtype, "--outfile", str(out), str(copy)], log)
+    if experts:
+        expert_lora.append(out, expert_lora.gguf_tensors(experts, base_dir, outtype))
     return GgufFile("adapter", out, time.perf_counter() - started)
+
+
+def lora_config(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` (a PEFT adapter_config.json) with the `lora_alpha` that makes llama.cpp's scale, alpha / r of each
+    tensor, PEFT's: alpha / r as it is, rsLoRA's alpha / sqrt(r) as `alpha * sqrt(r)` with `use_rslora: false`.
+    ExportError for a scale one alpha cannot express: per-module alphas, rsLoRA with per-module ranks, DoRA."""
+    r, alpha = config["r"], config["lora_alpha"]
+    alphas = {alpha, *(config.get("alpha_pattern") or {}).values()}
+    ranks = {r, *(config.get("rank_pattern") or {}).values()}
+    why = ("DoRA (use_dora): its magnitude vectors" if config.get("use_dora") else
+           f"per-module alphas (alpha_pattern {config['alpha_pattern']})" if len(alphas) > 1 else
+           f"rsLoRA with per-module ranks (rank_pattern {config['rank_pattern']})"
+           if config.get("use_rslora") and len(ranks) > 1 else None)
+    if why:
+        raise ExportError(f"a LoRA GGUF carries one lora_alpha, which llama.cpp divides by each tensor's rank; it "
+                          f"cannot express {why}. Export this adapter merged (`export.mode: merged` without "
+                          "adapter_gguf)")
+    if config.get("use_rslora"):
+        alpha = alpha * math.sqrt(r)
+    return config | {"lora_alpha": alpha, "use_rslora": False, "alpha_pattern": {}}

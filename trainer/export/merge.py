@@ -97,16 +97,37 @@ def merge(spec: JobSpec, adapter_dir: Path, tokenizer_dir: Path, out: Path, base
         naive = _merge_into(load_dense_base(spec, ref, quantized_like_training=False), adapter_dir)
         delta = _weight_delta(merged, naive)
         del naive
+    tokenizer, eos = _save(merged, spec, ref, tokenizer_dir, out, delta, weights=True)
+    return Merged(out, tokenizer, eos, time.perf_counter() - started, delta)
+
+
+def save_base(spec: JobSpec, tokenizer_dir: Path, out: Path, base_dir: Path | None = None,
+              weights: bool = True) -> tuple[Merged, torch.nn.Module]:
+    """The base alone, loaded as `merge` loads it (QLoRA: the same round trip), saved like a merged folder with the
+    training tokenizer (`weights=False`: config, tokenizer and generation config only); and the loaded model.
+    What `export.mode: adapters` converts the shared base GGUF from and gates the adapter against."""
+    started = time.perf_counter()
+    ref = models.resolve_base_model(spec.base_model, base_dir)
+    base = load_dense_base(spec, ref, quantized_like_training=True)
+    tokenizer, eos = _save(base, spec, ref, tokenizer_dir, out, None, weights=weights)
+    return Merged(out, tokenizer, eos, time.perf_counter() - started), base
+
+
+def _save(model: Any, spec: JobSpec, ref: models.BaseModelRef, tokenizer_dir: Path, out: Path, delta: float | None,
+          weights: bool) -> tuple[Any, list[str]]:
     if out.exists():
         shutil.rmtree(out)
-    merged.config.use_cache = True
-    merged.save_pretrained(out)
+    model.config.use_cache = True
+    if weights:
+        model.save_pretrained(out)
+    else:
+        model.config.save_pretrained(out)
     tokenizer = template_date.pin(_save_tokenizer(tokenizer_dir, ref, out), spec.data.template_date)
-    eos = _generation_eos(merged, tokenizer, ref, out)
+    eos = _generation_eos(model, tokenizer, ref, out)
     info = {"base_model": spec.base_model, "dtype": spec.model.dtype, "quantization": spec.model.quantization,
             "eos": eos, "qlora_weight_delta": delta}
     (out / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    return Merged(out, tokenizer, eos, time.perf_counter() - started, delta)
+    return tokenizer, eos
 
 
 def _save_tokenizer(tokenizer_dir: Path, ref: models.BaseModelRef, out: Path) -> Any:

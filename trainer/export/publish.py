@@ -101,11 +101,18 @@ class Publishing:
         storage.publish_dir(self.out, target)
         marker = {"passed": passed, "run_id": self.marker.get("run_id"), "llama_cpp": self.llama_cpp,
                   "files": {q: f.path.name for q, f in self.files.items()},
-                  "registered": [{"kind": r.kind, "version": r.version, "source": r.source} for r in registered]}
+                  "registered": [{"kind": r.kind, "version": r.version, "source": r.source} for r in registered],
+                  "registered_name": getattr(self, "registry_name", None)}  # the job's; a shared base has its own
+        if self.cfg.mode != "merged":
+            marker |= self.adapter_marker(registered)
         if passed:
             storage.write_text(storage.join(target, "_SUCCESS"), json.dumps(marker, indent=2) + "\n")
 
     def print_usage(self, registered: list[Any]) -> None:
+        if self.cfg.mode != "merged":
+            self.print_adapter_usage()
+            if self.cfg.mode == "adapters":
+                return
         q = self.cfg.gguf[0]
         name = self.files[q].path.name
         folder = storage.join(self.output, "export", "gguf", q)

@@ -128,6 +128,26 @@ class Registry:
             raise ExportError(f"MLflow refused version {item.kind} of {self.name!r}: {e}") from None
         return Registered(item.kind, mv.version, logged.uri, reused=False)
 
+    def find(self, tag: str, value: str):
+        """The version of this model tagged `tag` = `value` (by any run), or None."""
+        for mv in self.client.search_model_versions(f"name = '{self.name}'"):
+            if mv.tags.get(tag) == value:
+                return mv
+        return None
+
+    def register_file(self, kind: str, file: Path, source: str | None, run_id: str, tags: dict[str, str]) -> Registered:
+        """A version of one file: `source` as it is (an object-store URI; nothing copied), or, None, `file` logged as
+        an artifact of `run_id` (a tracking server refuses local paths as sources)."""
+        if source is None:
+            self.client.log_artifact(run_id, str(file), f"export/{kind}")
+            source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/export/{kind}"
+        try:
+            mv = self.client.create_model_version(self.name, source=source, run_id=run_id, tags=tags,
+                                                  description=f"{kind}: {file.name}")
+        except MlflowException as e:
+            raise ExportError(f"MLflow refused version {kind} of {self.name!r}: {e}") from None
+        return Registered(kind, mv.version, source, reused=False)
+
     def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         """Metrics of the export (e.g. `export.q4_k_m.rouge_l`) into the training run, next to its own."""
         import time

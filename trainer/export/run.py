@@ -23,6 +23,7 @@ from typing import Any
 from trainer import say as out
 from trainer import storage
 from trainer.export import say
+from trainer.export.adapters import AdapterExport, AdapterRegistering
 from trainer.export.errors import ExportError
 from trainer.export.publish import Publishing
 from trainer.export.wait import wait_for_success
@@ -36,7 +37,7 @@ def output_uri(spec: JobSpec, base_dir: Path) -> str:
     return storage.output_location(spec.output.uri, spec.name, base_dir)
 
 
-class Export(Publishing):
+class Export(AdapterExport, AdapterRegistering, Publishing):
     """One export, step by step (`run`); the registry and output steps are in trainer/export/publish.py."""
 
     def __init__(self, spec: JobSpec, base_dir: Path):
@@ -67,20 +68,28 @@ class Export(Publishing):
         shutil.rmtree(self.work, ignore_errors=True)
         self.out.mkdir(parents=True)
         self.fetch()
-        self.phase("merging the adapter")
-        self.merge()
-        self.convert()
-        report = self.verify()
-        self.runtimes(report)
-        if not report.passed:
+        self.files, passed, merged = {}, True, self.cfg.mode != "adapters"
+        if merged:
+            self.phase("merging the adapter")
+            self.merge()
+            self.convert()
+            report = self.verify()
+            self.runtimes(report)
+            passed = report.passed
+        if self.cfg.mode != "merged":
+            passed = self.adapter_export() and passed
+        if not passed:
             self.phase("gate failed: nothing registered")
             self.publish(passed=False)
-            say(f"the gate failed: nothing registered. Report: {storage.join(self.output, 'export', 'verify.txt')}")
+            which = ["verify.txt"] * merged + ["verify-adapters.txt"] * (self.cfg.mode != "merged")
+            say("the gate failed: nothing registered. Report: "
+                + ", ".join(storage.join(self.output, "export", w) for w in which))
             return 1
         self.phase("evaluating")
         self.evaluate()
         self.phase("registering")
-        registered = self.register()
+        registered = (self.register() if merged else []) + (
+            self.register_adapters() if self.cfg.mode != "merged" else [])
         self.publish(passed=True, registered=registered)
         self.phase("done")
         self.print_usage(registered)

@@ -141,8 +141,9 @@ def default_system(data: DataSpec) -> str | None:
 
 
 def modelfile(gguf_name: str, tokenizer: Any, eos: list[str], golden: list[list[Message]],
-              system: str | None) -> tuple[str, str | None]:
-    """(Modelfile text, why it has no TEMPLATE or None)."""
+              system: str | None, adapter: str | None = None) -> tuple[str, str | None]:
+    """(Modelfile text, why it has no TEMPLATE or None). `gguf_name`: a file beside the Modelfile, or a path;
+    `adapter`: a LoRA GGUF beside it, applied over that base (`ADAPTER`)."""
     eot = eos[-1] if eos else None
     turns = read_turns(tokenizer, eot)
     why = None
@@ -160,7 +161,9 @@ def modelfile(gguf_name: str, tokenizer: Any, eos: list[str], golden: list[list[
             if not same:
                 why = "the chat template renders some golden conversations in ways turn markers cannot express"
                 break
-    lines = [f"FROM ./{gguf_name}"]
+    lines = [f"FROM {gguf_name}" if "/" in gguf_name else f"FROM ./{gguf_name}"]
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
     if why is None and turns is not None:
         lines.append(f'TEMPLATE """{turns.go_template()}"""')
     else:

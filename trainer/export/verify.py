@@ -123,14 +123,16 @@ def reference(model: Any, tokenizer: Any, conversations: list[list[Message]]) ->
 
 
 # -- one GGUF ------------------------------------------------------------------------------------
-def _load(path: Path, n_ctx: int) -> Any:
+def load(path: Path, n_ctx: int, lora: Path | None = None) -> Any:
+    """The GGUF in llama.cpp, ready to score `n_ctx` tokens at once; `lora`: a LoRA GGUF applied at load."""
     from llama_cpp import Llama
 
     return Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                 verbose=False, n_threads=max(1, os.cpu_count() or 1), seed=0)
+                 verbose=False, n_threads=max(1, os.cpu_count() or 1), seed=0,
+                 lora_path=str(lora) if lora is not None else None)
 
 
-def _distribution(llm: Any, golden: Golden) -> tuple[float, float, int]:
+def distribution(llm: Any, golden: Golden) -> tuple[float, float, int]:
     agree = 0
     kl_sum = 0.0
     n = 0
@@ -147,7 +149,7 @@ def _distribution(llm: Any, golden: Golden) -> tuple[float, float, int]:
     return agree / n, kl_sum / n, n
 
 
-def _tokenization(llm: Any, tokenizer: Any, golden: Golden) -> Check:
+def tokenization(llm: Any, tokenizer: Any, golden: Golden) -> Check:
     samples = [*golden.texts, *(m["content"] for conv in golden.conversations for m in conv)]
     bad = []
     for text in samples:
@@ -179,7 +181,7 @@ def _gguf_token(llm: Any, token_id: int | None) -> str | None:
     return llama_cpp.llama_vocab_get_text(_vocab(llm), token_id).decode("utf-8")
 
 
-def _template(llm: Any, tokenizer: Any, golden: Golden) -> Check:
+def template(llm: Any, tokenizer: Any, golden: Golden) -> Check:
     embedded = llm.metadata.get("tokenizer.chat_template")
     if not embedded:
         return Check("chat_template", False, "the GGUF has no tokenizer.chat_template: runtimes would guess one; the "
@@ -206,7 +208,7 @@ def _template(llm: Any, tokenizer: Any, golden: Golden) -> Check:
     return Check("chat_template", True, f"{len(golden.texts)} conversations and prompts render identically")
 
 
-def _stopping(llm: Any, tokenizer: Any, eos: list[str]) -> Check:
+def stopping(llm: Any, tokenizer: Any, eos: list[str]) -> Check:
     import llama_cpp
 
     from trainer.data.render import end_of_turn
@@ -235,18 +237,18 @@ def verify_file(path: Path, quant: str, tokenizer: Any, eos: list[str], golden: 
     report = FileReport(quant, path.name, min_top1=min_top1, max_kl=max_kl)
     n_ctx = max(len(s) for s in golden.ids) + 16
     try:
-        llm = _load(path, n_ctx)
+        llm = load(path, n_ctx)
     except (ValueError, RuntimeError, OSError) as e:
         report.checks.append(Check("load", False, f"llama.cpp cannot load the file: {e}"))
         return report
     try:
-        report.checks.append(_tokenization(llm, tokenizer, golden))
-        report.top1, report.kl, report.positions = _distribution(llm, golden)
+        report.checks.append(tokenization(llm, tokenizer, golden))
+        report.top1, report.kl, report.positions = distribution(llm, golden)
         ok_top1, ok_kl = report.top1 >= min_top1, report.kl <= max_kl and np.isfinite(report.kl)
         report.checks.append(Check("top1", ok_top1, f"top-1 agreement {report.top1:.2%} (need >= {min_top1:.0%})"))
         report.checks.append(Check("kl", bool(ok_kl), f"mean KL {report.kl:.5f} nats (need <= {max_kl})"))
-        report.checks.append(_template(llm, tokenizer, golden))
-        report.checks.append(_stopping(llm, tokenizer, eos))
+        report.checks.append(template(llm, tokenizer, golden))
+        report.checks.append(stopping(llm, tokenizer, eos))
     finally:
         llm.close()
     return report

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainer.spec.base import GiB, Section, cpu_quantity, gibibytes, quantity
 
@@ -120,6 +121,31 @@ class ExportResourcesSpec(Section):
         return quantity(v, "`64Gi`")
 
 
+EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def lora_gguf_problems(target_parameters: list[str] | None, export: ExportSpec | None,
+                       method: str = "lora") -> list[str]:
+    """What a LoRA GGUF cannot carry. DoRA's magnitudes: llama.cpp has none. Fused expert tensors
+    (`adapter.target_parameters`) other than gpt-oss's gate_up_proj / down_proj, whose per-expert LoRAs
+    trainer/export/expert_lora.py writes. rsLoRA is carried (the converter is handed alpha * sqrt(r),
+    trainer/export/gguf.py `lora_config`); both are proven by the adapter gate
+    (tests/integration/test_adapter_gguf_rslora.py, test_adapter_gguf_gptoss.py)."""
+    if export is None or (export.mode == "merged" and not export.adapter_gguf):
+        return []
+    field = "export.adapter_gguf" if export.mode == "merged" else f"export.mode: `{export.mode}`"
+    if method == "dora":
+        return [f"{field} writes the adapter as a LoRA GGUF, and llama.cpp's converter does not carry "
+                "adapter.method: dora (its magnitudes): the file would apply another adapter than the one trained. "
+                "Use `export.mode: merged` without adapter_gguf, or train plain LoRA"]
+    others = [p for p in target_parameters or [] if not p.endswith(EXPERT_PARAMETERS)]
+    if others:
+        return [f"{field} writes the adapter as a LoRA GGUF, which kubetune makes of fused expert tensors only for "
+                f"gpt-oss's {', '.join(EXPERT_PARAMETERS)}, not of adapter.target_parameters {others}: use "
+                "`mode: merged` (the adapter merged into full GGUFs) without adapter_gguf"]
+    return []
+
+
 # `export.register` is the name users write (DESIGN.md); pydantic only notes that it shadows
 # ABCMeta.register, which no spec instance uses.
 warnings.filterwarnings("ignore", message='Field name "register" in "ExportSpec"', category=UserWarning)
@@ -138,8 +164,22 @@ class ExportSpec(Section):
         description="Quantize with an importance matrix (`imatrix: {}` computes one from the training data; it is "
         "written to `export/imatrix.gguf`). Helps most at 4 bits and below. Unset: plain quantization.",
     )
-    adapter_gguf: bool = Field(False, description="Also write the adapter alone as a LoRA GGUF (llama.cpp `--lora`, "
-                               "Ollama `ADAPTER`).")
+    mode: Literal["merged", "adapters", "both"] = Field(
+        "merged",
+        description="What is exported. `merged`: the adapter merged into the base, one full GGUF per type. "
+        "`adapters`: per type one shared base GGUF, converted from the un-merged base once and reused by every job "
+        "naming the same base (content-addressed under `bases_uri`), and the job's adapter as a small LoRA GGUF "
+        "gated on that base (llama.cpp `--lora`, Ollama `ADAPTER`). `both`: the two. See docs/export.md.",
+    )
+    bases_uri: str | None = Field(
+        None,
+        description="Where `mode: adapters|both` keeps the shared base GGUFs, one folder per content key, written "
+        "once and reused: a local path (against the spec's folder) or `s3://` URI. Unset: `bases/` next to the job's "
+        "output folder (the parent of `output.uri`), so a matrix's cells share one base.",
+    )
+    adapter_gguf: bool = Field(False, description="With `mode: merged`: also write the adapter alone as a LoRA GGUF "
+                               "(`export/adapter.gguf`; not gated, not registered). `mode: adapters|both` write, "
+                               "gate and register it anyway: leave this unset there.")
     verify: VerifySpec = Field(default_factory=VerifySpec, description="The verification gate.")
     register: RegisterSpec | None = Field(default_factory=RegisterSpec, description="MLflow model registry "
                                           "(`null`: register nothing).")
@@ -186,6 +226,19 @@ class ExportSpec(Section):
         if len(set(v)) != len(v):
             raise ValueError("lists a GGUF type twice")
         return v
+
+    @model_validator(mode="after")
+    def _adapter_mode(self) -> ExportSpec:
+        if self.mode != "merged" and self.adapter_gguf:
+            raise ValueError(f"adapter_gguf: mode {self.mode} writes, gates and registers the adapter GGUF itself; "
+                             "remove `export.adapter_gguf` (it only adds an unverified adapter GGUF to `mode: merged`)")
+        if self.mode == "adapters" and self.imatrix is not None:
+            raise ValueError("imatrix: with mode adapters only the shared base is quantized, and it is shared by every "
+                             "job naming the base, so one job's data does not weigh it: remove `export.imatrix`, or "
+                             "use `mode: both` (the importance matrix then weighs the merged GGUFs)")
+        if self.mode == "adapters" and self.register is not None and self.register.register_merged:
+            raise ValueError("register.register_merged: mode adapters merges nothing: use `mode: both`, or drop it")
+        return self
 
     @field_validator("lmstudio_publisher")
     @classmethod

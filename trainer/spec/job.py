@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainer.spec.base import DNS_LABEL, Section
 from trainer.spec.data import DataSpec
-from trainer.spec.export import ExportSpec
+from trainer.spec.export import ExportSpec, lora_gguf_problems
 from trainer.spec.model import AdapterSpec, ModelSpec
 from trainer.spec.output import OutputSpec, TrackingSpec
 from trainer.spec.preference import PreferenceSpec, preference_problems
@@ -83,6 +83,7 @@ class JobSpec(Section):
     def _gpu_options(self) -> JobSpec:
         problems = gpu_option_problems(self.training, self.model.attn_implementation, self.resources.gpu)
         problems += preference_problems(self)
+        problems += lora_gguf_problems(self.adapter.target_parameters, self.export, self.adapter.method)
         if problems:
             raise ValueError("; ".join(problems))
         return self
