@@ -32,6 +32,7 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         client = boto3.client("s3")
         client.create_bucket(Bucket="runs")
         yield client
+        s3fs.S3FileSystem.clear_instance_cache()  # no later test inherits this server's endpoint
 
 
 def maker(tmp: Path, calls: list[str], text: str):
