@@ -158,13 +158,39 @@ def test_a_resumed_job_reattaches_and_logs_each_step_once(tmp_path: Path) -> Non
         assert len(client.search_runs([run.info.experiment_id])) == 1
 
 
-def test_metrics_mlflow_never_took_are_handed_back(tmp_path: Path) -> None:
+def test_artifacts_and_tags_logged_while_mlflow_is_down_reach_the_run_when_it_answers(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from tests.integration.servers import free_port
+    from trainer.tracking.tracker import Tracker
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    tracker = Tracker(tracking_spec(url), tmp_path / "store", active=True)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+    tracker.log_metrics({"loss": 2.0}, step=1)
+    tracker.set_tags({"kubetune.parent.resolved": "models:/base/1"})
+    tracker.log_artifacts(tmp_path / "adapter", "adapter")
+    tracker.log_metrics({"loss": 1.0}, step=2)
+    with mlflow_server(tmp_path / "mlflow", port=port):
+        assert tracker.end("FINISHED", timeout=120) == []
+        client = MlflowClient(url)
+        run = client.get_run(tracker.run_id)
+        assert run.data.tags["kubetune.parent.resolved"] == "models:/base/1"
+        assert [a.path for a in client.list_artifacts(tracker.run_id, "adapter")] == ["adapter/adapter_config.json"]
+        assert [m.step for m in client.get_metric_history(tracker.run_id, "loss")] == [1, 2]
+
+
+def test_metrics_mlflow_never_took_are_handed_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tests.integration.servers import free_port
     from trainer.tracking.tracker import Tracker
 
     tracker = Tracker(tracking_spec(f"http://127.0.0.1:{free_port()}"), tmp_path / "store", active=True)
     tracker.log_metrics({"loss": 1.5, "grad_norm": 0.5}, step=7, timestamp_ms=1_700_000_000_000)
+    tracker.log_artifact(tmp_path / "data_stats.json")
     left = tracker.end("FINISHED", timeout=2)
+    assert "could not log data_stats.json" in capsys.readouterr().out
     assert sorted(left, key=lambda m: m["key"]) == [
         {"key": "grad_norm", "value": 0.5, "timestamp": 1_700_000_000_000, "step": 7},
         {"key": "loss", "value": 1.5, "timestamp": 1_700_000_000_000, "step": 7},

@@ -10,6 +10,10 @@ metric with the same key, value, step and timestamp. Errors that no retry can fi
 deleted, a value refused) drop that batch with a message; `close` returns what was never sent so
 that the caller writes it next to the outputs.
 
+Artifacts and tags (`Outbox.call`) go through the same queue, in order with the metrics: logged once
+the run exists, retried the same way, so an adapter saved while MLflow is down reaches the run when
+it answers again, within the job's `tracking.flush_timeout`. One still queued then is named by `close`.
+
 On a reattached run, metrics at or before the last step MLflow already has for their key are
 skipped: a job that crashed after step 13 and resumes from its step-10 checkpoint trains steps
 11-13 again, and logs them once.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,6 +33,14 @@ if TYPE_CHECKING:
 BATCH = 1000  # MLflow's limit of metrics per log_batch
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "PERMISSION_DENIED"}
 MAX_DELAY = 30.0
+
+
+@dataclass(frozen=True)
+class Call:
+    """An artifact or tag for the run: `send(run_id)` logs it; `what` names it in messages."""
+
+    what: str
+    send: Callable[[str], Any]
 
 
 def permanent(error: BaseException) -> bool:
@@ -47,7 +60,7 @@ class Outbox:
         self.uri = uri
         self.run_id: str | None = None
         self.logged: dict[str, int] = {}
-        self.pending: list[Metric] = []
+        self.pending: list[Metric | Call] = []
         self.dropped: list[Metric] = []
         self.sent = 0
         self._cond = threading.Condition()
@@ -63,28 +76,50 @@ class Outbox:
         self._thread.start()
         return self
 
-    def put(self, metrics: list[Metric]) -> None:
+    def put(self, metrics: list[Metric | Call]) -> None:
         with self._cond:
             self.pending.extend(metrics)
             self._cond.notify_all()
 
+    def call(self, what: str, send: Callable[[str], Any]) -> None:
+        """Queue `send(run_id)` behind the metrics logged so far."""
+        self.put([Call(what, send)])
+
     def unsent(self) -> list[Metric]:
         with self._cond:
-            return list(self.pending)
+            return [m for m in self.pending if not isinstance(m, Call)]
 
     def _wanted(self, batch: list[Metric]) -> list[Metric]:
         return [m for m in batch if m.step > self.logged.get(m.key, -1)]
 
-    def _send_once(self) -> bool:
-        """One attempt at opening the run and sending the oldest batch; True when the queue moved."""
+    def _head(self) -> list[Metric | Call]:
+        """The oldest call alone, or the oldest metrics up to the next call (at most BATCH)."""
         with self._cond:
-            batch = self.pending[:BATCH]
+            if self.pending and isinstance(self.pending[0], Call):
+                return self.pending[:1]
+            batch: list[Metric | Call] = []
+            for m in self.pending[:BATCH]:
+                if isinstance(m, Call):
+                    break
+                batch.append(m)
+            return batch
+
+    def _send_once(self) -> bool:
+        """One attempt at opening the run and sending the oldest batch or call; True when the queue moved."""
+        batch = self._head()
         if self.run_id is None:
             self.run_id, self.logged = self.open_run()
-        wanted = self._wanted(batch)
-        if wanted:
-            from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException
 
+        if batch and isinstance(batch[0], Call):
+            try:
+                batch[0].send(self.run_id)
+            except MlflowException as e:
+                if not permanent(e):
+                    raise
+                self.say(f"MLflow refused {batch[0].what} of run {self.run_id}: {e.message[:300]}; "
+                         "it is in the job's output")
+        elif wanted := self._wanted(batch):  # type: ignore[arg-type]
             try:
                 self.client.log_batch(self.run_id, metrics=wanted)
             except MlflowException as e:
@@ -129,7 +164,8 @@ class Outbox:
             delay = 1.0
 
     def close(self, timeout: float) -> list[Metric]:
-        """Wait up to `timeout` seconds for the queue to drain; returns what was not sent (dropped included)."""
+        """Wait up to `timeout` seconds for the queue to drain; returns the metrics not sent (dropped included),
+        and names each artifact or tag not logged."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closing = True
@@ -139,5 +175,8 @@ class Outbox:
             while self.pending and time.monotonic() < deadline:
                 self._cond.wait(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
             self._stopped = True  # nothing is sent after this: what is left is the caller's
-            left = list(self.pending)
+            left = [m for m in self.pending if not isinstance(m, Call)]
+            calls = [c.what for c in self.pending if isinstance(c, Call)]
+        if calls:
+            self.say(f"MLflow: could not log {', '.join(calls)} to {self.uri} in time; it is in the job's output")
         return self.dropped + left

@@ -160,28 +160,25 @@ class Tracker:
     def unsent(self) -> list[dict[str, Any]]:
         return [metric_dict(m) for m in self.outbox.unsent()] if self.active else []
 
-    def _artifact(self, what: str, log: Any) -> None:
-        if not self.active or self.run_id is None:
-            return
-        try:
-            log()
-        except Exception as e:  # the outputs are complete without it: say so, go on
-            say(f"MLflow: could not log {what} to run {self.run_id} ({str(e).splitlines()[0][:200]}); "
-                "it is in the job's output")
+    def _artifact(self, what: str, send: Any) -> None:
+        """Queued behind the metrics (trainer/tracking/outbox.py): logged once the run exists, retried through an
+        outage until the end of the job's `tracking.flush_timeout`; one never logged is named at the end."""
+        if self.active:
+            self.outbox.call(what, send)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self._artifact(artifact_path or local_dir.name,
-                       lambda: self.client.log_artifacts(self.run_id, str(local_dir), artifact_path))
+                       lambda run_id: self.client.log_artifacts(run_id, str(local_dir), artifact_path))
 
     def log_artifact(self, path: Path) -> None:
-        self._artifact(path.name, lambda: self.client.log_artifact(self.run_id, str(path)))
+        self._artifact(path.name, lambda run_id: self.client.log_artifact(run_id, str(path)))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Tags known once the run has started, e.g. the resolved parent adapter (trainer/model/init_from.py)."""
-        self._artifact("tags", lambda: [self.client.set_tag(self.run_id, k, v) for k, v in tags.items()])
+        self._artifact("tags", lambda run_id: [self.client.set_tag(run_id, k, v) for k, v in tags.items()])
 
     def log_table(self, table: dict[str, list[str]], name: str) -> None:
-        self._artifact(name, lambda: self.client.log_table(self.run_id, data=table, artifact_file=name))
+        self._artifact(name, lambda run_id: self.client.log_table(run_id, data=table, artifact_file=name))
 
     def end(self, status: str = "FINISHED", timeout: float | None = None) -> list[dict[str, Any]]:
         """Send what is queued (waiting up to `tracking.flush_timeout`), mark the run; returns the unsent metrics."""
