@@ -268,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         preemption.report_exit(preemption.EXIT_USER_ERROR)
         return preemption.EXIT_USER_ERROR
     job = job_class(spec)(spec, Path(args.base_dir or Path(args.spec).resolve().parent), signals)
-    ok, code, error = False, 1, None
+    ok, code, error, together = False, 1, None, False
     try:
         job.run()
-        ok, code = True, preemption.EXIT_PREEMPTED if job.preempted else 0
+        ok, code, together = True, preemption.EXIT_PREEMPTED if job.preempted else 0, True  # no rank raised
     except USER_ERRORS as e:
         error, code = str(e), preemption.EXIT_USER_ERROR
         out.error(f"{e}")
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         job.cleanup(ok, None if ok else error)
         if ok or code == preemption.EXIT_USER_ERROR:
             preemption.report_exit(code)
-        if ok:  # every rank ended the run here together (not after an error, nor a lost peer)
+        if together:  # not after an error, a lost peer or a failed collective: its barrier could wait forever
             preemption.release_process_group()
     return code
 

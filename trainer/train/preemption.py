@@ -71,11 +71,18 @@ def release_process_group() -> None:
     """Destroy torch.distributed's process groups once a run is over on every rank (its data prefetch thread
     joined, its last collective done). Left to the interpreter's exit, gloo's teardown aborts the process now
     and then ("terminate called without an active exception", SIGABRT) and NCCL's warns; the pod's exit code
-    would then say 1, not the run's own. Not after a lost peer: a communicator may not be torn down alone."""
+    would then say 1, not the run's own. A barrier first: rank 0 still writes the outputs when the others are
+    done, and a rank that tore its communicator down while a peer's was still live aborted the same way. Not
+    after a lost peer, nor when the barrier fails: a communicator may not be torn down alone."""
     import torch.distributed as dist  # here: this module stays light (trainer.train.supervise imports it)
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    except Exception:  # a peer failed after all: its pod's exit code says so; this one leaves gloo as it is
+        return
+    dist.destroy_process_group()
 
 
 def report_exit(code: int) -> None:
