@@ -20,8 +20,9 @@ class TrackingSpec(Section):
         300,
         ge=0,
         le=86_400,
-        description="Seconds the end of a job waits for an unreachable MLflow server to take the metrics buffered "
-        "while it was down; what is still unsent then is written to `<output>/mlflow-unsent.jsonl`.",
+        description="Seconds the end of a job waits for an unreachable MLflow server to take the metrics and artifacts "
+        "buffered while it was down; metrics still unsent then are written to `<output>/mlflow-unsent.jsonl` (the "
+        "artifacts are in the output folder).",
     )
     system_metrics: bool = Field(
         True,
