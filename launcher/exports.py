@@ -4,7 +4,9 @@ the merged GGUFs under `files`, and with `export.mode: adapters|both` each share
 GGUF with its gate figures and registered version, trainer/export/adapters.py `adapter_marker`) and, when the
 gate failed and there is no `_SUCCESS`, `export/verify-adapters.json` (the adapter gate's report).
 
-Only a local output folder is read (a local job's `output.uri`); JSON only: the launcher stays torch-free.
+Only a local output folder is read (a local job's `output.uri`); JSON only: the launcher stays torch-free. A cluster
+job's output folder is not read from here: its adapter exports come from the model versions registered from its
+MLflow run (`from_registry`: their `kubetune.*` tags).
 """
 
 from __future__ import annotations
@@ -103,6 +105,26 @@ def list_lines(jobs: dict[str, dict[str, Any] | None]) -> list[str]:
     lines += ["", "adapter GGUFs:", *columns(["JOB", "TYPE", "ADAPTER GGUF", "GATE", "REGISTERED"], adapters,
                                              indent="  ")]
     return lines
+
+
+def from_registry(versions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A cluster job's adapter exports in `read`'s shape (bases and adapters only), from the model versions registered
+    from its run (their tags, trainer/export/adapters.py `register_adapters`); None when it registered no LoRA GGUF."""
+    bases, adapters = {}, {}
+    for v in versions:
+        tags = v.get("tags") or {}
+        kind = str(tags.get("kubetune.kind", ""))
+        if not kind.startswith("lora-"):
+            continue
+        q, passed = kind.removeprefix("lora-"), tags.get("kubetune.verify.passed")
+        top1, kl = tags.get("kubetune.verify.top1"), tags.get("kubetune.verify.kl")
+        adapters[q] = {"file": tags.get("kubetune.file"), "passed": None if passed is None else passed == "true",
+                       "top1": float(top1) if top1 else None, "kl": float(kl) if kl else None,
+                       "registered": _registered(v)}
+        bases[q] = {"file": tags.get("kubetune.base.file"), "key": tags.get("kubetune.base.key"), "reused": None,
+                    "sha256": tags.get("kubetune.base.sha256"), "registered": _registered(
+                        {"name": tags.get("kubetune.base.name"), "version": tags.get("kubetune.base.version")})}
+    return {"bases": bases, "adapters": adapters} if adapters else None
 
 
 def registry_lines(versions: list[dict[str, Any]]) -> list[str]:

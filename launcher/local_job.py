@@ -83,7 +83,15 @@ def _phases(rec: local_jobs.Record, journal: local_jobs.Journal, out: IO[str]) -
             _progress_env(pods, rec.progress_file("export"))
             journal.begin("export")
             outcome = LocalRun(pods, out=out, label="export", journal=journal).run()
-            _raise_on_failure(rec, outcome, f"\n  the verification report: {rec.output_uri}/export/verify.txt")
+            _raise_on_failure(rec, outcome, _verify_reports(rec.output_uri))
+
+
+def _verify_reports(output: str) -> str:
+    """The gate's reports of a failed export: the merged GGUFs' and the adapter GGUFs' (those written, when local)."""
+    names = ["verify.txt", "verify-adapters.txt"]
+    if "://" not in output:
+        names = [n for n in names if (Path(output) / "export" / n).is_file()] or names[:1]
+    return "".join(f"\n  the verification report: {output.rstrip('/')}/export/{n}" for n in names)
 
 
 def _progress_env(pods: list[PodProcess], path: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from launcher.backends.kube_errors import ApiError
-from launcher.exports import registry_lines
+from launcher.errors import UserError
+from launcher.exports import from_registry, registry_lines
 from launcher.output import columns
 from launcher.progress import annotation, cell, from_json, progress_json, progress_line, training_job_name
 from launcher.status import (
@@ -80,6 +81,30 @@ def list_table(found: list[dict[str, Any]], all_namespaces: bool, namespace: str
             rows.append([*([s["namespace"]] if all_namespaces else []), group, s["name"], s["status"],
                          s["completions"], s["export"] or "none", _cell(s["progress"]), s["age"]])
     return columns(headers, rows)
+
+
+def registered_exports(kube: Cluster, found: list[dict[str, Any]], mlflow_uri: str | None,
+                       ) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    """`launch list --exports`: each listed submission's adapter exports, from the model versions registered from its
+    MLflow run (launcher/exports.py `from_registry`; one spec read and one MLflow query each), and a line for each
+    submission whose run could not be read."""
+    from dataclasses import replace
+
+    from launcher.backends.kubernetes import Cluster as Kube
+    from launcher.cluster import Tracking, spec_of
+
+    exported, notes = {}, []
+    for s in (s for g in found for s in g["submissions"] if s["export"] == "succeeded"):  # registered: passed
+        ns = s["namespace"] or kube.namespace
+        try:
+            spec = spec_of(kube if ns == kube.namespace else Kube(replace(kube.target, namespace=ns)), s["name"])
+            run, note = Tracking.of(spec, mlflow_uri).progress(s["name"])
+        except UserError as e:
+            run, note = None, e.message
+        exported[s["name"]] = from_registry(run.registered) if run else None
+        if run is None:
+            notes.append(f"  {s['name']}: {note}")
+    return exported, (["", "exports not read:", *notes] if notes else [])
 
 
 def status_table(snap: Snapshot, found: Progress | None, note: str | None) -> list[str]:

@@ -25,6 +25,10 @@ EXAMPLES = REPO / "examples"
 # many top-1 choices (83% agreement measured) while the distributions stay close (KL 0.003). Its stand-ins hold
 # q4_k_m to a tighter KL and a looser top-1 than the defaults, which are set for trained models.
 RANDOM_Q4 = "export.verify.thresholds={q4_k_m: {min_top1: 0.75, max_kl: 0.05}}"
+# Seed 000 exports LoRA GGUFs over a shared base: the adapter gate first measures the q4_k_m base alone against the HF
+# base (its floor), and the untrained random base is flatter still than a trained merge: 57.9% top-1 at KL 0.0037
+# measured. Its stand-in takes top-1 down to 50% and holds KL to 0.02, the measure that stays meaningful here.
+RANDOM_Q4_BASE = "export.verify.thresholds={q4_k_m: {min_top1: 0.5, max_kl: 0.02}}"
 
 # Every stand-in: CPU, one process, float32 (fastest on CPU), no cluster services.
 CPU = ("resources.gpu=none", "resources.nodes=1", "model.dtype=float32", "training.strategy=ddp",
@@ -75,7 +79,7 @@ SEEDS: dict[str, Seed] = {
         "seed000-governance.yaml", "gpt_oss",
         standin=("matrix.dimension=[lineage,privacy]", "data.train=data/seed000/${matrix.dimension}/train.jsonl",
                  "data.eval=data/seed000/${matrix.dimension}/eval.jsonl", *short_run(24, "3.0e-3", 4, 256, 16),
-                 "eval.num_samples=2", RANDOM_Q4),
+                 "eval.num_samples=2", RANDOM_Q4_BASE),
         variants=(("base_model=unsloth/gpt-oss-20b-unsloth-bnb-4bit", "model.quantization=4bit"),),
         data=("seed000",),
     ),

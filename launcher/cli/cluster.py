@@ -156,18 +156,28 @@ def _follow(kube: Any, target: Any, sub: Any, created: list[Any], say: Say, wait
 @cluster_options
 @namespace_option
 @click.option("-A", "--all-namespaces", is_flag=True, help="Submissions in every namespace.")
+@click.option("--exports", is_flag=True, help="Also the shared base and adapter GGUFs of each exported cluster "
+              "submission, from the model versions registered from its MLflow run (one query each).")
+@mlflow_option
 @local_option
 @output_option
 def list_jobs(context: str | None, kubeconfig: str | None, namespace: str | None, all_namespaces: bool,
-              local: bool, output: str) -> None:
+              exports: bool, mlflow_uri: str | None, local: bool, output: str) -> None:
     """Kubetune submissions, grouped by spec (or matrix), newest first: the cluster's, and (without cluster flags)
     this machine's local jobs; --local: only those."""
     from launcher import views
+    from launcher.exports import list_lines
 
     def cluster() -> tuple[dict[str, Any], list[str]]:
         kube = _cluster(context, kubeconfig, namespace)
         groups = views.groups(kube, all_namespaces)
-        return {"groups": groups}, views.list_table(groups, all_namespaces, kube.namespace)
+        table = views.list_table(groups, all_namespaces, kube.namespace)
+        if not exports:
+            return {"groups": groups}, table
+        exported, notes = views.registered_exports(kube, groups, mlflow_uri)
+        for s in (s for g in groups for s in g["submissions"]):
+            s["exported"] = exported.get(s["name"])
+        return {"groups": groups}, [*table, *list_lines(exported), *notes]
 
     flags = {"--context": context, "--kubeconfig": kubeconfig, "-n": namespace, "-A": all_namespaces}
     if local_cli.is_local(None, local, flags) or not any(flags.values()):

@@ -44,29 +44,40 @@ def run_standin(seed: Seed, dest: Path, extra: Sequence[str] = ()) -> tuple[list
 
 
 def check_registered(spec: JobSpec, dest: Path) -> dict:
-    """The job trained, its GGUFs passed the gate, and the registry holds them under the spec's name."""
+    """The job trained, its GGUFs passed the gate, and the registry holds them under the spec's name: merged GGUFs,
+    or with `export.mode: adapters` LoRA GGUFs tagged with the shared base version they need."""
     from mlflow import MlflowClient
 
     out = dest / "runs" / spec.name
     marker = json.loads((out / "_SUCCESS").read_text())
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert (out / "export" / "_SUCCESS").is_file(), f"{spec.name}: the export did not finish"
-    report = json.loads((out / "export" / "verify.json").read_text())
+    adapters = spec.export.mode == "adapters"
+    report = json.loads((out / "export" / ("verify-adapters.json" if adapters else "verify.json")).read_text())
     assert export_types(report) == sorted(spec.export.gguf) and all(f["passed"] for f in report["files"]), report
     client = MlflowClient(tracking_uri=marker["tracking_uri"])
     name = spec.export.register.name or spec.name
-    kinds = sorted(v.tags["kubetune.kind"] for v in client.search_model_versions(f"name = '{name}'"))
-    assert kinds == sorted(["adapter", *spec.export.gguf]), kinds
+    versions = client.search_model_versions(f"name = '{name}'")
+    kinds = [f"lora-{q}" for q in spec.export.gguf] if adapters else list(spec.export.gguf)
+    assert sorted(v.tags["kubetune.kind"] for v in versions) == sorted(["adapter", *kinds])
     alias = client.get_model_version_by_alias(name, spec.export.register.alias)
-    assert alias.tags["kubetune.kind"] == spec.export.gguf[0] and alias.tags["kubetune.verify.passed"] == "true"
+    assert alias.tags["kubetune.kind"] == kinds[0] and alias.tags["kubetune.verify.passed"] == "true"
     for metric in spec.eval.metrics:  # task metrics of the GGUF (and of the merged model, on the adapter)
         assert 0.0 <= float(alias.tags[f"kubetune.eval.{metric}"]) <= 1.0, alias.tags
-    if spec.eval.metrics:
-        adapter = next(v for v in client.search_model_versions(f"name = '{name}'") if v.tags["kubetune.kind"] == "adapter")
+    if spec.eval.metrics and not adapters:
+        adapter = next(v for v in versions if v.tags["kubetune.kind"] == "adapter")
         assert all(f"kubetune.eval.{m}" in adapter.tags for m in spec.eval.metrics), adapter.tags
+    if adapters:  # each LoRA GGUF names a registered base version of its type
+        for v in versions:
+            if v.tags["kubetune.kind"].startswith("lora-"):
+                base = client.get_model_version(v.tags["kubetune.base.name"], v.tags["kubetune.base.version"])
+                assert base.tags["kubetune.sha256"] == v.tags["kubetune.base.sha256"]
     if spec.export.lmstudio_publisher:  # LM Studio's <publisher>/<model>/<file>.gguf
-        folder = out / "export" / "lmstudio" / spec.export.lmstudio_publisher / spec.name
-        assert sorted(p.name for p in folder.glob("*.gguf")) == sorted(f"{spec.name}-{q}.gguf" for q in spec.export.gguf)
+        folders = list((out / "export" / "lmstudio" / spec.export.lmstudio_publisher).iterdir())
+        files = sorted(p.name for f in folders for p in f.glob("*.gguf"))
+        lora = f"{spec.name}-lora.gguf"
+        assert len(folders) == 1 and (lora in files and len(files) == 1 + len(kinds) if adapters else
+                                      files == sorted(f"{spec.name}-{q}.gguf" for q in kinds)), files
     history = client.get_metric_history(marker["run_id"], "loss")
     assert len(history) == marker["steps"], "one loss per step, from rank 0"
     return {"marker": marker, "alias": alias, "client": client, "out": out}
@@ -82,6 +93,13 @@ def test_standin_trains_exports_and_registers(seed_id: str, tmp_path: Path) -> N
     specs, _ = run_standin(seed, tmp_path)
     for spec in specs:
         check_registered(spec, tmp_path)
+    if any(spec.export.mode == "adapters" for spec in specs):  # the matrix's cells over one shared base
+        code, listed = launch("list")
+        assert code == 0, listed
+        shared = listed[listed.index("shared base GGUFs:"):listed.index("adapter GGUFs:")]
+        for q in specs[0].export.gguf:
+            (row,) = [line for line in shared.splitlines() if line.split()[:1] == [q] and specs[0].name in line]
+            assert all(spec.name in row for spec in specs), shared  # one base, every cell over it
 
 
 def test_seed003_from_textbook_pages_to_a_registered_tutor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,35 @@ def base_files(store: Path) -> dict[str, Path]:
     return found
 
 
+def greedy(llm, prompt: str) -> str:
+    return llm.create_completion(prompt, max_tokens=24, temperature=0.0, seed=0)["choices"][0]["text"]
+
+
+def loads_base_and_adapter(mlflow: str, name: str, base: Path, lora: Path, cache: Path) -> None:
+    """`mlflow.pyfunc.load_model` of the job's alias (a LoRA version) downloads the shared base into the cache and has
+    llama.cpp apply the LoRA: it continues a prompt as base + LoRA loaded directly do, not as the base alone."""
+    import mlflow as mlflow_lib
+
+    from trainer.export import verify
+
+    mlflow_lib.set_tracking_uri(mlflow)
+    os.environ["KUBETUNE_BASE_CACHE"] = str(cache)
+    try:
+        chat = mlflow_lib.pyfunc.load_model(f"models:/{name}@candidate")
+    finally:
+        del os.environ["KUBETUNE_BASE_CACHE"]
+    (cached,) = cache.glob("*/*.gguf")
+    assert cached.name == base.name and cached.read_bytes() == base.read_bytes()
+    llm = chat.unwrap_python_model().llm
+    assert llm.model_path == str(cached) and Path(llm.lora_path).read_bytes() == lora.read_bytes()
+    prompt = "Which rows of the orders table have no customer?"
+    served, direct, plain = greedy(llm, prompt), greedy(verify.load(base, 64, lora=lora), prompt), greedy(
+        verify.load(base, 64), prompt)
+    assert served == direct and served != plain, (served, direct, plain)
+    (answer,) = chat.predict({"messages": [{"role": "user", "content": "Hello"}]}, params={"max_tokens": 4})
+    assert isinstance(answer, str)
+
+
 def test_two_adapters_share_one_base(tmp_path):
     from mlflow import MlflowClient
 
@@ -118,6 +147,9 @@ def test_two_adapters_share_one_base(tmp_path):
                 base_versions.add((tags["kubetune.base.name"], tags["kubetune.base.version"]))
             assert client.get_model_version_by_alias(name, "candidate").tags["kubetune.kind"] == "lora-q8_0"
         assert loras["dim-a"] != loras["dim-b"]
+        loads_base_and_adapter(mlflow, "dim-a", bases["q8_0"],
+                               tmp_path / "runs" / "dim-a" / "export" / "adapters" / "q8_0" / "dim-a-lora.gguf",
+                               tmp_path / "cache")
         assert len(base_versions) == len(TYPES)  # both jobs point at the same base versions
         (base_name,) = {n for n, _ in base_versions}
         assert len(client.search_model_versions(f"name = '{base_name}'")) == len(TYPES)  # registered once

@@ -29,6 +29,20 @@ def test_merged_is_the_default_and_both_keeps_the_importance_matrix():
     assert ExportSpec(adapter_gguf=True).adapter_gguf
 
 
+def test_adapter_mode_asks_for_one_copy_of_the_base_or_the_largest_gguf():
+    params = 20_900_000_000  # gpt-oss-20b (docs/export.md), in bfloat16: 2 bytes a parameter
+    gib = 2**30
+
+    def memory(**fields) -> float:
+        return int(ExportSpec(gguf=["q4_k_m", "q8_0"], **fields).requests(params, "bfloat16")["memory"][:-2])
+
+    assert memory() == pytest.approx((2 * 2 * params + 8 * gib) / gib, abs=1)  # the merge: two copies
+    assert memory(mode="both") == memory()
+    assert memory(mode="adapters") == pytest.approx((2 * params + 8 * gib) / gib, abs=1)  # the base once
+    f32 = int(ExportSpec(mode="adapters", gguf=["f32"]).requests(params, "bfloat16")["memory"][:-2])
+    assert f32 == pytest.approx((4 * params + 8 * gib) / gib, abs=1)  # an f32 GGUF outweighs the bf16 base
+
+
 def test_store_defaults_beside_the_output_folder(tmp_path):
     assert shared_base.store_uri(None, "s3://runs/gov-a/", tmp_path) == "s3://runs/bases"
     assert shared_base.store_uri(None, str(tmp_path / "runs" / "gov-a"), tmp_path) == str(tmp_path / "runs" / "bases")

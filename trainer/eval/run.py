@@ -174,15 +174,17 @@ def evaluate_hf(model: Any, tokenizer: Any, spec: JobSpec, *, base_dir: str | os
 
 
 def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *,
-                  base_dir: str | os.PathLike[str] | None = None, label: str | None = None) -> EvalResult:
-    """Greedy answers and task metrics of a GGUF through llama.cpp. The prompt is rendered by the training
-    tokenizer's chat template (the export's verification checks the GGUF's own template renders the same)."""
+                  base_dir: str | os.PathLike[str] | None = None, label: str | None = None,
+                  lora: str | os.PathLike[str] | None = None) -> EvalResult:
+    """Greedy answers and task metrics of a GGUF through llama.cpp (`lora`: a LoRA GGUF it applies over `path`). The
+    prompt is rendered by the training tokenizer's chat template (the export's verification checks the GGUF's own
+    template renders the same)."""
     from llama_cpp import Llama
 
     items, source = held_out(spec, base_dir)
     prompts = [tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True) for it in items]
     llm = Llama(model_path=str(path), n_ctx=spec.data.max_seq_len + spec.eval.max_new_tokens, verbose=False,
-                n_threads=max(1, os.cpu_count() or 1), seed=0)
+                n_threads=max(1, os.cpu_count() or 1), seed=0, lora_path=str(lora) if lora is not None else None)
     bos = tokenizer.bos_token
     adds_bos = bool(bos) and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id]  # as training does (render.py)
     try:

@@ -44,16 +44,24 @@ class AdapterExport:
         missing = [q for q in self.cfg.gguf if shared_base.read_marker(self.bases_store,
                                                                         self.base_key.key(q)) is None]
         self.phase("loading the base model")
-        self.base, model = merge.save_base(self.spec, self.tokenizer_dir, self.work / "base", self.base_dir,
-                                           weights=bool(missing))
+        self.base, self.hf_base = merge.save_base(self.spec, self.tokenizer_dir, self.work / "base", self.base_dir,
+                                                  weights=bool(missing))
         self.bases = self.shared_bases()
         self.adapter_file = self.convert_lora()
-        self.adapter_report = self.adapter_gate(model)
+        self.adapter_report = self.adapter_gate()
         self.adapter_runtimes()
-        if self.spec.eval.metrics and self.cfg.mode == "adapters":
-            say("eval.metrics: the export computes task metrics on merged GGUFs only (`mode: both` for them); the "
-                "adapter GGUFs are gated on next-token agreement")
         return self.adapter_report.passed
+
+    def evaluate_adapters(self) -> None:
+        """`eval.metrics` on each adapter GGUF, applied by llama.cpp over its shared base as users run it; the means
+        become tags of its registry version (`kubetune.eval.<metric>`) and `export.lora-<type>.*` run metrics."""
+        if not self.spec.eval.metrics:
+            return
+        from trainer.eval.run import evaluate_gguf
+
+        for q, b in self.bases.items():
+            self._record(f"lora-{q}", evaluate_gguf(b.local, self.base.tokenizer, self.spec, base_dir=self.base_dir,
+                                                    label=f"lora-{q}", lora=self.adapter_file))
 
     def shared_bases(self) -> dict[str, Any]:
         from trainer.export import gguf, shared_base
@@ -98,7 +106,11 @@ class AdapterExport:
         say(f"adapter GGUF written in {f.seconds:.1f}s ({f.size / 2**20:.2f} MiB)")
         return f.path
 
-    def adapter_gate(self, model: Any):
+    def adapter_gate(self):
+        """Gates the adapter GGUF over each shared base. The HF base (`hf_base`) is only held for the references: it
+        is freed before llama.cpp loads a GGUF (the export pod's memory request counts on it: trainer/spec/export.py)."""
+        import gc
+
         from peft import PeftModel
 
         from trainer.data import conversations
@@ -110,12 +122,14 @@ class AdapterExport:
         if not self.golden:
             raise ExportError(f"data.{split} has no usable conversation to verify the export on")
         tok, eos = self.base.tokenizer, self.base.eos
+        model, self.hf_base = self.hf_base, None
         try:
             adapted = PeftModel.from_pretrained(model, str(self.adapter_dir))
         except (ValueError, KeyError, RuntimeError) as e:
             raise ExportError(f"the adapter in {self.adapter_dir} does not fit base model: {e}") from None
         golden, golden_base = adapter_verify.references(adapted, tok, self.golden)
         del adapted, model
+        gc.collect()
         files = []
         for q, base in self.bases.items():
             gate = self.cfg.verify.gate(q)
@@ -220,8 +234,9 @@ class AdapterRegistering:
                         "kubetune.base.key": b.key, "kubetune.base_model": self.spec.base_model,
                         "kubetune.base.identity": self.base_key.identity, "kubetune.llama_cpp": self.llama_cpp,
                         "kubetune.file": b.file, "kubetune.run_id": self.marker["run_id"]}
-                done[q] = registry.register_file(f"base-{q}", b.local, b.file if storage.is_remote(b.file) else None,
-                                                 self.marker["run_id"], tags)
+                mine = registry.register_file(f"base-{q}", b.local, b.file if storage.is_remote(b.file) else None,
+                                              self.marker["run_id"], tags)
+                done[q] = registry.settle("kubetune.base.key", b.key, mine)
             say(f"registered {registry.name} version {done[q].version} (base {q})"
                 + (" — already there" if done[q].reused else ""))
         self.base_registry = registry.name
@@ -254,8 +269,13 @@ class AdapterRegistering:
                 "kubetune.verify.passed": str(r.passed).lower(), "kubetune.verify.top1": f"{r.top1:.4f}",
                 "kubetune.verify.kl": f"{r.kl:.6f}", "kubetune.base.name": self.base_registry,
                 "kubetune.base.version": str(bases[q].version), "kubetune.base.sha256": b.sha256,
-                "kubetune.base.key": b.key, "kubetune.base.file": b.file}))
+                "kubetune.base.key": b.key, "kubetune.base.file": b.file,
+                **(self.evals[f"lora-{q}"].tags() if f"lora-{q}" in self.evals else {})},
+                gguf=folder / self.adapter_file.name,  # an MLflow Model: base + LoRA (trainer/export/gguf_model.py)
+                base={"base_source": bases[q].source, "base_file": Path(b.file).name, "base_sha256": b.sha256}))
         done = [registry.register(item, lineage) for item in items]
+        registry.log_metrics(self.marker["run_id"], {f"export.{kind}.{k}": v for kind, result in self.evals.items()
+                                                     if kind.startswith("lora-") for k, v in result.metrics("").items()})
         for d in done:
             say(f"registered {registry.name} version {d.version} ({d.kind})" + (" — already there" if d.reused else ""))
         if reg.alias and self.cfg.mode == "adapters":

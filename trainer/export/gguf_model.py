@@ -11,11 +11,18 @@ defaults are the signature's). The chat template and the stop tokens are the GGU
 (`tokenizer.chat_template`, its end-of-generation tokens): the export's gate checked that they
 render every golden conversation as training did and end an answer where training ended it.
 `KUBETUNE_N_CTX` (default 4096) is the context the GGUF is loaded with.
+
+A LoRA GGUF version (`export.mode: adapters`) has the LoRA GGUF as its `lora` artifact and names its shared
+base in the model config (`base_source`: the base version's source URI, `base_file`, `base_sha256`): the base
+is downloaded once into `KUBETUNE_BASE_CACHE` (default `~/.cache/kubetune/bases`, a folder per sha256) with the
+loader's own MLflow tracking URI and object-store credentials, and llama.cpp applies the LoRA at load.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from mlflow.models import set_model
@@ -36,11 +43,33 @@ def _chats(model_input: Any) -> list[list[dict[str, str]]]:
     return [[{"role": str(m["role"]), "content": str(m["content"])} for m in chat] for chat in rows]
 
 
+def base_gguf(config: dict[str, Any]) -> str:
+    """The shared base GGUF a LoRA version needs, downloaded once per sha256 (see the module docstring)."""
+    from mlflow.artifacts import download_artifacts
+
+    cache = Path(os.environ.get("KUBETUNE_BASE_CACHE") or Path.home() / ".cache" / "kubetune" / "bases")
+    target = cache / str(config["base_sha256"]) / str(config["base_file"])
+    if target.is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        got = Path(download_artifacts(artifact_uri=str(config["base_source"]), dst_path=tmp))
+        found = [got] if got.is_file() else sorted(got.rglob("*.gguf"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"the base {config['base_source']} holds {len(found)} GGUF files, not one")
+        os.replace(found[0], target)  # whole or absent: a download cut short leaves nothing behind
+    return str(target)
+
+
 class GgufChat(PythonModel):
     def load_context(self, context: Any) -> None:
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=context.artifacts["gguf"], n_ctx=int(os.environ.get("KUBETUNE_N_CTX", "4096")),
+        if "lora" in context.artifacts:  # base + adapter: llama.cpp applies the LoRA at load
+            files = {"model_path": base_gguf(context.model_config or {}), "lora_path": context.artifacts["lora"]}
+        else:
+            files = {"model_path": context.artifacts["gguf"]}
+        self.llm = Llama(**files, n_ctx=int(os.environ.get("KUBETUNE_N_CTX", "4096")),
                          n_threads=max(1, os.cpu_count() or 1), verbose=False)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a signature

@@ -2,7 +2,7 @@
 
 The model folder (the LoggedModel's artifacts) holds `MLmodel`, the flavor's code
 (trainer/export/gguf_model.py, "models from code": loading needs mlflow and llama-cpp-python, not
-kubetune), its requirements, an input example, `artifacts/<name>-<type>.gguf` with its Ollama
+kubetune), its requirements, an input example (not for a LoRA GGUF: its base is not in the folder), `artifacts/<name>-<type>.gguf` with its Ollama
 `artifacts/Modelfile` as plain files, and `README.md`, the model card. The LoggedModel is created in
 the training run's experiment with that run as its source and the run's params; the run's metrics
 at its last training step (final loss, eval loss ...) are linked to it (what `Model.log` does for
@@ -47,16 +47,18 @@ def requirements() -> list[str]:
 
 
 def log_gguf(client: MlflowClient, run_id: str, name: str, gguf: Path, modelfile: Path | None, step: int,
-             tags: dict[str, str]) -> Logged:
-    """Log `gguf` (and its Modelfile) as a pyfunc LoggedModel of run `run_id`, named `name`."""
+             tags: dict[str, str], base: dict[str, str] | None = None) -> Logged:
+    """Log `gguf` (and its Modelfile) as a pyfunc LoggedModel of run `run_id`, named `name`. `base` given, `gguf` is
+    a LoRA GGUF over that shared base (`base_source`, `base_file`, `base_sha256`: trainer/export/gguf_model.py)."""
     run = client.get_run(run_id)
     model = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id,
                                        params=dict(run.data.params), tags=tags, model_type="kubetune-gguf")
     mlflow.set_tracking_uri(client.tracking_uri)  # Model.log and its finalize step use the global URI
-    artifacts = {"gguf": str(gguf)} | ({"modelfile": str(modelfile)} if modelfile is not None else {})
+    artifacts = {"lora" if base else "gguf": str(gguf)} | ({"modelfile": str(modelfile)} if modelfile is not None else {})
     Model.log(None, mlflow.pyfunc, run_id=run_id, model_id=model.model_id, step=step,
               python_model=gguf_model.__file__, artifacts=artifacts, signature=signature(),
-              input_example=(EXAMPLE, {"max_tokens": 8}), pip_requirements=requirements())
+              input_example=None if base else (EXAMPLE, {"max_tokens": 8}), pip_requirements=requirements(),
+              model_config=base)
     return Logged(model.model_id, f"models:/{model.model_id}")
 
 

@@ -61,6 +61,7 @@ class Publishing:
         done = [registry.register(item, lineage, self.card_facts(registry, item, lineage) if item.gguf else None, step)
                 for item in items]
         registry.log_metrics(self.marker["run_id"], {f"export.{kind}.{k}": v for kind, result in self.evals.items()
+                                                     if not kind.startswith("lora-")  # register_adapters' own
                                                      for k, v in result.metrics("").items()})
         for d in done:
             say(f"registered {registry.name} version {d.version} ({d.kind})" + (" — already there" if d.reused else ""))

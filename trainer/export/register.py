@@ -12,6 +12,7 @@ moves to the newest verified GGUF of the spec's first type. No stages: they are 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Item:
     sha256: str
     extra_tags: dict[str, str]
     gguf: Path | None = None  # a GGUF in `local` (a folder, with its Modelfile): registered as an MLflow Model
+    base: dict[str, str] | None = None  # `gguf` is a LoRA GGUF over this shared base (trainer/export/gguf_model.py)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Registry:
         modelfile = item.local / "Modelfile"
         try:
             logged = logged_model.log_gguf(self.client, lineage.run_id, f"{self.name}-{item.kind}", item.gguf,
-                                           modelfile if modelfile.is_file() else None, step, tags)
+                                           modelfile if modelfile.is_file() else None, step, tags, item.base)
             mv = self.client.create_model_version(self.name, source=logged.uri, run_id=lineage.run_id, tags=tags,
                                                   description=f"{item.kind} of run {lineage.run_id}",
                                                   model_id=logged.model_id)
@@ -129,11 +131,19 @@ class Registry:
         return Registered(item.kind, mv.version, logged.uri, reused=False)
 
     def find(self, tag: str, value: str):
-        """The version of this model tagged `tag` = `value` (by any run), or None."""
-        for mv in self.client.search_model_versions(f"name = '{self.name}'"):
-            if mv.tags.get(tag) == value:
-                return mv
-        return None
+        """The oldest version of this model tagged `tag` = `value` (by any run), or None."""
+        found = [mv for mv in self.client.search_model_versions(f"name = '{self.name}'") if mv.tags.get(tag) == value]
+        return min(found, key=lambda mv: int(mv.version), default=None)
+
+    def settle(self, tag: str, value: str, mine: Registered) -> Registered:
+        """`mine` just registered as the one version tagged `tag` = `value`: when jobs raced (the matrix cells of one
+        base exporting at once), every one of them keeps the oldest such version and deletes its own newer one."""
+        oldest = self.find(tag, value)
+        if oldest is None or oldest.version == mine.version:
+            return mine
+        with contextlib.suppress(MlflowException):  # already gone, or not ours: the oldest is what is used either way
+            self.client.delete_model_version(self.name, mine.version)
+        return Registered(mine.kind, oldest.version, oldest.source, reused=True)
 
     def register_file(self, kind: str, file: Path, source: str | None, run_id: str, tags: dict[str, str]) -> Registered:
         """A version of one file: `source` as it is (an object-store URI; nothing copied), or, None, `file` logged as

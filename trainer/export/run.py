@@ -256,6 +256,8 @@ class Export(AdapterExport, AdapterRegistering, Publishing):
 
         for q, f in self.files.items():
             self._record(q, evaluate_gguf(f.path, self.merged.tokenizer, self.spec, base_dir=self.base_dir, label=q))
+        if self.cfg.mode != "merged":
+            self.evaluate_adapters()
 
     def _record(self, kind: str, result) -> None:
         self.evals[kind] = result

@@ -99,7 +99,9 @@ class ExportResourcesSpec(Section):
     memory: str | None = Field(
         None,
         description="Memory request (and limit). Unset: two copies of the model in `model.dtype` (the merge, then "
-        f"the merged model next to the GGUF in verification) plus {EXPORT_HEADROOM_GIB}Gi, at least "
+        "the merged model next to the GGUF in verification); with `mode: adapters` one copy or the largest GGUF, "
+        "whichever is larger (the base for the gate's references, then each GGUF alone in llama.cpp); plus "
+        f"{EXPORT_HEADROOM_GIB}Gi, at least "
         f"{EXPORT_MIN_MEMORY_GIB}Gi; {EXPORT_MEMORY_GIB}Gi when the parameter count is unknown.",
     )
     ephemeral_storage: str | None = Field(
@@ -207,7 +209,10 @@ class ExportSpec(Section):
         res, weights = self.resources, DTYPE_BYTES[dtype]
         memory, disk = f"{EXPORT_MEMORY_GIB}Gi", f"{EXPORT_EPHEMERAL_GIB}Gi"
         if params:
-            memory = gibibytes(max(2 * weights * params + EXPORT_HEADROOM_GIB * GiB, EXPORT_MIN_MEMORY_GIB * GiB))
+            held = 2 * weights  # merged (and both): the merge, then the merged model beside each GGUF
+            if self.mode == "adapters":  # the base for the gate's references, freed before llama.cpp loads a GGUF
+                held = max(weights, *(QUANTS[q].bits / 8 for q in self.gguf))
+            memory = gibibytes(max(held * params + EXPORT_HEADROOM_GIB * GiB, EXPORT_MIN_MEMORY_GIB * GiB))
             # the download and the merged model in the dtype, the float GGUF (f16/bf16), each type asked for
             per_param = 2 * weights + 2 + sum(QUANTS[q].bits / 8 for q in self.gguf if QUANTS[q].step == "quantize")
             per_param += sum(QUANTS[q].bits / 8 for q in self.gguf if q == "f32")
