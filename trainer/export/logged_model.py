@@ -2,8 +2,9 @@
 
 The model folder (the LoggedModel's artifacts) holds `MLmodel`, the flavor's code
 (trainer/export/gguf_model.py, "models from code": loading needs mlflow and llama-cpp-python, not
-kubetune), its requirements, an input example (not for a LoRA GGUF: its base is not in the folder), `artifacts/<name>-<type>.gguf` with its Ollama
-`artifacts/Modelfile` as plain files, and `README.md`, the model card. The LoggedModel is created in
+kubetune), its requirements, an input example, `artifacts/<name>-<type>.gguf` with its Ollama
+`artifacts/Modelfile` as plain files, and `README.md`, the model card. A LoRA GGUF's folder has the LoRA GGUF
+instead, its shared base in the model config, and no input example (MLflow would load the model to check it). The LoggedModel is created in
 the training run's experiment with that run as its source and the run's params; the run's metrics
 at its last training step (final loss, eval loss ...) are linked to it (what `Model.log` does for
 the `step` it is given), and the run lists it among its outputs.
