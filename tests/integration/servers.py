@@ -76,9 +76,10 @@ def moto_s3() -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str | None = None,
-                  timeout: float = 180, port: int | None = None) -> Iterator[str]:
+                  timeout: float = 180, port: int | None = None, crash: bool = False) -> Iterator[str]:
     """`mlflow server` with a sqlite backend in `root`; yields its URL. `port`: the one of a server stopped
-    before, to start it again with the same URL and store (an MLflow outage); default: a free one.
+    before, to start it again with the same URL and store (an MLflow outage); default: a free one. `crash`: it
+    is killed at the end (SIGKILL), gone at once, instead of shutting down gracefully (which may take seconds).
 
     Artifacts are proxied to `root/artifacts`, or to `artifacts` = `s3://bucket/prefix` on the S3
     server at `s3_endpoint` (dummy credentials, see `s3_env`). The server's environment drops every
@@ -106,17 +107,18 @@ def mlflow_server(root: Path, *, artifacts: str | None = None, s3_endpoint: str 
                 raise RuntimeError(f"{e}; server log:\n{log_path.read_text()[-3000:]}") from None
             yield url
         finally:
-            _stop(proc)
+            _stop(proc, grace=0 if crash else 15)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop the server and the workers it forked (its own process group, started above)."""
+def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
+    """Stop the server and the workers it forked (its own process group, started above): SIGTERM, and SIGKILL
+    after `grace` seconds (0: at once)."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM if grace else signal.SIGKILL)
     try:
-        proc.wait(timeout=15)
+        proc.wait(timeout=grace or 5)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

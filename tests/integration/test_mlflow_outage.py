@@ -59,7 +59,7 @@ class Lines:
 def test_training_outlives_an_mlflow_restart_and_logs_every_step_once(tmp_path: Path) -> None:
     write_chat_jsonl(tmp_path / "train.jsonl", 48, seed=4)
     root = tmp_path / "mlflow"
-    first = mlflow_server(root)
+    first = mlflow_server(root, crash=True)  # gone at once: a graceful stop can outlast the whole training
     url = first.__enter__()
     try:
         spec = {
