@@ -50,7 +50,7 @@ def test_broken_chat_template_fails_the_gate_and_registers_nothing(tmp_path: Pat
     assert done.returncode == 1, log[-6000:]
 
     out = tmp_path / "runs" / "e2e-broken-template"
-    assert (out / "_SUCCESS").exists(), "training itself must have succeeded"
+    assert (out / "_SUCCESS").exists(), "training itself must have succeeded:\n" + log[-8000:]
     assert "[export]" in done.stdout  # the export pod ran, with its own log prefix
     report = (out / "export" / "verify.txt").read_text()
     assert "stopping" in report and "<|reserved_special_token_3|>" in report, report
