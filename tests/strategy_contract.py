@@ -229,12 +229,14 @@ def environment(plan: Plan, spec: Any, job_name: str) -> dict[str, str]:
     return env
 
 
-def launch(plan: Plan, job_name: str, log: Path) -> int:
-    """One run of the job, as a pod starts it; returns the exit code, the log in `log`."""
+def launch(plan: Plan, job_name: str, log: Path, raw: dict[str, Any] | None = None) -> int:
+    """One run of the job, as a pod starts it; returns the exit code, the log in `log`. `raw`: another job spec
+    than the contract's (`job_spec(plan)`), run the same way (e.g. a preference job: tests/e2e/test_preference_ranks.py)."""
     from trainer.spec.job import JobSpec
 
-    spec = JobSpec.model_validate(job_spec(plan))
-    (plan.workdir / "job.yaml").write_text(yaml.safe_dump(job_spec(plan), sort_keys=False))
+    raw = raw or job_spec(plan)
+    spec = JobSpec.model_validate(raw)
+    (plan.workdir / "job.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (plan.workdir / "accelerate.yaml").write_text(yaml.safe_dump(accelerate_config(plan, spec), sort_keys=False))
     module = "fsdp_on_cpu" if fsdp_on_cpu(plan) else "trainer.train"
     argv = [sys.executable, "-m", "trainer.train.supervise", "accelerate", "launch",

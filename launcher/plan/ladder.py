@@ -5,7 +5,7 @@ The rungs, in order: shorter sequences -> lower rank -> no DoRA -> fewer target 
 estimate it reaches; a rung that would not lower the estimate (QLoRA cannot shrink experts stored as
 3-D parameters, for example) is listed as no gain and not carried forward. A rung whose spec
 `trainer.spec.strategy.check` would refuse (ZeRO-3 on top of QLoRA or DoRA: not proven, see
-docs/cluster.md), or the spec itself (ZeRO-3 with a preference objective), is not offered. Auto-fit applies the rungs in order until the estimate fits.
+docs/cluster.md), or the spec itself would refuse, is not offered. Auto-fit applies the rungs in order until the estimate fits.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def climb(spec: JobSpec, arch: Architecture, capacity: int) -> list[Rung]:
         try:
             candidate = with_overrides(current, overrides)
         except SpecError:
-            continue  # a combination the spec refuses (ZeRO-3 with a preference objective: trainer/spec/preference.py)
+            continue  # a combination the spec refuses
         if strategy.check(candidate) and not strategy.check(current):
             continue  # a combination the job would be refused with
         new_total = estimate(arch, Setup.from_spec(candidate)).total

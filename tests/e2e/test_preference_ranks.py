@@ -1,40 +1,65 @@
-"""DPO on 2 ranks (2 CPU pods over gloo, through `launch submit --local`) under each strategy a preference job may use
-(`ddp`, `zero2`; trainer/spec/preference.py refuses the others), compared with one rank: 2 ranks x 1 pair per
-micro-batch train on the same global batches as 1 rank x 2 pairs (the Trainer's sampler deals consecutive batches
-to the ranks), and the gradient of DPO's per-pair mean is the mean of the ranks' means, so the adapters must agree.
+"""DPO on 2 ranks under each strategy (`ddp`, `zero2`, `zero3`, `fsdp`), compared with one rank: 2 ranks x 1 pair per
+micro-batch train on the same global batches as 1 rank x 2 pairs (the Trainer's sampler deals consecutive batches to
+the ranks), and the gradient of DPO's per-pair mean is the mean of the ranks' means, so the adapters must agree.
+
+The reference forward is the policy with its adapter switched to TRL's frozen copy: under `zero3` and `fsdp` a forward
+through sharded weights and a sharded adapter. With `preference.precompute_reference` it is one pass before training
+(under ZeRO, through TRL's DeepSpeed inference engine), whose values every rank must end up holding: TRL would have
+rank 0 write them to a file the other ranks read, which the nodes of a cluster (or here, the processes' own temporary
+folders) do not share (trainer/train/trl_adapter.py).
+
+2 CPU pods over gloo, through `launch submit --local`; `fsdp`, which accelerate runs on GPUs only, as
+tests/integration/test_strategies.py runs it (tests/fixtures/fsdp_on_cpu.py, the same trainer entry point).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests import strategy_contract
 from tests.e2e.submit import submit_local
 from tests.integration.test_preference_train import preference_rows
 from tests.models import tiny_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STEPS = 4
+# (strategy, precompute_reference) on 2 ranks
+RUNS = [("ddp", True), ("zero2", False), ("zero3", False), ("zero3", True), ("fsdp", False)]
 
 
-def train(folder: Path, nodes: int, strategy: str) -> dict[str, torch.Tensor]:
+def job(folder: Path, nodes: int, strategy: str, precompute: bool) -> dict[str, Any]:
     folder.mkdir(parents=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(16, 2)))
-    (folder / "job.yaml").write_text(yaml.safe_dump({
+    return {
         "name": "ranks", "base_model": str(tiny_model("llama")), "model": {"dtype": "float32"},
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.0},
         "data": {"train": "train.jsonl", "format": "preference", "max_seq_len": 64},
         "training": {"objective": "dpo", "max_steps": STEPS, "learning_rate": 1.0e-2, "lr_scheduler": "constant",
                      "warmup_ratio": 0.0, "per_device_batch_size": 2 // nodes, "strategy": strategy},
-        "resources": {"gpu": "none", "nodes": nodes}, "eval": {"num_samples": 0}, "output": {"uri": "out"},
-    }))
-    done = submit_local(folder / "job.yaml")
-    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        "preference": {"precompute_reference": precompute},
+        "resources": {"gpu": "none", "nodes": nodes}, "eval": {"num_samples": 0}, "output": {"uri": str(folder / "out")},
+    }
+
+
+def train(folder: Path, nodes: int, strategy: str, precompute: bool = False) -> dict[str, torch.Tensor]:
+    raw = job(folder, nodes, strategy, precompute)
+    if strategy == "fsdp":  # refused on CPU by `launch` (accelerate would run it as DDP): the contract's launcher
+        plan = strategy_contract.Plan(strategy="fsdp", model=Path(raw["base_model"]), workdir=folder, processes=nodes)
+        code = strategy_contract.launch(plan, "ranks", folder / "log.txt", raw)
+        log = (folder / "log.txt").read_text()
+    else:
+        (folder / "job.yaml").write_text(yaml.safe_dump(raw))
+        done = submit_local(folder / "job.yaml")
+        code, log = done.returncode, done.stdout + done.stderr
+    assert code == 0, log[-6000:]
+    assert ("reference log-probabilities of the 16 train rows precomputed" in log) == precompute, log[-3000:]
     marker = json.loads((folder / "out" / "_SUCCESS").read_text())
     assert marker["steps"] == STEPS and marker["rows_trained"] == STEPS * 2
     return load_file(folder / "out" / "adapter" / "adapter_model.safetensors")
@@ -42,12 +67,12 @@ def train(folder: Path, nodes: int, strategy: str) -> dict[str, torch.Tensor]:
 
 def test_two_ranks_train_the_adapter_one_rank_trains(tmp_path: Path) -> None:
     one = train(tmp_path / "one", 1, "ddp")
-    for strategy in ("ddp", "zero2"):
-        two = train(tmp_path / strategy, 2, strategy)
+    moved = max(float(w.abs().max()) for k, w in one.items() if "lora_B" in k)
+    assert moved > 1e-2  # trained: B starts at zero
+    for strategy, precompute in RUNS:
+        two = train(tmp_path / f"{strategy}-{precompute}", 2, strategy, precompute)
         assert two.keys() == one.keys()
-        moved = max(float(w.abs().max()) for k, w in one.items() if "lora_B" in k)
-        assert moved > 1e-2  # trained: B starts at zero
         # Adam turns the float rounding of another reduction order into differences of ~1e-5 where a gradient is
         # near zero; other rows, or a summed instead of averaged gradient, move weights by ~the learning rate (1e-2).
         for key in one:
-            assert torch.allclose(two[key], one[key], rtol=0, atol=2e-4), (strategy, key)
+            assert torch.allclose(two[key], one[key], rtol=0, atol=2e-4), (strategy, precompute, key)

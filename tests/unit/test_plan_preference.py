@@ -115,8 +115,9 @@ def test_kto_rows_reference_and_its_smallest_batch() -> None:
     levers = report.other_levers(big)
     assert any("per_device_batch_size=2 --set training.grad_accum=4" in lever for lever in levers), levers
     assert not any("per_device_batch_size=1" in lever for lever in levers)
-    # the spec refuses zero3 with a preference objective: the ladder does not offer it
-    assert big.ladder and "ZeRO-3" not in {rung.label for rung in big.ladder}
+    # a preference job runs under ZeRO-3 as an SFT job does (tests/e2e/test_preference_ranks.py): the ladder offers it
+    zero3 = [rung for rung in big.ladder if rung.label == "ZeRO-3"]
+    assert zero3 and zero3[0].helps and "training.strategy=zero3" in zero3[0].overrides, big.ladder
 
 
 def test_dpo_holds_a_reference_adapter() -> None:

@@ -42,7 +42,6 @@ def test_a_resolved_spec_validates_as_its_source_did(objective: str, fmt: str) -
     ("dpo", "preference", {"data": {"train_on": "all"}}, "data.train_on"),
     ("dpo", "preference", {"data": {"reasoning": "mask"}}, "data.reasoning"),
     ("dpo", "preference", {"training": {"loss": "full"}}, "training.loss"),
-    ("dpo", "preference", {"training": {"strategy": "zero3"}}, "training.strategy: `zero3`"),
     ("kto", "unpaired", {"training": {"per_device_batch_size": 1}}, "training.per_device_batch_size"),
 ])
 def test_what_an_objective_cannot_do_is_refused_by_name(objective: str, fmt: str, sections: dict[str, Any],

@@ -30,6 +30,12 @@ def test_the_overridden_methods_keep_their_signatures() -> None:
             "self", "dataset", "processing_class", "args", "dataset_name"], cls
     assert list(inspect.signature(ORPOTrainer.tokenize_row).parameters) == ["self", "feature", "model"]
     assert "calculate_KL" in inspect.getsource(KTOTrainer.__init__)  # read by KtoTrainer._prepare_dataset
+    for cls in (DPOTrainer, KTOTrainer):  # our _precompute_ref_logps: TRL's passes, the values kept in memory
+        assert list(inspect.signature(cls._precompute_ref_logps).parameters) == [
+            "self", "dataset", "name", "batch_size"], cls
+        assert list(inspect.signature(cls.compute_ref_log_probs).parameters) == ["self", "model", "inputs"], cls
+        assert "self._precompute_engine = None" in inspect.getsource(cls.__init__), cls
+    from trl.models import prepare_deepspeed  # noqa: F401  (the ZeRO inference engine TRL builds for them)
 
 
 def rows(tokenizer, end: str = "<|eot_id|>") -> list[dict[str, list[int]]]:
@@ -72,6 +78,37 @@ def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(llam
     assert not (tmp_path / "adapter" / trl_adapter.REF_ADAPTER).exists()
     with pytest.raises(ValueError, match="lack"):
         trainer._prepare_dataset(Dataset.from_list([{"prompt_ids": [1]}]), tokenizer, args, "train")
+
+
+@pytest.mark.parametrize("objective", ["dpo", "kto"])
+def test_precomputed_reference_values_equal_trls_and_no_cache_file_is_written(llama, tmp_path: Path,
+                                                                              objective: str) -> None:
+    """TRL's own `_precompute_ref_logps` writes the values to a cache file on rank 0 that the other ranks cannot
+    read on another node (or, for an in-memory dataset, in another process); ours must give the same values."""
+    from trl import KTOConfig
+
+    path, tokenizer = llama
+    data = rows(tokenizer)
+    if objective == "kto":
+        data = [{"prompt_ids": r["prompt_ids"], "completion_ids": r[side], "label": side == "chosen_ids"}
+                for r in data for side in ("chosen_ids", "rejected_ids")]
+    config, cls, base = ((DPOConfig, trl_adapter.DpoTrainer, DPOTrainer) if objective == "dpo"
+                         else (KTOConfig, trl_adapter.KtoTrainer, KTOTrainer))
+    args = config(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=2, max_steps=1, use_cpu=True,
+                  gradient_checkpointing=False, bf16=False, report_to="none", remove_unused_columns=False,
+                  precompute_ref_log_probs=True)
+    checkpointer = Checkpointer(str(tmp_path / "out"), "t", {}, 1, dict, lambda _: None)
+    trainer = cls(model=peft_model(path), args=args, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
+                  checkpointer=checkpointer)
+    ours = trainer.train_dataset
+    assert set(trainer.reference_columns) <= set(ours.column_names), ours.column_names
+    assert not ours.cache_files  # in memory: nothing another rank would have to read
+    dataset = Dataset.from_list(data)
+    if objective == "kto":
+        dataset = trainer._prepare_dataset(dataset, tokenizer, args, "train")  # the KL completions
+    theirs = base._precompute_ref_logps(trainer, dataset, "train", 2)
+    for column in trainer.reference_columns:
+        assert torch.allclose(torch.tensor(ours[column]), torch.tensor(theirs[column]), rtol=1e-6, atol=1e-6), column
 
 
 def test_orpo_columns_equal_trls_own_tokenization(llama, tmp_path: Path) -> None:

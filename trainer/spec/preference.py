@@ -130,7 +130,4 @@ def _preference_problems(spec: JobSpec, objective: str) -> list[str]:
     if training.loss != "chunked":
         problems.append(f"training.loss: `{training.loss}` is the SFT loss's setting; `training.objective: "
                         f"{objective}` computes its log-probabilities with TRL's own fused head: leave it out")
-    if training.strategy in ("zero3", "fsdp"):
-        problems.append(f"training.strategy: `{training.strategy}` with `training.objective: {objective}` is not "
-                        "proven yet (the reference forward through a sharded adapter): use `ddp` or `zero2`")
     return problems

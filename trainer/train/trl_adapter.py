@@ -8,6 +8,12 @@ place, and in tests/unit/test_trl_adapter.py (which checks the signatures these 
   reasoning and turn-ending rules and bad-row policy; the override checks their columns and returns them (KTO: with
   the KL completions TRL would add, the same rotation).
 - `tokenize_row(feature, model=None)` (ORPO, a public method): turns our ids into ORPO's columns.
+- `_precompute_ref_logps(dataset, name, batch_size)` (DPO, KTO; `preference.precompute_reference`): TRL computes the
+  reference log-probabilities on every rank and gathers them to every rank, then rank 0 writes them to a cache file
+  that every rank reads back, which needs one filesystem for all ranks: a cluster's nodes share none, and even on one
+  machine each process keeps an in-memory dataset's cache files in its own temporary folder (rank 1 failed with
+  FileNotFoundError). Ours makes the same passes (TRL's `compute_ref_log_probs`, its DeepSpeed inference engine under
+  ZeRO) and each rank adds the gathered values to its dataset in memory.
 
 `PreferenceParts` (first in the MRO, before MeteredTrainer and the TRL trainer) adds what `ResumableTrainer` gives SFT:
 checkpoints published to `output.uri` (trainer/train/resume.py `PublishCheckpoint`), the rows and tokens trained; and
@@ -20,14 +26,17 @@ adapter folders leave it out.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
+from torch.utils.data import DataLoader
 from trl import DPOTrainer, KTOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
+from trainer import say
 from trainer.tracking.tracker import MeteredTrainer
 from trainer.train.resume import Checkpointer, PublishCheckpoint, gather
 
@@ -41,6 +50,7 @@ class PreferenceParts:
     """What every preference trainer of ours adds to TRL's (see the module docstring)."""
 
     columns: tuple[str, ...] = PAIRED
+    reference_columns: tuple[str, str] = ("ref_chosen_logps", "ref_rejected_logps")  # TRL's names for the collator
 
     def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
         self.rows_seen = 0  # rows (pairs, or KTO rows) this rank trained in this attempt
@@ -61,6 +71,40 @@ class PreferenceParts:
         missing = [c for c in self.columns if c not in dataset.column_names]
         if missing:
             raise ValueError(f"the {dataset_name} rows lack {missing}: build them with trainer.data.preference")
+        return dataset
+
+    def _precompute_ref_logps(self, dataset: Dataset, name: str, batch_size: int) -> Dataset:
+        """The reference log-probabilities of every row, added as columns on every rank (see the module docstring)."""
+        args, accelerator = self.args, self.accelerator  # type: ignore[attr-defined]
+        started = time.monotonic()
+        loader = accelerator.prepare(DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,  # type: ignore[attr-defined]
+                                                num_workers=args.dataloader_num_workers,
+                                                pin_memory=args.dataloader_pin_memory, shuffle=False))
+        if self.ref_model is None and self.is_deepspeed_enabled:  # type: ignore[attr-defined]
+            from trl.models import prepare_deepspeed  # ZeRO: places (1/2) or gathers (3) the parameters, built once
+
+            if self._precompute_engine is None:  # type: ignore[has-type]
+                self._precompute_engine = prepare_deepspeed(self.model, accelerator)  # type: ignore[attr-defined]
+            model = self._precompute_engine
+        else:
+            model = self.ref_model or self.model  # type: ignore[attr-defined]
+        first: list[torch.Tensor] = []
+        second: list[torch.Tensor] = []
+        for batch in loader:
+            a, b = self.compute_ref_log_probs(model, batch)  # type: ignore[attr-defined]
+            if b is None:  # KTO without its KL term
+                first.append(accelerator.gather_for_metrics(a).cpu())
+            else:  # in dataset order: the gathered micro-batches of consecutive ranks, the last one's padding dropped
+                a, b = accelerator.gather_for_metrics((a, b))
+                first.append(a.cpu())
+                second.append(b.cpu())
+        values = [torch.cat(first)] + ([torch.cat(second)] if second else [])
+        if len(values[0]) != len(dataset):
+            raise RuntimeError(f"reference log-probabilities of the {name} rows: {len(values[0])} for {len(dataset)} rows")
+        for column, value in zip(self.reference_columns, values, strict=False):
+            dataset = dataset.add_column(column, value.float().numpy())
+        say.say(f"reference log-probabilities of the {len(dataset)} {name} rows precomputed in "
+                f"{time.monotonic() - started:.1f}s (preference.precompute_reference)", main_only=True)
         return dataset
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
@@ -98,6 +142,7 @@ class DpoTrainer(PreferenceParts, MeteredTrainer, DPOTrainer):
 
 class KtoTrainer(PreferenceParts, MeteredTrainer, KTOTrainer):
     columns = UNPAIRED
+    reference_columns = ("ref_logps", "ref_KL_logps")
 
     def _prepare_dataset(self, dataset: Dataset, processing_class: Any, args: Any, dataset_name: str) -> Dataset:
         """TRL's KL completions: each row's completion paired with the previous row's prompt, within each batch of
