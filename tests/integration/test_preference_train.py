@@ -99,6 +99,9 @@ def test_each_objective_learns_the_preference(tmp_path: Path, monkeypatch: pytes
     early, late = early_late(margins)
     assert late > early and late > 0, (objective, arch, margins)
     assert f"trained {STEPS} steps of {objective}" in printed
+    mfu = history(out, "mfu")  # every log step: the rows each step runs (trl_adapter `step_rows`)
+    assert len(mfu) == STEPS and all(0 < m < 1 for m in mfu), mfu
+    assert f"trained tokens/s, MFU {history(out, 'train_mfu')[0]:.1%}" in printed
     adapter = out / "adapter"
     assert not (adapter / "ref").exists()  # TRL's reference copy is rebuilt at every start, never saved
     weights = load_file(adapter / "adapter_model.safetensors")

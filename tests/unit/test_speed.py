@@ -78,13 +78,32 @@ def test_mfu_is_the_windows_model_flops_over_time_and_peak() -> None:
         counts = speed.take(torch.device("cpu")).tolist()
         labels, tokens, full, sliding = (2 * c for c in naive(rows, (None, 4)))
         assert speed.kinds == (4, None)  # the layers' windows, in layer order
-        assert counts == [labels, tokens, sliding, full]
+        assert counts == [labels, tokens, sliding, full, 0, 0, 0, 0]  # then the forward-only rows': none
         done = cost.train_flops(tokens, labels if labelled_head else tokens, {None: full, 4: sliding})
         rates = speed.window(counts, 0.5, world_size=2)
         assert rates["mfu"] == pytest.approx(done / 0.5 / 2 / 2e9)
         assert rates["model_tflops"] == pytest.approx(done / 0.5 / 2 / 1e12)
         assert speed.summary(2) == pytest.approx({"tokens_per_second": labels / 0.5, "mfu": rates["mfu"]})
-        assert speed.take(torch.device("cpu")).tolist() == [0, 0, 0, 0]  # taken: the next window starts empty
+        assert speed.take(torch.device("cpu")).tolist() == [0] * 8  # taken: the next window starts empty
+
+
+def test_rows_run_forward_only_cost_a_third_of_trained_ones() -> None:
+    """A preference step's reference forward (or KTO's KL rows): no backward, so FORWARD / TRAIN of the FLOPs."""
+    cost = flops.from_config({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "vocab_size": 300,
+                              "num_hidden_layers": 2, "num_attention_heads": 4})
+    rows = [[(6, 2)], [(4, 3)]]
+    batch = Collator(TOKENIZER, packing=False)([sample(n, lab) for (n, lab), in rows])
+    labels, tokens, keys = naive(rows, (None,))
+    for labelled_head in (True, False):
+        speed = Speed(cost, Peak(1e12, "test"), labelled_head, PAD)
+        speed.add(batch)
+        speed.add(batch, forward_only=True)
+        counts = speed.take(torch.device("cpu")).tolist()
+        assert counts == [labels, tokens, keys] * 2
+        one = cost.train_flops(tokens, labels if labelled_head else tokens, {None: keys})
+        rates = speed.window(counts, 1.0, world_size=1)
+        assert rates["model_tflops"] * 1e12 == pytest.approx(one + one * flops.FORWARD / flops.TRAIN, rel=1e-9)
+        assert speed.summary(1)["tokens_per_second"] == labels  # trained tokens: the forward-only rows are not
 
 
 def test_a_cpu_peak_that_training_exceeds_is_measured_again() -> None:
@@ -93,11 +112,11 @@ def test_a_cpu_peak_that_training_exceeds_is_measured_again() -> None:
     measured, said = iter([(3e9, "again"), (1e9, "lower")]), []
     speed = Speed(cost, Peak(1e9, "at start-up", lambda: next(measured)), True, PAD, said.append)
     done = cost.train_flops(100, 50, {None: 5050})
-    first = speed.window([50, 100, 5050], done / 2e9, world_size=1)  # 2 GFLOP/s: above the 1 measured at start-up
+    first = speed.window([50, 100, 5050, 0, 0, 0], done / 2e9, world_size=1)  # 2 GFLOP/s: above the 1 measured at start-up
     assert first["peak_flops"] == 3e9 and first["mfu"] == pytest.approx(2 / 3) and "measured again" in said[0]
-    second = speed.window([50, 100, 5050], done / 4e9, world_size=1)  # above again: the lower measurement is not kept
+    second = speed.window([50, 100, 5050, 0, 0, 0], done / 4e9, world_size=1)  # above again: the lower measurement is not kept
     assert second["peak_flops"] == 3e9 and second["mfu"] == pytest.approx(4 / 3)
-    assert "peak_flops" not in speed.window([50, 100, 5050], done / 1e9, world_size=1)  # below: nothing measured
+    assert "peak_flops" not in speed.window([50, 100, 5050, 0, 0, 0], done / 1e9, world_size=1)  # below: nothing measured
     assert speed.summary(1)["mfu"] == pytest.approx(3 * done / (done / 2e9 + done / 4e9 + done / 1e9) / 3e9)
 
 

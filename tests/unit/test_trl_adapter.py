@@ -20,6 +20,7 @@ from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: E402
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from tests.models import tiny_model  # noqa: E402
+from trainer.tracking.log_lines import trained_tokens  # noqa: E402
 from trainer.train import trl_adapter  # noqa: E402
 from trainer.train.resume import Checkpointer  # noqa: E402
 
@@ -73,6 +74,9 @@ def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(llam
     for name, value in start.items():
         ref = dict(unwrapped.named_parameters())[name.replace(".default.", f".{trl_adapter.REF_ADAPTER}.")]
         assert torch.equal(ref, value) and not ref.requires_grad
+    # MFU's rows of a step (trainer/tracking/speed.py): the pairs trained, then their reference forward
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert [forward for _, forward in trainer.step_rows(batch)] == [False, True]
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "adapter" / trl_adapter.REF_ADAPTER).exists()
@@ -109,6 +113,11 @@ def test_precomputed_reference_values_equal_trls_and_no_cache_file_is_written(ll
     theirs = base._precompute_ref_logps(trainer, dataset, "train", 2)
     for column in trainer.reference_columns:
         assert torch.allclose(torch.tensor(ours[column]), torch.tensor(theirs[column]), rtol=1e-6, atol=1e-6), column
+    # MFU's rows of a step: no reference forward any more; KTO's KL rows still run forward
+    batch = trainer.data_collator([ours[i] for i in range(2)])
+    parts = list(trainer.step_rows(batch))
+    assert [forward for _, forward in parts] == ([False] if objective == "dpo" else [False, True])
+    assert int((parts[0][0]["labels"] != -100).sum()) == int(trained_tokens(batch)) > 0
 
 
 def test_orpo_columns_equal_trls_own_tokenization(llama, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 `Speed` counts, as each micro-batch trains, what its model FLOPs depend on: label positions (the trained tokens),
 real tokens (not padding) and, per attention window of the model, the keys those tokens attend (a token at position
-p of its sample attends p + 1 keys: packed samples never see each other). At each log step `MeteredTrainer`
+p of its sample attends p + 1 keys: packed samples never see each other). Rows a step runs forward only, under
+no_grad (a preference objective's reference forward and KTO's KL rows: trainer/train/trl_adapter.py), are counted
+apart and cost FORWARD / TRAIN (a third) of a trained row's FLOPs. At each log step `MeteredTrainer`
 (trainer/tracking/tracker.py) sums the counts over ranks and asks `window` for the rates; the FLOPs come from
 trainer/spec/flops.py, the formula `launch` shares (its convention is printed at start-up and in
 docs/performance.md).
@@ -35,6 +37,7 @@ from trainer import say as out
 from trainer.data.collator import pad_id_of
 from trainer.data.render import IGNORE
 from trainer.spec import flops
+from trainer.spec.flops import FORWARD, TRAIN
 from trainer.spec.gpus import board
 from trainer.spec.job import JobSpec
 
@@ -138,8 +141,10 @@ class Speed(TrainerCallback):
 
     @classmethod
     def for_run(cls, model: Any, spec: JobSpec, device: torch.device, tokenizer: Any, say: Callable[[str], None],
-                tracker: Any) -> Speed:
-        """The meter for this model and spec; what it counts against said once, and logged (`tracker.log_metrics`)."""
+                tracker: Any, labelled_head: bool | None = None) -> Speed:
+        """The meter for this model and spec; what it counts against said once, and logged (`tracker.log_metrics`).
+        `labelled_head`: whether the LM head runs at label positions only (default: any `training.loss` but full,
+        trainer/train/head.py; a preference trainer says for itself)."""
         config = model.config.to_dict()
         text = config.get("text_config") or config
         try:
@@ -153,7 +158,9 @@ class Speed(TrainerCallback):
         peak = device_peak(device, spec.model.dtype, int(text.get("hidden_size") or 1024))
         if cost is not None and peak.flops is None:
             unknown = f"MFU not reported: {peak.source}"
-        speed = cls(cost, peak, spec.training.loss != "full", pad_id_of(tokenizer), say)  # trainer/train/head.py
+        if labelled_head is None:
+            labelled_head = spec.training.loss != "full"
+        speed = cls(cost, peak, labelled_head, pad_id_of(tokenizer), say)
         say(unknown or speed.describe(spec.data.max_seq_len))
         tracker.log_metrics(speed.constants(spec.data.max_seq_len), step=0)
         return speed
@@ -167,14 +174,18 @@ class Speed(TrainerCallback):
                 f"({flops.CONVENTION})")
 
     # -- counting, on every rank ---------------------------------------------------------
-    def add(self, inputs: dict[str, Any]) -> None:
+    def add(self, inputs: dict[str, Any], forward_only: bool = False) -> None:
+        """One micro-batch's rows (`input_ids`, `labels`, `attention_mask` or `position_ids`): trained (forward and
+        backward), or run `forward_only` (under no_grad)."""
         counts = batch_counts(inputs, self.pad_id, self.kinds)
-        self._pending = counts if self._pending is None else self._pending + counts
+        both = torch.cat([torch.zeros_like(counts), counts] if forward_only else [counts, torch.zeros_like(counts)])
+        self._pending = both if self._pending is None else self._pending + both
 
     def take(self, device: torch.device) -> torch.Tensor:
-        """The counts since the last call (zeros when none), to sum over ranks."""
+        """The counts since the last call (zeros when none), to sum over ranks: the trained rows', then the
+        forward-only rows'."""
         pending, self._pending = self._pending, None
-        return pending.to(device) if pending is not None else torch.zeros(2 + len(self.kinds), dtype=torch.long,
+        return pending.to(device) if pending is not None else torch.zeros(2 * (2 + len(self.kinds)), dtype=torch.long,
                                                                           device=device)
 
     def take_paused(self) -> float:
@@ -182,13 +193,20 @@ class Speed(TrainerCallback):
         return paused
 
     def window(self, counts: list[int], seconds: float, world_size: int) -> dict[str, float]:
-        """Rates of one log step's counts (summed over ranks) in `seconds`; adds them to the run's totals."""
-        trained, real, *keys = counts
+        """Rates of one log step's counts (summed over ranks, as `take` lays them out) in `seconds`; adds them to the
+        run's totals."""
+        half = len(counts) // 2
+        trained, real, *keys = counts[:half]
+        ahead, ahead_real, *ahead_keys = counts[half:]  # forward-only rows: their labels are where the head runs
         self.tokens += trained
         self.seconds += seconds
         if self.cost is None:
             return {}
         done = self.cost.train_flops(real, trained if self.labelled_head else real, dict(zip(self.kinds, keys, strict=True)))
+        if ahead_real:
+            forward = self.cost.train_flops(ahead_real, ahead if self.labelled_head else ahead_real,
+                                            dict(zip(self.kinds, ahead_keys, strict=True)))
+            done += forward * FORWARD // TRAIN
         self.flops += done
         rate = done / seconds / world_size  # per device
         out = {"model_tflops": rate / 1e12}

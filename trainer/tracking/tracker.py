@@ -246,8 +246,13 @@ class MeteredTrainer(Trainer):
         n = trained_tokens(inputs)
         self._pending = n if self._pending is None else self._pending + n
         if self.speed is not None:
-            self.speed.add(inputs)
+            self.meter(inputs)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def meter(self, inputs: dict[str, Any]) -> None:
+        """The micro-batch's rows for the FLOPs count (a preference trainer lays its batches out otherwise)."""
+        assert self.speed is not None
+        self.speed.add(inputs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._pending is not None and self._since is not None:

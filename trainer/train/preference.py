@@ -21,6 +21,7 @@ from trainer.spec.io import flatten
 from trainer.tracking import samples as sampling
 from trainer.tracking.log_lines import ProgressPrinter
 from trainer.tracking.progress_callback import ProgressCallback
+from trainer.tracking.speed import Speed
 from trainer.tracking.tracker import MlflowCallback, Tracker
 from trainer.train import checkpoint, resume
 from trainer.train.loop import FineTune
@@ -64,9 +65,11 @@ class PreferenceTune(FineTune):
         callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
         if self.main:
             callbacks.append(ProgressCallback())
-        trainer = TRAINERS[spec.training.objective](
-            model=self.model, args=self.args, train_dataset=self.train_rows, eval_dataset=self.eval_rows,
-            processing_class=self.tokenizer, callbacks=callbacks, checkpointer=checkpointer)
+        cls = TRAINERS[spec.training.objective]
+        speed = Speed.for_run(self.model, spec, self.args.device, self.tokenizer, self.say, tracker,
+                              labelled_head=cls.labelled_head)  # tokens/s, MFU: the rows each step runs (trl_adapter)
+        trainer = cls(model=self.model, args=self.args, train_dataset=self.train_rows, eval_dataset=self.eval_rows,
+                      processing_class=self.tokenizer, callbacks=callbacks, checkpointer=checkpointer, speed=speed)
         trainer.remove_callback(PrinterCallback)
         if self.resume is not None and self.resume.step >= trainer.args.max_steps > 0:
             raise resume.ResumeError(
@@ -80,7 +83,7 @@ class PreferenceTune(FineTune):
         if seconds is None:
             return
         self.say(f"trained {self.trainer.state.global_step} steps of {self.spec.training.objective} in "
-                 f"{seconds:.1f}s")
+                 f"{seconds:.1f}s: {self.trainer.speed.summary_text(self.args.world_size)}")
         if self.eval_rows is not None:
             metrics = self.trainer.evaluate()
             self.say(f"eval loss {metrics['eval_loss']:.4f}" + "".join(

@@ -16,8 +16,10 @@ place, and in tests/unit/test_trl_adapter.py (which checks the signatures these 
   ZeRO) and each rank adds the gathered values to its dataset in memory.
 
 `PreferenceParts` (first in the MRO, before MeteredTrainer and the TRL trainer) adds what `ResumableTrainer` gives SFT:
-checkpoints published to `output.uri` (trainer/train/resume.py `PublishCheckpoint`), the rows and tokens trained; and
-it keeps the adapter's dtype, which TRL would cast to bfloat16 on a quantized (QLoRA) base.
+checkpoints published to `output.uri` (trainer/train/resume.py `PublishCheckpoint`), the rows and tokens trained, and
+the rows each step runs for the model FLOPs and MFU (`meter`, trainer/tracking/speed.py: the trained rows, and the
+forward-only ones: the reference forward unless precomputed, KTO's KL rows; as TRL 1.16's `_compute_loss` runs them);
+and it keeps the adapter's dtype, which TRL would cast to bfloat16 on a quantized (QLoRA) base.
 TRL's trainers keep a frozen copy of the starting adapter named `ref` as the reference model; it is rebuilt at every
 start from the adapter as it starts (a resumed job then loads the checkpoint into the trained one), so the saved
 adapter folders leave it out.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ class PreferenceParts:
 
     columns: tuple[str, ...] = PAIRED
     reference_columns: tuple[str, str] = ("ref_chosen_logps", "ref_rejected_logps")  # TRL's names for the collator
+    labelled_head = True  # DPO and KTO: TRL's fused LM head, at the positions with a label only
 
     def __init__(self, *args: Any, checkpointer: Checkpointer, **kwargs: Any):
         self.rows_seen = 0  # rows (pairs, or KTO rows) this rank trained in this attempt
@@ -107,6 +111,17 @@ class PreferenceParts:
                 f"{time.monotonic() - started:.1f}s (preference.precompute_reference)", main_only=True)
         return dataset
 
+    def meter(self, inputs: dict[str, Any]) -> None:
+        for rows, forward_only in self.step_rows(inputs):
+            self.speed.add(rows, forward_only)  # type: ignore[attr-defined]
+
+    def step_rows(self, inputs: dict[str, Any]) -> Iterator[tuple[dict[str, torch.Tensor], bool]]:
+        """DPO's: the chosen and rejected rows trained, then (unless precomputed) their reference forward."""
+        rows = completion_rows(inputs)
+        yield rows, False
+        if "ref_chosen_logps" not in inputs:
+            yield rows, True
+
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         self.rows_seen += rows_in(inputs)
         return super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
@@ -127,6 +142,14 @@ class PreferenceParts:
             shutil.rmtree(Path(output_dir or self.args.output_dir) / REF_ADAPTER, ignore_errors=True)  # type: ignore[attr-defined]
 
 
+def completion_rows(inputs: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """TRL's padded rows (`input_ids`, `attention_mask`, `completion_mask`) as the FLOPs count reads them: labels
+    where the completion is."""
+    ids = inputs[f"{prefix}input_ids"]
+    return {"input_ids": ids, "attention_mask": inputs[f"{prefix}attention_mask"],
+            "labels": ids.masked_fill(inputs[f"{prefix}completion_mask"] == 0, IGNORE)}
+
+
 def rows_in(inputs: dict[str, Any]) -> int:
     """Rows of a collated batch: DPO's stacks chosen then rejected (2 per pair); KTO's and ORPO's have one per row."""
     if "chosen_input_ids" in inputs:  # ORPO
@@ -144,6 +167,17 @@ class KtoTrainer(PreferenceParts, MeteredTrainer, KTOTrainer):
     columns = UNPAIRED
     reference_columns = ("ref_logps", "ref_KL_logps")
 
+    def step_rows(self, inputs: dict[str, Any]) -> Iterator[tuple[dict[str, torch.Tensor], bool]]:
+        """The rows trained, the KL rows forward (no grad), then (unless precomputed) the reference forward of both."""
+        rows = completion_rows(inputs)
+        kl = [completion_rows(inputs, "KL_")] if "KL_input_ids" in inputs else []
+        yield rows, False
+        for extra in kl:
+            yield extra, True
+        if "ref_logps" not in inputs:
+            for again in [rows, *kl]:
+                yield again, True
+
     def _prepare_dataset(self, dataset: Dataset, processing_class: Any, args: Any, dataset_name: str) -> Dataset:
         """TRL's KL completions: each row's completion paired with the previous row's prompt, within each batch of
         `per_device_train_batch_size` rows in dataset order (KTO samples sequentially)."""
@@ -160,6 +194,13 @@ class KtoTrainer(PreferenceParts, MeteredTrainer, KTOTrainer):
 
 class OrpoTrainer(PreferenceParts, MeteredTrainer, ORPOTrainer):
     columns = PAIRED
+    labelled_head = False  # ORPO's trainer takes the model's own logits, at every position
+
+    def step_rows(self, inputs: dict[str, Any]) -> Iterator[tuple[dict[str, torch.Tensor], bool]]:
+        """The chosen and the rejected rows, trained; no reference."""
+        for side in ("chosen", "rejected"):
+            yield {"input_ids": inputs[f"{side}_input_ids"], "attention_mask": inputs[f"{side}_attention_mask"],
+                   "labels": inputs[f"{side}_labels"]}, False
 
     def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, list[int]]:
         """ORPO's columns from our ids: prompt, then each answer's input ids, attention mask and labels (the prompt
