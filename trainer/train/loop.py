@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import PrinterCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 
 from trainer import ranks, storage
 from trainer import say as out
@@ -166,18 +166,8 @@ class FineTune(Restarts, Samples, Finish):
         assert left is not None  # None only with training.max_steps
         return (self.resume.step if self.resume else 0) + left
 
-    def _checkpoint_extra(self) -> dict:
-        """What rank 0 adds to each checkpoint besides the Trainer's files and the data position."""
-        assert self.tracker is not None
-        resumes = list(self.resume.state.get("resumes", [])) if self.resume else []
-        if self.resume is not None:
-            resumes.append({"step": self.resume.step, "world_size_before": self.resume.entry.world_size,
-                            "world_size": self.args.world_size})
-        return {"run_id": self.tracker.run_id, "samples_before": [s.answers.get("before") for s in self.samples],
-                "unsent_metrics": self.tracker.unsent(), "resumes": resumes}
-
-    def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
-        """The Trainer over this rank's stream, with the callbacks that track, print, stop and check packing."""
+    def _job_parts(self, tracker: Tracker) -> tuple[resume.Checkpointer, list[TrainerCallback]]:
+        """What every objective's Trainer gets: the checkpointer, and the callbacks that track, print and stop."""
         spec = self.spec
         checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
                                            self._checkpoint_extra, self.say)
@@ -185,6 +175,12 @@ class FineTune(Restarts, Samples, Finish):
         callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
         if self.main:  # live progress without MLflow: a file, or the Job's annotation (trainer/tracking/progress.py)
             callbacks.append(ProgressCallback())
+        return checkpointer, callbacks
+
+    def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
+        """The Trainer over this rank's stream, with the callbacks that track, print, stop and check packing."""
+        spec = self.spec
+        checkpointer, callbacks = self._job_parts(tracker)
         packing_check = None
         if spec.data.packing or spec.training.padding_free:  # samples share rows: checked before step 1, on the
             # model as the strategy wrapped it (trainer/model/isolation.py)

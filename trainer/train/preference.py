@@ -17,12 +17,9 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from trainer.data.preference import build_preference
-from trainer.spec.io import flatten
 from trainer.tracking import samples as sampling
-from trainer.tracking.log_lines import ProgressPrinter
-from trainer.tracking.progress_callback import ProgressCallback
 from trainer.tracking.speed import Speed
-from trainer.tracking.tracker import MlflowCallback, Tracker
+from trainer.tracking.tracker import Tracker
 from trainer.train import checkpoint, resume
 from trainer.train.loop import FineTune
 from trainer.train.trl_adapter import TRAINERS
@@ -59,12 +56,7 @@ class PreferenceTune(FineTune):
 
     def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
         spec = self.spec
-        checkpointer = resume.Checkpointer(self.output, self.name, flatten(spec), spec.training.keep_checkpoints,
-                                           self._checkpoint_extra, self.say)
-        self.stop = resume.StopOnSignal(self.signals)
-        callbacks = [MlflowCallback(tracker), ProgressPrinter(), self.stop]
-        if self.main:
-            callbacks.append(ProgressCallback())
+        checkpointer, callbacks = self._job_parts(tracker)
         cls = TRAINERS[spec.training.objective]
         speed = Speed.for_run(self.model, spec, self.args.device, self.tokenizer, self.say, tracker,
                               labelled_head=cls.labelled_head)  # tokens/s, MFU: the rows each step runs (trl_adapter)

@@ -13,7 +13,8 @@ from trainer.train import checkpoint, preemption, resume
 
 
 class Restarts:
-    """`FineTune`'s start-up steps; they use its `spec`, `output`, `name`, `main`, `args`, `work` and `say`."""
+    """`FineTune`'s start-up steps, and what its checkpoints record of them; they use its `spec`, `output`, `name`,
+    `main`, `args`, `work`, `say`, and (`_checkpoint_extra`) `tracker`, `resume` and `samples`."""
 
     def _count_start(self) -> None:
         """Rank 0 records this start (trainer/train/checkpoint.py); past `resources.max_restarts` restarts every rank stops
@@ -50,3 +51,13 @@ class Restarts:
         self.resume = resume.Resume(chosen, entry, local, state)
         self.say(f"resuming job {self.name} from {entry.name} ({entry.world_size} rank(s) then, {world} now), "
                  f"MLflow run {state.get('run_id')}")
+
+    def _checkpoint_extra(self) -> dict:
+        """What rank 0 adds to each checkpoint besides the Trainer's files and the data position."""
+        assert self.tracker is not None
+        resumes = list(self.resume.state.get("resumes", [])) if self.resume else []
+        if self.resume is not None:
+            resumes.append({"step": self.resume.step, "world_size_before": self.resume.entry.world_size,
+                            "world_size": self.args.world_size})
+        return {"run_id": self.tracker.run_id, "samples_before": [s.answers.get("before") for s in self.samples],
+                "unsent_metrics": self.tracker.unsent(), "resumes": resumes}
