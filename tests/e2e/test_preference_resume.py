@@ -2,6 +2,10 @@
 resumed run ends with the same adapter weights, step count and trained tokens as a run never stopped, in the same
 MLflow run (the Trainer's own data skip and RNG restore under TRL's DPOTrainer; the frozen reference adapter rebuilt
 from the starting adapter). Dropout on the LoRA path is kept (`preference.dropout: adapter`), so RNG state matters.
+
+2 ranks under ZeRO-3: the distributed sampler's position on each rank, DeepSpeed's sharded checkpoint, and the
+reference adapter rebuilt on every rank before DeepSpeed loads the checkpoint into the module. (The Trainer's own
+checkpoint without DeepSpeed is resumed by tests/e2e/test_resume.py and tests/integration/test_strategies.py.)
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ def test_a_preempted_dpo_run_resumes_to_the_same_weights_as_one_never_stopped(tm
         "adapter": {"r": 4, "alpha": 8, "dropout": 0.1},
         "data": {"train": "data/train.jsonl", "format": "preference", "max_seq_len": 64},
         "training": {"objective": "dpo", "max_steps": steps, "grad_accum": 2, "learning_rate": 2.0e-3,
-                     "per_device_batch_size": 2, "logging_steps": 1},
+                     "per_device_batch_size": 1, "logging_steps": 1, "strategy": "zero3"},
         "preference": {"dropout": "adapter"},
-        "resources": {"gpu": "none"}, "eval": {"num_samples": 0},
+        "resources": {"gpu": "none", "nodes": 2}, "eval": {"num_samples": 0},
     }))
     stop_after = random.randint(2, steps - 3)
     full = finished(spec, ("--set", "output.uri=full"), tmp_path / "full")
