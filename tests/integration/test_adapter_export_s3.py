@@ -8,6 +8,9 @@ after the other with `python -m trainer.export` into a real `mlflow server`:
   and does not upload it again (the object's ETag and LastModified stay; the log says `reused`); the base's
   registered version (its source: the S3 URI) is registered once and named by both adapters.
 
+A consumer of the registry loads dim-b's LoRA version as an MLflow pyfunc model: the base comes from its S3 URI into
+the base cache, and llama.cpp applies the LoRA (tests/integration/test_adapter_export.py `loads_base_and_adapter`).
+
 Then `launch status` / `launch list` of the two jobs as local jobs (records laid out as `launch submit --local`
 writes them, over a copy of the real export outputs) show the base once and each adapter with its gate result.
 """
@@ -24,6 +27,7 @@ import pytest
 import yaml
 
 from tests.integration.servers import mlflow_server, moto_s3, s3_env
+from tests.integration.test_adapter_export import loads_base_and_adapter
 from tests.integration.test_export_pipeline import train_like
 from tests.models import chat_rows, copy_model
 from tests.resources import llama_cpp_dir
@@ -147,6 +151,15 @@ def test_both_modes_in_one_export_and_the_base_shared_on_s3(tmp_path, monkeypatc
             fs.get(f"runs/{name}/", str(outputs / name) + "/", recursive=True)
         loras = {name: next(v.version for v in client.search_model_versions(f"name = '{name}'")
                             if v.tags["kubetune.kind"] == "lora-q8_0") for name in ("dim-a", "dim-b")}
+
+        # a consumer of the registry loads dim-b's LoRA version as an MLflow pyfunc model: its base is fetched from S3
+        for key, value in s3_env(s3).items():
+            monkeypatch.setenv(key, value)
+        s3_base = tmp_path / "s3-base" / bases["q8_0"][0].rsplit("/", 1)[1]
+        s3_base.parent.mkdir()
+        fs.get(bases["q8_0"][0], str(s3_base))
+        loads_base_and_adapter(mlflow, "dim-b", s3_base, outputs / "dim-b" / "export" / "adapters" / "q8_0" /
+                               "dim-b-lora.gguf", tmp_path / "base-cache")
     check_launch_views(monkeypatch, tmp_path, outputs, bases["q8_0"][0], f"{base_name} v1", loras, versions["q8_0"].version)
 
 
