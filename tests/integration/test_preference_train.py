@@ -1,5 +1,6 @@
-"""DPO, ORPO and KTO through the real job (trainer/train/preference.py, TRL's trainers) on tiny Llama and Qwen2
-models with their real tokenizers and chat templates: preference rows in, an adapter + MLflow metrics out.
+"""DPO, ORPO and KTO through the real job (trainer/train/preference.py, TRL's trainers) on tiny Llama, Qwen2, Gemma 3
+and gpt-oss models (the experts' LoRA included) with their real tokenizers and chat templates: preference rows in, an
+adapter + MLflow metrics out.
 
 Each objective must learn the preference of the data (the chosen answers are in a fixed format, the rejected ones
 sloppy): the loss falls, and the reward margin (DPO, ORPO) or the chosen-minus-rejected reward (KTO) rises, as MLflow
@@ -26,6 +27,7 @@ from mlflow import MlflowClient  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from tests.models import COUNTRIES, tiny_model  # noqa: E402
+from trainer.model.arch import EXPERT_PARAMETERS  # noqa: E402
 from trainer.train import loop  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -48,10 +50,13 @@ def preference_rows(n: int, seed: int) -> list[dict[str, Any]]:
 def write_job(folder: Path, objective: str, arch: str, model: dict[str, Any] | None = None, **training: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in preference_rows(24, 0)))
+    adapter: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0}
+    if arch == "gpt_oss":  # the MoE experts too, as seeds 000 and 001 train them
+        adapter["target_parameters"] = list(EXPERT_PARAMETERS["gpt_oss"])
     spec = {
         "name": f"pref-{objective}", "base_model": str(tiny_model(arch)), "model": {"dtype": "float32", **(model or {})},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "data": {"train": "train.jsonl", "format": "preference", "max_seq_len": 64},
+        "adapter": adapter,  # Harmony's system message alone is 75 tokens
+        "data": {"train": "train.jsonl", "format": "preference", "max_seq_len": 128 if arch == "gpt_oss" else 64},
         "training": {"objective": objective, "max_steps": STEPS, "learning_rate": 5.0e-3, "per_device_batch_size": 2,
                      "logging_steps": 1, "warmup_ratio": 0.0, "lr_scheduler": "constant", **training},
         "resources": {"gpu": "none"}, "output": {"uri": "out"}, "eval": {"num_samples": 0},
@@ -82,7 +87,7 @@ def early_late(values: list[float]) -> tuple[float, float]:
     return sum(values[:3]) / 3, sum(values[-3:]) / 3
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt_oss"])
 @pytest.mark.parametrize("objective", ["dpo", "orpo", "kto"])
 def test_each_objective_learns_the_preference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, objective: str,
                                               arch: str) -> None:
@@ -107,6 +112,9 @@ def test_each_objective_learns_the_preference(tmp_path: Path, monkeypatch: pytes
     weights = load_file(adapter / "adapter_model.safetensors")
     assert weights and all(".ref." not in k for k in weights)
     assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if "lora_B" in k)  # trained: B left zero
+    if arch == "gpt_oss":  # the experts' LoRA trained too
+        assert any(float(w.abs().sum()) > 0 for k, w in weights.items() if ".experts." in k and "lora_B" in k), \
+            sorted(weights)
 
 
 def test_dpo_on_a_4bit_base_trains_a_float32_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

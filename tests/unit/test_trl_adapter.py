@@ -18,8 +18,10 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer, KTOTrainer  # noqa: E402
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
+from trl.trainer.utils import use_adapter  # noqa: E402
 
 from tests.models import tiny_model  # noqa: E402
+from trainer.model.arch import EXPERT_PARAMETERS  # noqa: E402
 from trainer.tracking.log_lines import trained_tokens  # noqa: E402
 from trainer.train import trl_adapter  # noqa: E402
 from trainer.train.resume import Checkpointer  # noqa: E402
@@ -53,21 +55,33 @@ def llama() -> tuple[Path, object]:
     return path, AutoTokenizer.from_pretrained(path)
 
 
-def peft_model(path: Path):
+def peft_model(path: Path, target_parameters: list[str] | None = None):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0,
+                                            target_parameters=target_parameters,
                                             init_lora_weights=False))  # B != 0: the copy is visible
 
 
-def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(llama, tmp_path: Path) -> None:
-    path, tokenizer = llama
-    model = peft_model(path)
-    start = {k: v.clone() for k, v in model.named_parameters() if ".default." in k}
-    args = DPOConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=2, max_steps=1, use_cpu=True,
-                     gradient_checkpointing=False, bf16=False, report_to="none", remove_unused_columns=False)
+@pytest.mark.parametrize("arch", ["llama", "gpt_oss"])
+def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(arch: str, tmp_path: Path) -> None:
+    """The reference is the starting adapter, frozen, and it stays so while the adapter trains; on gpt-oss too,
+    whose expert LoRA (`adapter.target_parameters`) wraps 3-D parameters, not Linear layers (TRL before PEFT 0.20
+    silently used the base model as the reference there)."""
+    path = tiny_model(arch)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = peft_model(path, list(EXPERT_PARAMETERS.get(arch, ())) or None)
+    start = {k: v.detach().clone() for k, v in model.named_parameters() if ".default." in k}
+    assert arch != "gpt_oss" or any(".experts." in k for k in start)
+    ids = torch.tensor([rows(tokenizer, end=tokenizer.eos_token)[0]["prompt_ids"]])
+    with torch.no_grad():
+        start_logits = model(input_ids=ids).logits
+    args = DPOConfig(output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=2, max_steps=2, use_cpu=True,
+                     gradient_checkpointing=False, bf16=False, report_to="none", remove_unused_columns=False,
+                     learning_rate=1e-2, save_strategy="no")
     checkpointer = Checkpointer(str(tmp_path / "out"), "t", {}, 1, dict, lambda _: None)
-    trainer = trl_adapter.DpoTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows(tokenizer)),
+    trainer = trl_adapter.DpoTrainer(model=model, args=args,
+                                     train_dataset=Dataset.from_list(rows(tokenizer, end=tokenizer.eos_token)),
                                      processing_class=tokenizer, checkpointer=checkpointer)
     unwrapped = trainer.accelerator.unwrap_model(trainer.model)
     assert trl_adapter.REF_ADAPTER in unwrapped.peft_config
@@ -77,6 +91,14 @@ def test_dpo_keeps_a_frozen_copy_of_the_starting_adapter_and_never_saves_it(llam
     # MFU's rows of a step (trainer/tracking/speed.py): the pairs trained, then their reference forward
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
     assert [forward for _, forward in trainer.step_rows(batch)] == [False, True]
+    trainer.train()  # the adapter moves (experts included); the reference forward is still the starting model's
+    trained = dict(unwrapped.named_parameters())
+    moved = {k for k, v in start.items() if not torch.equal(trained[k], v)}
+    assert {k for k in start if "lora_B" in k} <= moved, sorted(set(start) - moved)
+    with torch.no_grad(), use_adapter(unwrapped, trl_adapter.REF_ADAPTER):
+        assert torch.equal(unwrapped(input_ids=ids).logits, start_logits)
+    with torch.no_grad():
+        assert not torch.allclose(unwrapped(input_ids=ids).logits, start_logits, atol=1e-4)
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     assert not (tmp_path / "adapter" / trl_adapter.REF_ADAPTER).exists()
