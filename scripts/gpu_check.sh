@@ -7,8 +7,9 @@
 #   scripts/gpu_check.sh --cpu --tiny    # the same flow on CPU with a tiny model (checks the script itself)
 #   scripts/gpu_check.sh --speed         # throughput instead: our trainer, bf16, plain and with each GPU option,
 #                                        # one line each (scripts/gpu_speed.py; --cpu --tiny: on CPU, in the suite)
-#   scripts/gpu_check.sh --wheels DIR ...  # first install the wheels in DIR (a machine without network, see
-#                                        # docs/performance.md) into WORKDIR/site, put first on PYTHONPATH
+#   scripts/gpu_check.sh --wheels DIR ...  # first install the wheels in DIR (a machine without network: fetched
+#                                        # beforehand by scripts/gpu_wheels.py, see docs/performance.md) into
+#                                        # WORKDIR/site, put first on PYTHONPATH
 #
 # For each strategy, one process on one GPU (world size 1), started as a pod starts the trainer
 # (python -m trainer.train.supervise accelerate launch --config_file <trainer.spec.strategy's config> -m trainer.train),
@@ -64,7 +65,7 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS=$2; shift ;;
     --wheels) WHEELS=$2; shift ;;
     --warmup|--batch|--seq|--tokenizer|--save-tokenizer) [ "$SPEED" = 1 ] || { echo "gpu_check: $1 needs --speed" >&2; exit 2; }; shift ;;
-    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -86,6 +87,8 @@ if [ -n "$WHEELS" ]; then  # our pinned packages, carried as wheels to a machine
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1
+# every package the trainer needs is here, at versions that fit each other (else: which wheel to carry), in seconds
+"$PY" "$ROOT/scripts/gpu_wheels.py" check || exit 2
 # accelerate, torchrun and deepspeed are found next to the interpreter
 PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$PATH"
 export PATH
