@@ -4,6 +4,7 @@
     python scripts/gpu_speed.py --cpu --tiny          # the same flow on CPU, a tiny model, 3 steps (the suite runs it)
     python scripts/gpu_speed.py --save-tokenizer DIR  # here, before a machine without `make setup`'s resources
     python scripts/gpu_speed.py --tokenizer DIR       # there
+    python scripts/gpu_speed.py --plan h200 --batch 8 # anywhere: only what `launch plan` predicts for each row
 
 Each configuration is one job spec written here and started as a pod starts the trainer, through the supervisor:
 `python -m trainer.train.supervise python scripts/gpu_speed.py --child -- --spec job.yaml`, where `--child` runs
@@ -13,7 +14,9 @@ config, random weights, Qwen2's real tokenizer (tests/resources.py); the data: c
 
 One line per configuration: median and mean step time (the wall time between consecutive step log lines, after
 `--warmup` steps), trained tokens/s and MFU as the trainer logs them per step (trainer/tracking/speed.py; MFU
-against the GPU catalog's bf16 peak, trainer/spec/gpus.py), peak memory, the last loss. A configuration whose
+against the GPU catalog's bf16 peak, trainer/spec/gpus.py), peak memory, the last loss, and beside them what
+`launch plan` predicts for the same spec (launcher/plan: the total per device, the part of it that
+`torch.cuda.max_memory_allocated` counts, the logits + loss term). A configuration whose
 package or GPU is missing prints `skipped (why)`; a failed run prints its exit code and the file and line of the
 innermost frame of its traceback (the log stays in the work folder).
 """
@@ -161,7 +164,20 @@ def run(config: Config, args: argparse.Namespace, model: Path, data: Path, index
         code = proc.wait()
     if code != 0:
         return f"FAILED (exit {code}{where(folder / 'train.log')}; log {folder / 'train.log'})"
-    return summary(steps, peak_file, args.warmup, time.perf_counter() - started)
+    return f"{summary(steps, peak_file, args.warmup, time.perf_counter() - started)}; {predicted(folder / 'job.yaml')}"
+
+
+def predicted(spec_path: Path) -> str:
+    """What `launch plan` predicts for the same job spec: its total per device, and that total less the CUDA context
+    and allocator slack (what `torch.cuda.max_memory_allocated` measures), and its logits + loss term."""
+    from launcher.plan import report, source
+    from trainer.spec.io import load_specs
+
+    (spec,) = load_specs(spec_path, [])
+    parts = report.make(spec, source.architecture(spec, spec_path.parent)).estimate.parts
+    total, overhead = sum(parts.values()), parts.get("CUDA + allocator", 0)
+    return (f"plan {total / 2**30:.2f} GiB ({(total - overhead) / 2**30:.2f} GiB allocated, logits + loss "
+            f"{parts.get('logits + loss', 0) / 2**30:.2f} GiB)")
 
 
 def where(log: Path) -> str:
@@ -223,11 +239,36 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokenizer", type=Path, help="a saved tokenizer folder (from --save-tokenizer)")
     p.add_argument("--save-tokenizer", type=Path, help="save Qwen2's real tokenizer (tests/resources.py) and exit")
     p.add_argument("--timeout", type=int, default=300, help="seconds per configuration")
+    p.add_argument("--plan", metavar="GPU", help="print only what `launch plan` predicts for each configuration on "
+                   "this catalog GPU (e.g. h200), without running anything")
     args = p.parse_args(argv)
     for name, tiny, full in (("steps", 3, 30), ("batch", 2, 4), ("seq", 256, 2048), ("warmup", 0, 5)):
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else full)
     return args
+
+
+def plan_only(args: argparse.Namespace) -> int:
+    """`--plan GPU`: what `launch plan` predicts for each configuration's spec on that catalog GPU, run nowhere (the
+    model's config.json alone, no weights, no torch)."""
+    import yaml
+    from transformers import Qwen2Config
+
+    if args.tiny or args.cpu:
+        print("gpu_speed: --plan predicts the GPU job (Qwen2.5-1.5B shape, bf16); leave out --tiny and --cpu")
+        return 2
+    folder = args.workdir / "plan"
+    model = folder / "model-qwen2.5-1.5b-config"
+    Qwen2Config(**QWEN_1_5B, vocab_size=151936, bos_token_id=None).save_pretrained(model)
+    print(f"gpu_speed: launch plan's prediction on {args.plan}, batch {args.batch}, max_seq_len {args.seq}, packed, "
+          "completions only, LoRA r16 all-linear, bfloat16 (nothing runs)")
+    for index, config in enumerate(CONFIGS):
+        spec = job_spec(config, args, model, folder / "train.jsonl", folder / "out")
+        spec["resources"]["gpu"] = args.plan
+        path = folder / f"job-{index}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        print(f"{config.name:34} {predicted(path)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer(None).save_pretrained(args.save_tokenizer)
         print(f"gpu_speed: saved Qwen2's tokenizer to {args.save_tokenizer}")
         return 0
+    if args.plan:
+        return plan_only(args)
     import torch
 
     cuda = torch.cuda.is_available() and not args.cpu

@@ -44,7 +44,11 @@ def test_speed_check_dry_run_on_cpu(tmp_path: Path) -> None:
     for name in ("base (sdpa, loss chunked)", "loss full"):
         line = next(x for x in out.splitlines() if x.startswith(name))
         assert re.search(r"3 steps \(2 timed\), step median [\d.]+s mean [\d.]+s, [\d,]+ trained tokens/s, "
-                         r"peak [\d.]+ GiB \(peak RSS\), MFU [\d.]+%, last loss [\d.]+", line), line
+                         r"peak [\d.]+ GiB \(peak RSS\), MFU [\d.]+%, last loss [\d.]+, \d+s in all; "
+                         r"plan [\d.]+ GiB \([\d.]+ GiB allocated, logits \+ loss [\d.]+ GiB\)$", line), line
+    plans = {name: float(re.search(r"logits \+ loss ([\d.]+) GiB", line)[1]) for line in out.splitlines()
+             for name in ("base", "loss full") if line.startswith(name)}
+    assert plans["base"] < plans["loss full"], plans  # the plan counts the chunked loss's smaller term
     for name in ("padding_free + flash_attention_2", "kernels liger + loss liger", "loss cce", "compile",
                  "qlora 4bit"):
         assert f"{name}".ljust(34) + " skipped (needs a CUDA GPU)" in out
@@ -61,3 +65,17 @@ def test_a_failed_run_is_reported_by_file_and_line(tmp_path: Path) -> None:
         "triton.compiler.errors.CompilationError: at 1:2: bad\n")
     assert gpu_speed().where(log) == (": trainer/model/kernels.py:97: triton.compiler.errors.CompilationError: "
                                       "at 1:2: bad")
+
+
+def test_plan_only_predicts_each_row_on_a_gpu_without_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--plan h200`: launch plan's numbers for the H200 job (issue 16: the full logits + loss were 16.2 of 49.8 GiB
+    at batch 4; the chunked loss must cut that term at least 8x)."""
+    assert gpu_speed().main(["--plan", "h200", "--batch", "4", "--workdir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {m[1].strip(): (float(m[2]), float(m[3])) for line in lines
+            if (m := re.match(r"(.{34}) plan ([\d.]+) GiB \([\d.]+ GiB allocated, logits \+ loss ([\d.]+) GiB\)$", line))}
+    assert len(rows) == 7, lines
+    assert rows["loss full"] == (49.8, 16.23), rows
+    assert rows["base (sdpa, loss chunked)"][1] * 8 <= rows["loss full"][1]
+    assert not (tmp_path / "plan" / "model-qwen2.5-1.5b-config" / "model.safetensors").exists()  # config only
+    assert gpu_speed().main(["--plan", "h200", "--tiny", "--workdir", str(tmp_path)]) == 2

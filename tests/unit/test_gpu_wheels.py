@@ -25,6 +25,7 @@ import json, sys, runpy
 import trainer.train.loop, trainer.train.preference, trainer.train.supervise, trainer.train.trl_adapter
 import trainer.tracking.tracker, trainer.model.load, trainer.data.builder, trainer.storage
 import tests.strategy_contract
+import launcher.plan.report, launcher.plan.source  # gpu_speed.py's `predicted`
 runpy.run_path("scripts/gpu_speed.py", run_name="gpu_speed")
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """
