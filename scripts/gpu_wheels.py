@@ -107,7 +107,7 @@ def walk(roots: list[str] | tuple[str, ...], env: dict[str, str]) -> Closure:
     done: set[tuple[str, tuple[str, ...]]] = set()
     while todo:
         text, needed_by, extras = todo.pop()
-        req = Requirement(text) if needed_by else Requirement(text.split("==")[0])
+        req = Requirement(text)
         key = (canonicalize_name(req.name), tuple(sorted(extras)))
         wanted.setdefault(key[0], []).append(req)
         try:
@@ -118,7 +118,7 @@ def walk(roots: list[str] | tuple[str, ...], env: dict[str, str]) -> Closure:
         name = canonicalize_name(dist.metadata["Name"])
         version = dist.version
         if req.specifier and not req.specifier.contains(Version(version).public, prereleases=True):
-            problems.append(f"{name} {version} is installed, but {needed_by} needs {req}")
+            problems.append(f"{name} {version} is installed, but {needed_by or 'kubetune'} needs {req}")
         found[name] = version
         if key in done or MACHINE.match(name):  # the machine's CUDA build brings its own dependencies
             continue
@@ -203,6 +203,10 @@ def fetch(args: argparse.Namespace) -> int:
     options = option_roots(args.with_)
     # an option not installed here (the Triton kernels: GPU only) is carried as its pinned wheel, its needs checked
     leaves = [Requirement(o) for o in options if not installed(o)]
+    unpinned = [str(r) for r in leaves if len(r.specifier) != 1 or next(iter(r.specifier)).operator != "=="]
+    if unpinned:
+        print(f"gpu_wheels: {', '.join(unpinned)}: not installed here and not pinned (run `make setup`)", file=sys.stderr)
+        return 2
     closure = walk([*ROOTS, *(o for o in options if installed(o))], env)
     if closure.problems:  # this environment is the reference: it must hold the whole closure
         print("gpu_wheels: this environment lacks part of the trainer's dependencies (run `make setup`):\n  "
