@@ -122,14 +122,9 @@ if [ "$CHECKPOINTING" = 1 ]; then RUN_ARGS+=(--gradient-checkpointing); fi
 
 echo "gpu_check: python $PY, model $SHAPE ($DTYPE), strategies: $STRATEGIES, $STEPS steps, $JOBS at a time, work in $WORKDIR"
 "$PY" - "$CPU" <<'EOF' || exit 2
-import importlib.util
 import sys
 
-missing = [m for m in ("torch", "transformers", "accelerate", "peft", "mlflow", "yaml", "safetensors")
-           if importlib.util.find_spec(m) is None]
-if missing:
-    sys.exit(f"gpu_check: missing Python packages: {', '.join(missing)}")
-import torch
+import torch  # every package is there (scripts/gpu_wheels.py check, above)
 
 print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"{torch.cuda.device_count()} GPU(s) {[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}")
