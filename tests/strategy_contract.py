@@ -110,23 +110,36 @@ def build_model(out: Path, shape: str = "tiny", dtype: str = "float32", seed: in
     return out
 
 
-def chat_rows(n: int, seed: int) -> list[dict[str, Any]]:
+def chat_rows(n: int, seed: int, system: bool = True) -> list[dict[str, Any]]:
+    """`n` chats; each opens with a system message unless `system` is False (Gemma 3's template refuses one)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         country, capital = rng.choice(COUNTRIES)
         rows.append({"messages": [
-            {"role": "system", "content": "Answer in one sentence."},
+            *([{"role": "system", "content": "Answer in one sentence."}] if system else []),
             {"role": "user", "content": f"What is the capital of {country}?"},
             {"role": "assistant", "content": f"The capital of {country} is {capital}."},
         ]})
     return rows
 
 
-def write_data(folder: Path, n_train: int, n_eval: int) -> None:
+def takes_system_message(model: Path) -> bool:
+    """Whether the model's chat template renders a system message (Gemma 3's raises instead)."""
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(model).apply_chat_template(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], tokenize=False)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError, raised by the template's own raise_exception
+        return False
+    return True
+
+
+def write_data(folder: Path, n_train: int, n_eval: int, system: bool = True) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, n, seed in (("train", n_train, 1), ("eval", n_eval, 2)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(n, seed)))
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat_rows(n, seed, system)))
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -151,6 +164,7 @@ class Plan:
     n_eval: int = 8
     loss: str | None = None  # training.loss (None: the spec's default)
     prefetch: int | None = None  # training.prefetch (None: the spec's default)
+    adapter: dict[str, Any] = field(default_factory=dict)  # more `adapter` fields (e.g. target_parameters)
 
     @property
     def dtype(self) -> str:
@@ -176,7 +190,7 @@ def job_spec(plan: Plan) -> dict[str, Any]:
         "name": f"contract-{plan.strategy}",
         "base_model": str(plan.model),
         "model": {"dtype": plan.dtype},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"} | plan.adapter,
         "data": {"train": "data/train.jsonl", "eval": "data/eval.jsonl", "max_seq_len": plan.max_seq_len},
         "training": {"strategy": strategy, "offload": offload, "max_steps": plan.steps, "save_steps": plan.save_steps,
                      "learning_rate": plan.learning_rate, "per_device_batch_size": plan.batch,
@@ -304,6 +318,7 @@ def eval_losses(plan: Plan, adapter: Path) -> tuple[float, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.data import Collator, build_dataset
+    from trainer.model.isolation import ensure_isolated
     from trainer.spec.job import JobSpec
 
     spec = JobSpec.model_validate(job_spec(plan))
@@ -313,6 +328,8 @@ def eval_losses(plan: Plan, adapter: Path) -> tuple[float, float]:
     base = AutoModelForCausalLM.from_pretrained(plan.model, dtype=getattr(torch, plan.dtype)).to(device)
     model = PeftModel.from_pretrained(base, adapter).eval()
     collate = Collator.for_spec(spec, tok)
+    if spec.data.packing:  # as the trainer does: masks built from the position ids where the model builds none (gpt-oss)
+        ensure_isolated(model, collate, vocab=len(tok), say=lambda line: None)
 
     def loss() -> float:
         total, tokens = 0.0, 0
@@ -379,7 +396,7 @@ def run(plan: Plan) -> Result:
     where = f"{'cpu' if plan.cpu else 'gpu'} x{plan.processes}" + (" (fsdp_on_cpu)" if fsdp_on_cpu(plan) else "")
     result = Result(plan.strategy, where)
     shutil.rmtree(plan.workdir, ignore_errors=True)
-    write_data(plan.workdir / "data", plan.n_train, plan.n_eval)
+    write_data(plan.workdir / "data", plan.n_train, plan.n_eval, takes_system_message(plan.model))
     if plan.strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         result.problems.append("deepspeed is not installed")
         return result
