@@ -181,6 +181,8 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
     template renders the same)."""
     from llama_cpp import Llama
 
+    from trainer.eval.reply import answer_of, generate_tokens
+
     items, source = held_out(spec, base_dir)
     prompts = [tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True) for it in items]
     llm = Llama(model_path=str(path), n_ctx=spec.data.max_seq_len + spec.eval.max_new_tokens, verbose=False,
@@ -190,8 +192,8 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
     try:
         for it, text in zip(items, prompts, strict=True):
             ids = llm.tokenize(text.encode(), add_bos=adds_bos and not text.startswith(bos), special=True)
-            out = llm.create_completion(ids, max_tokens=spec.eval.max_new_tokens, temperature=0.0, top_k=1)
-            it.answer = str(out["choices"][0]["text"]).strip()
+            # as token ids, for the training tokenizer to decode with the special tokens a reasoning reply is split by
+            it.answer = answer_of(tokenizer, generate_tokens(llm, ids, spec.eval.max_new_tokens), text)
     finally:
         llm.close()
     means, counts = score_items(items, list(spec.eval.metrics), context(spec, base_dir))

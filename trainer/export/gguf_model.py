@@ -12,6 +12,13 @@ defaults are the signature's). The chat template and the stop tokens are the GGU
 render every golden conversation as training did and end an answer where training ended it.
 `KUBETUNE_N_CTX` (default 4096) is the context the GGUF is loaded with.
 
+The answer is the reply without its reasoning, as kubetune's evaluation scores it (trainer/eval/reply.py, which
+travels with the model): gpt-oss's `final` channel, the text after a `<think>` block's end. To tell Harmony's
+channels apart the reply is generated as llama-cpp-python's chat completion generates it (the GGUF's Jinja
+template, the same sampling), as tokens, and decoded with its special tokens. A GGUF whose template
+llama-cpp-python knows by name (`chat_format` other than `chat_template.default`) is answered through
+`create_chat_completion` itself. Each chat is evaluated from an empty context: no answer depends on the ones before.
+
 A LoRA GGUF version (`export.mode: adapters`) has the LoRA GGUF as its `lora` artifact and names its shared
 base in the model config (`base_source`: the base version's source URI, `base_file`, `base_sha256`): the base
 is downloaded once into `KUBETUNE_BASE_CACHE` (default `~/.cache/kubetune/bases`, a folder per sha256) with the
@@ -27,6 +34,11 @@ from typing import Any
 
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
+
+try:  # in a registered model: reply.py beside this file (MLflow code_paths, trainer/export/logged_model.py)
+    from reply import generate_tokens, opens_thought, split_reply
+except ImportError:  # imported by kubetune itself
+    from trainer.eval.reply import generate_tokens, opens_thought, split_reply
 
 PARAMS: dict[str, Any] = {"max_tokens": 256, "temperature": 0.0, "top_p": 1.0, "top_k": 40, "seed": 0}
 
@@ -71,16 +83,47 @@ class GgufChat(PythonModel):
             files = {"model_path": context.artifacts["gguf"]}
         self.llm = Llama(**files, n_ctx=int(os.environ.get("KUBETUNE_N_CTX", "4096")),
                          n_threads=max(1, os.cpu_count() or 1), verbose=False)
+        self.formatter = _formatter(self.llm)
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a signature
         p = PARAMS | {k: v for k, v in (params or {}).items() if k in PARAMS and v is not None}
-        answers = []
-        for chat in _chats(model_input):
+        return [self._answer(chat, p) for chat in _chats(model_input)]
+
+    def _answer(self, chat: list[dict[str, str]], p: dict[str, Any]) -> str:
+        if self.formatter is None:
             out = self.llm.create_chat_completion(
                 messages=chat, max_tokens=int(p["max_tokens"]), temperature=float(p["temperature"]),
                 top_p=float(p["top_p"]), top_k=int(p["top_k"]), seed=int(p["seed"]))
-            answers.append((out["choices"][0]["message"]["content"] or "").strip())
-        return answers
+            return split_reply(out["choices"][0]["message"]["content"] or "").answer
+        prompt = self.formatter(messages=chat).prompt
+        tokens = generate_tokens(self.llm, self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True),
+                                 int(p["max_tokens"]), top_k=int(p["top_k"]), top_p=float(p["top_p"]),
+                                 temperature=float(p["temperature"]), seed=int(p["seed"]))
+        return split_reply(self.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace"),
+                           _control_texts(self.llm, tokens), thinking=opens_thought(prompt)).answer
+
+
+def _formatter(llm: Any) -> Any:
+    """The Jinja formatter llama-cpp-python's `create_chat_completion` renders this GGUF's chats with (`Llama`'s own
+    construction: the GGUF's template, its EOS and BOS texts); None where it uses a chat format it knows by name."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    if llm.chat_format != "chat_template.default":
+        return None
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+
+    def text(token: int) -> str:
+        return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8") if token != -1 else ""
+
+    return Jinja2ChatFormatter(template=llm.metadata["tokenizer.chat_template"], eos_token=text(llm.token_eos()),
+                               bos_token=text(llm.token_bos()), stop_token_ids=[llm.token_eos()])
+
+
+def _control_texts(llm: Any, tokens: list[int]) -> list[str]:
+    """The texts of the special tokens among `tokens`: the pieces that decoding without special tokens drops."""
+    return [llm.detokenize([t], special=True).decode("utf-8", errors="replace") for t in set(tokens)
+            if not llm.detokenize([t]) and llm.detokenize([t], special=True)]
 
 
 set_model(GgufChat())

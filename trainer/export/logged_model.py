@@ -2,7 +2,7 @@
 
 The model folder (the LoggedModel's artifacts) holds `MLmodel`, the flavor's code
 (trainer/export/gguf_model.py, "models from code": loading needs mlflow and llama-cpp-python, not
-kubetune), its requirements, an input example, `artifacts/<name>-<type>.gguf` with its Ollama
+kubetune, with trainer/eval/reply.py beside it in `code/`), its requirements, an input example, `artifacts/<name>-<type>.gguf` with its Ollama
 `artifacts/Modelfile` as plain files, and `README.md`, the model card. A LoRA GGUF's folder has the LoRA GGUF
 instead, its shared base in the model config, and no input example (MLflow would load the model to check it). The LoggedModel is created in
 the training run's experiment with that run as its source and the run's params; the run's metrics
@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
 
+from trainer.eval import reply
 from trainer.export import gguf_model
 
 EXAMPLE = {"messages": [{"role": "user", "content": "Hello! Who are you?"}]}  # one chat
@@ -57,7 +58,7 @@ def log_gguf(client: MlflowClient, run_id: str, name: str, gguf: Path, modelfile
     mlflow.set_tracking_uri(client.tracking_uri)  # Model.log and its finalize step use the global URI
     artifacts = {"lora" if base else "gguf": str(gguf)} | ({"modelfile": str(modelfile)} if modelfile is not None else {})
     Model.log(None, mlflow.pyfunc, run_id=run_id, model_id=model.model_id, step=step,
-              python_model=gguf_model.__file__, artifacts=artifacts, signature=signature(),
+              python_model=gguf_model.__file__, code_paths=[reply.__file__], artifacts=artifacts, signature=signature(),
               input_example=None if base else (EXAMPLE, {"max_tokens": 8}), pip_requirements=requirements(),
               model_config=base)
     return Logged(model.model_id, f"models:/{model.model_id}")

@@ -2,7 +2,8 @@
 
 Prompts are `eval.prompts`, or else the first `eval.num_samples` held-out conversations cut at
 their last user turn (train data only when there is no eval data, and the output says so).
-Generation is greedy, `eval.max_new_tokens` long, with the same chat template as training.
+Generation is greedy, `eval.max_new_tokens` long, with the same chat template as training. A reasoning
+model's answer is its reply without the reasoning (trainer/eval/reply.py), and so is the reference.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 
 from trainer.data import conversations
+from trainer.data.reasoning import parts
 from trainer.data.render import ChatRenderer, stop_tokens
+from trainer.eval.reply import answer_of
 from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
@@ -32,11 +35,12 @@ class Sample:
 
 
 def up_to_last_user(conv: list[Message]) -> tuple[list[Message], str | None]:
-    """The conversation up to and including its last user turn, and the answer that followed."""
+    """The conversation up to and including its last user turn, and the answer that followed (without its
+    reasoning: `<think>...</think>` or a `thinking` field)."""
     last = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=None)
     if last is None:
         return [], None
-    nxt = conv[last + 1]["content"] if last + 1 < len(conv) else None
+    nxt = parts(conv[last + 1]).answer if last + 1 < len(conv) else None
     return conv[: last + 1], nxt
 
 
@@ -74,11 +78,15 @@ def prompt_prefix(tokenizer: Any) -> tuple[str | None, list[int]]:
     return renderer.bos, renderer.bos_prefix
 
 
+def prompt_text(tokenizer: Any, messages: list[Message]) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
 def prompt_ids(tokenizer: Any, messages: list[Message], prefix: tuple[str | None, list[int]] | None = None) -> list[int]:
     """A generation prompt's ids exactly as training tokenizes the same turns: the rendered text with the
     same BOS rule, so the model answers from the context it was trained on."""
     bos, added = prefix or prompt_prefix(tokenizer)
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = prompt_text(tokenizer, messages)
     ids = tokenizer(text, add_special_tokens=False).input_ids
     return ids if (bos and text.startswith(bos)) else [*added, *ids]
 
@@ -100,8 +108,7 @@ def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_ne
                 use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=synced_gpus,
                 temperature=None, top_p=None, top_k=None,
             )
-            new = out[0, ids.shape[1]:]
-            s.answers[key] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            s.answers[key] = answer_of(tokenizer, out[0, ids.shape[1]:].tolist(), prompt_text(tokenizer, s.prompt))
     finally:
         model.train(was_training)
 
