@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from trainer.train.preemption import EXIT_PREEMPTED, EXIT_USER_ERROR, peer_lost
-from trainer.train.supervise import exit_code
+from trainer.train.supervise import exit_code, local_ranks
 
 # A "rank": reports its code like trainer.train does, on SIGTERM after a short "checkpoint".
 RANK = textwrap.dedent("""
@@ -29,7 +29,12 @@ RANK = textwrap.dedent("""
     mode = sys.argv[2]
     if mode == "wait":
         time.sleep(60)
-    report(int(mode))
+    if mode.startswith("abort-after-"):  # reports, then dies as gloo's teardown killed ranks: SIGABRT at exit
+        Path(os.environ["KUBETUNE_EXIT_DIR"], "rank-" + os.environ["RANK"]).write_text(mode.removeprefix("abort-after-"))
+        os.abort()
+    if mode == "abort" and os.environ["RANK"] == "1":  # dies before reporting
+        os.abort()
+    report(0 if mode == "abort" else int(mode))
 """)
 # A "launcher" like torchrun under `accelerate launch`: starts two ranks, each in a session of its own
 # (out of reach of a process-group signal), waits, and turns any failure into 1.
@@ -37,7 +42,7 @@ LAUNCHER = textwrap.dedent("""
     import os, subprocess, sys
     procs = [subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2] + str(r), sys.argv[3]],
                               env={**os.environ, "RANK": str(r)}, start_new_session=True) for r in range(2)]
-    sys.exit(1 if any(p.wait() for p in procs) else 0)
+    sys.exit(1 if any([p.wait() for p in procs]) else 0)
 """)
 
 
@@ -45,7 +50,8 @@ def supervise(tmp_path: Path, mode: str) -> subprocess.Popen[bytes]:
     (tmp_path / "rank.py").write_text(RANK)
     (tmp_path / "launcher.py").write_text(LAUNCHER)
     cmd = [sys.executable, "-m", "trainer.train.supervise", sys.executable, str(tmp_path / "launcher.py"),
-           str(tmp_path / "rank.py"), str(tmp_path / "ready-"), mode]
+           str(tmp_path / "rank.py"), str(tmp_path / "ready-"), mode,
+           "--num_machines", "1", "--num_processes", "2"]  # as the chart passes them (the launcher ignores them)
     env = {k: v for k, v in os.environ.items() if k != "KUBETUNE_EXIT_DIR"} | {"TMPDIR": str(tmp_path)}
     return subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[2], start_new_session=True)
 
@@ -65,9 +71,12 @@ def test_sigterm_to_pid_1_stops_every_rank_and_the_pod_exits_75(tmp_path: Path) 
     assert sorted(p.name for p in tmp_path.glob("kubetune-exit-*/rank-*")) == ["rank-0", "rank-1"]
 
 
-@pytest.mark.parametrize(("mode", "code"), [("0", 0), ("2", EXIT_USER_ERROR), ("75", EXIT_PREEMPTED), ("1", 1)])
+@pytest.mark.parametrize(("mode", "code"), [("0", 0), ("2", EXIT_USER_ERROR), ("75", EXIT_PREEMPTED), ("1", 1),
+                                           ("abort-after-0", 0), ("abort-after-75", EXIT_PREEMPTED), ("abort", 1)])
 def test_the_pod_exits_with_the_ranks_own_code(tmp_path: Path, mode: str, code: int) -> None:
-    """accelerate launch reports every failure as 1; the ranks' reports say which it was."""
+    """accelerate launch reports every failure as 1; the ranks' reports say which it was. Ranks that all reported 0
+    and then aborted at exit (gloo's teardown, "terminate called without an active exception") finished the run:
+    the pod succeeds. A rank that aborted without reporting fails it."""
     proc = supervise(tmp_path, mode)
     assert proc.wait(timeout=30) == code
 
@@ -77,6 +86,11 @@ def test_exit_code_rules() -> None:
     assert exit_code(1, [75, 2]) == EXIT_USER_ERROR  # a user error wins: retrying cannot help
     assert exit_code(1, [75, 75]) == EXIT_PREEMPTED
     assert exit_code(1, []) == 1
+    assert exit_code(1, [0, 0], expected=2) == 0  # every rank done: a crash at interpreter exit
+    assert exit_code(-signal.SIGABRT, [0], expected=2) == 128 + signal.SIGABRT  # a rank never reported
+    assert exit_code(1, [0, 0]) == 1  # the rank count unknown
+    assert local_ranks(["accelerate", "launch", "--num_machines", "2", "--num_processes", "8", "-m", "x"]) == 4
+    assert local_ranks(["launch", "--num_processes=4"]) == 4 and local_ranks(["launch", "-m", "x"]) is None
     assert exit_code(-signal.SIGKILL, []) == 128 + signal.SIGKILL
 
 

@@ -285,10 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             out.error(preemption.peer_lost_diagnosis(e, job.rank, job.name))
     finally:
         job.cleanup(ok, None if ok else error)
-        if ok or code == preemption.EXIT_USER_ERROR:
-            preemption.report_exit(code)
         if together:  # not after an error, a lost peer or a failed collective: its barrier could wait forever
             preemption.release_process_group()
+        if ok or code == preemption.EXIT_USER_ERROR:  # last: a 0 says the run and its teardown are done
+            preemption.report_exit(code)
     return code
 
 

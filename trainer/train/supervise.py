@@ -17,7 +17,11 @@ failure policy could not tell a preemption (exit 75) from a crash. What it does 
 - exits with the code the ranks reported in `$KUBETUNE_EXIT_DIR` (a user error, 2, wins over a
   preemption, 75, which wins over a lost peer, 76), else with the command's own code; a pod that got
   SIGTERM and failed otherwise exits 75 too (it was told to stop: a restart resumes), one that did not
-  never does (trainer/train/preemption.py).
+  never does (trainer/train/preemption.py);
+- exits 0 when every rank of the pod reported 0 (the run, its outputs and its process group's teardown done) and
+  the launcher still failed: a process crashed as its interpreter shut down (gloo's or a library's C++ thread,
+  "terminate called without an active exception"). The rank count is accelerate's `--num_processes` over
+  `--num_machines`, as the chart passes them; a rank that never reported keeps the failure.
 """
 
 from __future__ import annotations
@@ -48,9 +52,30 @@ def reported(folder: Path) -> list[int]:
     return codes
 
 
-def exit_code(command_code: int, ranks: list[int], signalled: bool = False) -> int:
-    """The pod's exit code from the command's and the ranks' own; `signalled`: the pod got SIGTERM."""
+def _flag(argv: list[str], flag: str) -> int | None:
+    for i, arg in enumerate(argv):
+        text = arg.split("=", 1)[1] if arg.startswith(flag + "=") else None
+        if arg == flag and i + 1 < len(argv):
+            text = argv[i + 1]
+        if text is not None:
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def local_ranks(argv: list[str]) -> int | None:
+    """How many ranks this pod runs: `accelerate launch`'s --num_processes over --num_machines; None if not given."""
+    processes, machines = _flag(argv, "--num_processes"), _flag(argv, "--num_machines") or 1
+    return processes // machines if processes and processes % machines == 0 else None
+
+
+def exit_code(command_code: int, ranks: list[int], signalled: bool = False, expected: int | None = None) -> int:
+    """The pod's exit code from the command's and the ranks' own; `signalled`: the pod got SIGTERM; `expected`: how
+    many ranks the pod runs (`local_ranks`)."""
     if command_code == 0:
+        return 0
+    if expected and len(ranks) == expected and not any(ranks):
+        say.warn(f"every rank of this pod finished and reported 0, but the launcher exited {command_code}: a process "
+                 "crashed while its interpreter shut down, after the run and its outputs were complete; exiting 0")
         return 0
     if EXIT_USER_ERROR in ranks:
         return EXIT_USER_ERROR
@@ -93,7 +118,7 @@ class Supervisor:
             say.error(f"{self.argv[0]} is not installed in this image")
             return 127
         code = proc.wait()
-        return exit_code(code, reported(folder), self.forwarded)
+        return exit_code(code, reported(folder), self.forwarded, local_ranks(self.argv))
 
 
 def _ignore_sigterm() -> None:
