@@ -8,8 +8,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export KUBETUNE_LLAMA_CPP_DIR ?= $(CURDIR)/.cache/llama.cpp
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
-# `make test`: test files spread over this many worker processes (pytest-xdist), each torch on one thread;
-# TEST_WORKERS=0 runs them in this process, one after another
+# `make test`: test files spread over this many worker processes (pytest-xdist), each torch on one thread,
+# heaviest files first (tests/file_order.py); TEST_WORKERS=0 runs them in this process, one after another
 TEST_WORKERS ?= 2
 
 .PHONY: setup quickstart dpo-quickstart test test-fast lint docs clean
@@ -32,7 +32,7 @@ lint:
 	$(PY) -m trainer.spec.doc --check docs/spec.md
 
 test: setup lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: lint
 	$(PY) -m pytest -m "not slow and not integration and not e2e" $(PYTEST_ARGS)

@@ -11,6 +11,29 @@ ROOT = str(Path(__file__).resolve().parents[1])
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from tests import file_order  # noqa: E402  (importable once ROOT is on the path)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-durations",
+        metavar="PATH",
+        default=None,
+        help="write the seconds each test file took into PATH (tests/durations.json orders `make test`)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("record_durations")
+    if path and not hasattr(config, "workerinput"):  # the controller (or the only process) sees every report
+        config.pluginmanager.register(file_order.DurationRecorder(Path(path), Path(ROOT)), "kubetune-durations")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heaviest test files first (tests/file_order.py); every worker sorts alike, as xdist requires."""
+    order = file_order.heaviest_first([item.nodeid for item in items], file_order.load_seconds())
+    items[:] = [items[i] for i in order]
+
 
 @pytest.fixture(scope="session")
 def helm_binary() -> str:
