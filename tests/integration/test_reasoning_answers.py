@@ -65,10 +65,10 @@ def test_a_reasoning_gpt_oss_answers_its_final_channel_everywhere(tmp_path: Path
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.eval.reply import answer_of, generate_tokens
+    from trainer.eval.reply import Reply, generate_tokens, reply_of
     from trainer.export import gguf
     from trainer.export.gguf_model import GgufChat
-    from trainer.tracking.samples import Sample, generate, prompt_text
+    from trainer.tracking.samples import Sample, generate, prompt_text, table
 
     folder = copy_model("gpt_oss", tmp_path / "gpt-oss")
     reply = train_to_reply(folder)
@@ -77,9 +77,13 @@ def test_a_reasoning_gpt_oss_answers_its_final_channel_everywhere(tmp_path: Path
     tok = AutoTokenizer.from_pretrained(folder)
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    sample = Sample(QUESTION, "Paris.")
+    sample, cut = Sample(QUESTION, "Paris."), Sample(QUESTION, "Paris.")
     generate(model, tok, [sample], "after", 64)
-    assert sample.answers["after"] == "Paris."
+    assert sample.replies["after"] == Reply("Paris.", "France's capital city is Paris.")
+    generate(model, tok, [cut], "after", 6)  # out of tokens while reasoning: no answer, never the thoughts
+    assert cut.replies["after"].answer == "" and not cut.replies["after"].finished
+    assert cut.replies["after"].reasoning and "France's capital city is Paris.".startswith(cut.replies["after"].reasoning)
+    assert table([sample, cut])["after_reasoning"] == [r.replies["after"].reasoning for r in (sample, cut)]
     plain = tok.decode(tok(reply, add_special_tokens=False).input_ids, skip_special_tokens=True).strip()
     assert plain == "analysisFrance's capital city is Paris.assistantfinalParis."  # what was scored before
 
@@ -88,7 +92,7 @@ def test_a_reasoning_gpt_oss_answers_its_final_channel_everywhere(tmp_path: Path
     try:
         prompt = prompt_text(tok, QUESTION)
         ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        assert answer_of(tok, generate_tokens(llm, ids, 64), prompt) == "Paris."
+        assert reply_of(tok, generate_tokens(llm, ids, 64), prompt) == Reply("Paris.", "France's capital city is Paris.")
         llm.reset()
         served_before = llm.create_chat_completion(messages=QUESTION, max_tokens=64, temperature=0.0)
         assert served_before["choices"][0]["message"]["content"].strip() == reply.removesuffix("<|return|>")

@@ -185,6 +185,25 @@ def test_results_become_mlflow_metrics_and_registry_tags(repo: Path) -> None:
                              "kubetune.eval.answers": "3"}
     table = result.table()
     assert table["exact_match"] == [1.0, None, 0.0] and "docs/none.md does not exist" in table["cites_existing_source_why"][2]
+    assert "reasoning" not in table and result.cut_short(64) is None
+
+
+def test_a_reasoning_models_table_shows_its_reasoning_and_the_replies_cut_short() -> None:
+    from trainer.eval.metrics import Context
+    from trainer.eval.reply import Reply
+    from trainer.eval.run import EvalResult, Item, score_items
+
+    items = [Item([{"role": "user", "content": "q1"}], "Paris"), Item([{"role": "user", "content": "q2"}], "Rome")]
+    items[0].take(Reply("Paris", "France's capital"))
+    items[1].take(Reply("", "Italy's capital is", finished=False))
+    means, counts = score_items(items, ["exact_match"], Context(None, normalize=False))
+    result = EvalResult("merged", "test", items, means, counts)
+    assert means == {"exact_match": 0.5}  # the thoughts are never scored as the answer
+    table = result.table()
+    assert table["answer"] == ["Paris", ""] and table["finished"] == [True, False]
+    assert table["reasoning"] == ["France's capital", "Italy's capital is"]
+    assert result.cut_short(64) == ("1 of 2 replies ran out of eval.max_new_tokens (64) while still reasoning and "
+                                    "count as no answer: raise eval.max_new_tokens to score their answers")
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.resources import tokenizer_for
-from trainer.eval.reply import Reply, answer_of, opens_thought, special_texts, split_reply
+from trainer.eval.reply import Reply, cut_short, opens_thought, reply_of, special_texts, split_reply
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -34,7 +34,10 @@ def trained_reply(tok, answer: dict) -> tuple[list[int], str]:  # noqa: ANN001 -
 def test_the_answer_of_a_trained_reply_is_the_answer_without_its_reasoning(family: str, message: dict) -> None:
     tok = tokenizer_for(family)
     ids, prompt = trained_reply(tok, message)
-    assert answer_of(tok, ids, prompt) == "Paris."
+    reply = reply_of(tok, ids, prompt)
+    assert reply.answer == "Paris." and reply.finished
+    assert reply.reasoning == ("France's capital is Paris." if "thinking" in message or "<think>" in message["content"]
+                               else "")
     # what the answer was before: the reply decoded without its special tokens
     plain = tok.decode(ids, skip_special_tokens=True).strip()
     if family == "harmony":
@@ -50,12 +53,13 @@ def test_deepseek_r1_replies_after_its_generation_prompt() -> None:
     assert prompt.endswith("</think>") and not opens_thought(prompt)
     eos = tok.eos_token
     ids = tok("\n\nParis." + eos, add_special_tokens=False).input_ids
-    assert answer_of(tok, ids, prompt) == "Paris."
+    assert reply_of(tok, ids, prompt).answer == "Paris."
     opened = prompt[: -len("</think>")]
     assert opens_thought(opened)
     ids = tok("France's capital.\n</think>\n\nParis." + eos, add_special_tokens=False).input_ids
-    assert answer_of(tok, ids, opened) == "Paris."
-    assert answer_of(tok, tok("France's capital is", add_special_tokens=False).input_ids, opened) == ""
+    assert reply_of(tok, ids, opened).answer == "Paris."
+    cut = reply_of(tok, tok("France's capital is", add_special_tokens=False).input_ids, opened)
+    assert cut == Reply("", "France's capital is", finished=False)
 
 
 def test_harmony_reply_parts_and_a_reply_that_never_answered() -> None:
@@ -78,6 +82,36 @@ def test_think_replies() -> None:
     assert split_reply("hmm, still thinking", thinking=True) == Reply("", "hmm, still thinking", finished=False)
     assert split_reply("<think>hmm") == Reply("", "hmm", finished=False)
     assert split_reply("Paris.<|eot_id|>", ["<|eot_id|>"]) == Reply("Paris.")
+
+
+def test_replies_cut_short_while_reasoning_are_counted_with_the_fix() -> None:
+    replies = [Reply("Paris."), Reply("", "hmm", finished=False), Reply("Rome.", "it is Rome")]
+    assert cut_short(replies, 64) == ("1 of 3 replies ran out of eval.max_new_tokens (64) while still reasoning and "
+                                      "count as no answer: raise eval.max_new_tokens to score their answers")
+    assert cut_short([Reply("Paris."), Reply("", "", finished=True)], 64) is None
+
+
+def test_samples_show_the_reasoning_and_say_when_a_reply_never_answered() -> None:
+    from trainer.tracking.samples import NO_ANSWER, Sample, render, table
+
+    plain = Sample(QUESTION, "Paris.", {"before": Reply("Lyon."), "after": Reply("Paris.")})
+    thought = Sample(QUESTION, "Paris.", {"before": Reply("", "hmm, France", finished=False),
+                                         "after": Reply("Paris.", "France's capital is Paris.")})
+    assert table([plain]) == {"prompt": [QUESTION[0]["content"]], "reference": ["Paris."], "before": ["Lyon."],
+                              "after": ["Paris."]}
+    assert table([plain, thought]) == {
+        "prompt": [QUESTION[0]["content"]] * 2, "reference": ["Paris."] * 2, "before": ["Lyon.", ""],
+        "after": ["Paris.", "Paris."], "before_reasoning": ["", "hmm, France"],
+        "after_reasoning": ["", "France's capital is Paris."]}
+    assert render([thought]).splitlines()[2:] == [
+        "    before → after:", f"      {NO_ANSWER}", "        reasoning: hmm, France", "    → Paris.",
+        "        reasoning: France's capital is Paris."]
+    # checkpoints keep the reply before training, and older checkpoints the answer only
+    restored = Sample(QUESTION)
+    restored.restore("before", thought.saved("before"))
+    restored.restore("after", "Paris.")
+    assert restored.replies == {"before": thought.replies["before"], "after": Reply("Paris.")}
+    assert plain.saved("none") is None
 
 
 def test_special_texts_include_added_special_tokens() -> None:
@@ -119,7 +153,7 @@ def test_gguf_generate_tokens_answer_as_llama_cpp_completes() -> None:
             assert 0 < len(new) <= 24
             llm.reset()  # the same start as generate_tokens: the whole prompt evaluated afresh
             completed = llm.create_completion(ids, max_tokens=24, temperature=0.0, top_k=1)["choices"][0]["text"]
-            assert answer_of(tok, new, prompt) == completed.strip(), question
+            assert reply_of(tok, new, prompt).answer == completed.strip(), question
     finally:
         llm.close()
 

@@ -84,11 +84,21 @@ def special_texts(tokenizer: object) -> list[str]:
     return named + [t.content for t in added.values() if getattr(t, "special", False)]
 
 
-def answer_of(tokenizer: object, ids: list[int], prompt: str) -> str:
-    """The answer in the generated token `ids` (transformers or llama.cpp: a GGUF keeps the tokenizer's ids) that
-    followed the rendered `prompt`."""
+def reply_of(tokenizer: object, ids: list[int], prompt: str) -> Reply:
+    """The reply in the generated token `ids` (transformers or llama.cpp: a GGUF keeps the tokenizer's ids) that
+    followed the rendered `prompt`, split into its answer and reasoning."""
     text = tokenizer.decode(ids, skip_special_tokens=False)  # type: ignore[attr-defined]
-    return split_reply(text, special_texts(tokenizer), thinking=opens_thought(prompt)).answer
+    return split_reply(text, special_texts(tokenizer), thinking=opens_thought(prompt))
+
+
+def cut_short(replies: list[Reply], max_new_tokens: int) -> str | None:
+    """A warning when replies ran out of `eval.max_new_tokens` while still reasoning (they score as no answer), or
+    None."""
+    n = sum(not r.finished for r in replies)
+    if not n:
+        return None
+    return (f"{n} of {len(replies)} replies ran out of eval.max_new_tokens ({max_new_tokens}) while still reasoning "
+            "and count as no answer: raise eval.max_new_tokens to score their answers")
 
 
 def generate_tokens(llm: Any, prompt: list[int], max_tokens: int, *, top_k: int = 1, top_p: float = 1.0,

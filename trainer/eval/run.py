@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.eval.metrics import NEEDS_REFERENCE, Context, Score, score
+from trainer.eval.reply import Reply, cut_short, generate_tokens, reply_of
 from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
@@ -34,6 +35,11 @@ class Item:
     reference: str | None
     answer: str = ""
     scores: dict[str, Score] = field(default_factory=dict)
+    reasoning: str = ""  # a reasoning model's thoughts before its answer (trainer/eval/reply.py)
+    finished: bool = True  # False: the reply ran out of eval.max_new_tokens while reasoning; its answer is ""
+
+    def take(self, reply: Reply) -> None:
+        self.answer, self.reasoning, self.finished = reply.answer, reply.reasoning, reply.finished
 
 
 @dataclass
@@ -61,13 +67,21 @@ class EvalResult:
         out[f"{TAG_PREFIX}answers"] = str(len(self.items))
         return out
 
+    def cut_short(self, max_new_tokens: int) -> str | None:
+        """A warning when replies ran out of tokens while reasoning (they score as no answer), or None."""
+        return cut_short([Reply(it.answer, it.reasoning, it.finished) for it in self.items], max_new_tokens)
+
     def table(self) -> dict[str, list[Any]]:
-        """Columns for `mlflow.log_table`: prompt, reference, answer, then each metric's score and why."""
+        """Columns for `mlflow.log_table`: prompt, reference, answer, with a reasoning model its `reasoning` and
+        whether the reply reached its answer (`finished`), then each metric's score and why."""
         cols: dict[str, list[Any]] = {
             "prompt": [it.prompt[-1]["content"] for it in self.items],
             "reference": [it.reference or "" for it in self.items],
             "answer": [it.answer for it in self.items],
         }
+        if any(it.reasoning or not it.finished for it in self.items):
+            cols["reasoning"] = [it.reasoning for it in self.items]
+            cols["finished"] = [it.finished for it in self.items]
         for name in self.means:
             cols[name] = [it.scores[name].value if name in it.scores else None for it in self.items]
             cols[f"{name}_why"] = [it.scores[name].why if name in it.scores else "" for it in self.items]
@@ -164,7 +178,7 @@ def evaluate_hf(model: Any, tokenizer: Any, spec: JobSpec, *, base_dir: str | os
     samples = [Sample(it.prompt, it.reference) for it in items]
     generate(model, tokenizer, samples, "answer", spec.eval.max_new_tokens)
     for it, s in zip(items, samples, strict=True):
-        it.answer = s.answers["answer"]
+        it.take(s.replies["answer"])
     means, counts = score_items(items, list(spec.eval.metrics), context(spec, base_dir))
     result = EvalResult(label, source, items, means, counts)
     if spec.data.eval is not None:
@@ -181,7 +195,6 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
     template renders the same)."""
     from llama_cpp import Llama
 
-    from trainer.eval.reply import answer_of, generate_tokens
 
     items, source = held_out(spec, base_dir)
     prompts = [tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True) for it in items]
@@ -193,7 +206,7 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
         for it, text in zip(items, prompts, strict=True):
             ids = llm.tokenize(text.encode(), add_bos=adds_bos and not text.startswith(bos), special=True)
             # as token ids, for the training tokenizer to decode with the special tokens a reasoning reply is split by
-            it.answer = answer_of(tokenizer, generate_tokens(llm, ids, spec.eval.max_new_tokens), text)
+            it.take(reply_of(tokenizer, generate_tokens(llm, ids, spec.eval.max_new_tokens), text))
     finally:
         llm.close()
     means, counts = score_items(items, list(spec.eval.metrics), context(spec, base_dir))

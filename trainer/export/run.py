@@ -266,6 +266,8 @@ class Export(AdapterExport, AdapterRegistering, Publishing):
              "loss": result.loss, "perplexity": result.perplexity, "answers": result.table()}, indent=2) + "\n")
         means = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics("").items())
         say(f"{kind}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
+        if warning := result.cut_short(self.spec.eval.max_new_tokens):
+            say(f"{kind}: {warning}")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer.export", description=__doc__.splitlines()[0])

@@ -3,13 +3,14 @@
 Prompts are `eval.prompts`, or else the first `eval.num_samples` held-out conversations cut at
 their last user turn (train data only when there is no eval data, and the output says so).
 Generation is greedy, `eval.max_new_tokens` long, with the same chat template as training. A reasoning
-model's answer is its reply without the reasoning (trainer/eval/reply.py), and so is the reference.
+model's answer is its reply without the reasoning (trainer/eval/reply.py), and so is the reference; the
+reasoning is shown beside the answer, and a reply that ran out of tokens while reasoning says so.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from trainer.data import conversations
 from trainer.data.reasoning import parts
 from trainer.data.render import ChatRenderer, stop_tokens
-from trainer.eval.reply import answer_of
+from trainer.eval.reply import Reply, reply_of
 from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
@@ -27,11 +28,24 @@ Message = dict[str, str]
 class Sample:
     prompt: list[Message]
     reference: str | None = None  # the held-out answer, when the prompt came from data
-    answers: dict[str, str] = field(default_factory=dict)  # "before" / "after" -> text
+    replies: dict[str, Reply] = field(default_factory=dict)  # "before" / "after" -> the reply, split
 
     @property
     def question(self) -> str:
         return self.prompt[-1]["content"]
+
+    @property
+    def answers(self) -> dict[str, str]:
+        """"before" / "after" -> the answer (without its reasoning): what is compared and scored."""
+        return {key: reply.answer for key, reply in self.replies.items()}
+
+    def saved(self, key: str) -> dict | None:
+        """The reply under `key` as checkpoints keep it (`restore` reads it back)."""
+        return asdict(self.replies[key]) if key in self.replies else None
+
+    def restore(self, key: str, saved: dict | str) -> None:
+        """A reply `saved` before (checkpoints from before reasoning was kept hold the answer only)."""
+        self.replies[key] = Reply(**saved) if isinstance(saved, dict) else Reply(saved)
 
 
 def up_to_last_user(conv: list[Message]) -> tuple[list[Message], str | None]:
@@ -94,7 +108,7 @@ def prompt_ids(tokenizer: Any, messages: list[Message], prefix: tuple[str | None
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_new_tokens: int,
              synced_gpus: bool = False) -> None:
-    """Greedy answers for every sample, stored under `sample.answers[key]`."""
+    """Greedy replies for every sample, stored under `sample.replies[key]`."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -108,7 +122,7 @@ def generate(model: Any, tokenizer: Any, samples: list[Sample], key: str, max_ne
                 use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=synced_gpus,
                 temperature=None, top_p=None, top_k=None,
             )
-            s.answers[key] = answer_of(tokenizer, out[0, ids.shape[1]:].tolist(), prompt_text(tokenizer, s.prompt))
+            s.replies[key] = reply_of(tokenizer, out[0, ids.shape[1]:].tolist(), prompt_text(tokenizer, s.prompt))
     finally:
         model.train(was_training)
 
@@ -118,26 +132,42 @@ def _short(text: str | None, width: int = 200) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+NO_ANSWER = "(no answer: still reasoning when eval.max_new_tokens ran out)"
+
+
+def _shown(reply: Reply, indent: str) -> str:
+    """A reply's answer, and its reasoning on the next line when it has any."""
+    text = _short(reply.answer) if reply.finished else NO_ANSWER
+    if reply.reasoning:
+        text += f"\n{indent}  reasoning: {_short(reply.reasoning, 160)}"
+    return text
+
+
 def render(samples: list[Sample]) -> str:
     lines = []
     for i, s in enumerate(samples, 1):
         lines.append(f"[{i}] {_short(s.question)}")
         if s.reference is not None:
             lines.append(f"    reference: {_short(s.reference)}")
-        before, after = s.answers.get("before"), s.answers.get("after")
+        before, after = s.replies.get("before"), s.replies.get("after")
         if before is not None and after is not None:
-            lines.append(f"    before → after:\n      {_short(before)}\n    → {_short(after)}")
+            lines.append(f"    before → after:\n      {_shown(before, '      ')}\n    → {_shown(after, '      ')}")
         else:
-            for key, text in s.answers.items():
-                lines.append(f"    {key}: {_short(text)}")
+            for key, reply in s.replies.items():
+                lines.append(f"    {key}: {_shown(reply, '    ')}")
     return "\n".join(lines)
 
 
 def table(samples: list[Sample]) -> dict[str, list[str]]:
-    """Columns for `mlflow.log_table`: prompt, reference, before, after."""
-    return {
+    """Columns for `mlflow.log_table`: prompt, reference, before, after; with a reasoning model also each reply's
+    reasoning (`before_reasoning`, `after_reasoning`), and "" for an answer its reply never reached."""
+    cols = {
         "prompt": [s.question for s in samples],
         "reference": [s.reference or "" for s in samples],
-        "before": [s.answers.get("before", "") for s in samples],
-        "after": [s.answers.get("after", "") for s in samples],
     }
+    for key in ("before", "after"):
+        cols[key] = [s.answers.get(key, "") for s in samples]
+    for key in ("before", "after"):
+        if any(key in s.replies and s.replies[key].reasoning for s in samples):
+            cols[f"{key}_reasoning"] = [s.replies[key].reasoning if key in s.replies else "" for s in samples]
+    return cols

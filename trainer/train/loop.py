@@ -239,8 +239,7 @@ class FineTune(Restarts, Samples, Finish):
             metrics = self.trainer.evaluate()
             self.say(f"eval loss {metrics['eval_loss']:.4f}")
         self._sample("after")
-        if self.samples:
-            self.say("samples (before → after):\n" + sampling.render(self.samples))
+        self._show_samples()
 
 
 def job_class(spec: JobSpec) -> type[FineTune]:

@@ -81,5 +81,4 @@ class PreferenceTune(FineTune):
             self.say(f"eval loss {metrics['eval_loss']:.4f}" + "".join(
                 f", {k.removeprefix('eval_')} {v:.3f}" for k, v in metrics.items() if k.startswith("eval_rewards/")))
         self._sample("after")
-        if self.samples:
-            self.say("samples (before → after):\n" + sampling.render(self.samples))
+        self._show_samples()

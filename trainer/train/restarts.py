@@ -59,5 +59,5 @@ class Restarts:
         if self.resume is not None:
             resumes.append({"step": self.resume.step, "world_size_before": self.resume.entry.world_size,
                             "world_size": self.args.world_size})
-        return {"run_id": self.tracker.run_id, "samples_before": [s.answers.get("before") for s in self.samples],
+        return {"run_id": self.tracker.run_id, "samples_before": [s.saved("before") for s in self.samples],
                 "unsent_metrics": self.tracker.unsent(), "resumes": resumes}

@@ -3,6 +3,7 @@ data, answered by the model as it trains (trainer/tracking/samples.py)."""
 
 from __future__ import annotations
 
+from trainer.eval.reply import cut_short
 from trainer.tracking import samples as sampling
 
 
@@ -14,9 +15,9 @@ class Samples:
         """Sample answers before training: a resumed job keeps its first attempt's."""
         before = self.resume.state.get("samples_before") if self.resume else None
         if before is not None and len(before) == len(self.samples):
-            for sample, answer in zip(self.samples, before, strict=True):
-                if answer is not None:
-                    sample.answers["before"] = answer  # as the first attempt answered, not again
+            for sample, saved in zip(self.samples, before, strict=True):
+                if saved is not None:
+                    sample.restore("before", saved)  # as the first attempt answered, not again
         elif self.spec.training.strategy == "zero3":
             self.say("samples before training skipped: ZeRO-3 shards the weights while loading")
         else:
@@ -29,3 +30,12 @@ class Samples:
             sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens, True)
         elif self.main and self.samples:
             sampling.generate(self.trainer.model, self.tokenizer, self.samples, key, self.spec.eval.max_new_tokens)
+
+    def _show_samples(self) -> None:
+        """The answers before and after training, and a warning when replies were cut short while reasoning."""
+        if not self.samples:
+            return
+        self.say("samples (before → after):\n" + sampling.render(self.samples))
+        replies = [reply for s in self.samples for reply in s.replies.values()]
+        if warning := cut_short(replies, self.spec.eval.max_new_tokens):
+            self.say(f"samples: {warning}")
