@@ -27,8 +27,13 @@ EXAMPLES = REPO / "examples"
 RANDOM_Q4 = "export.verify.thresholds={q4_k_m: {min_top1: 0.75, max_kl: 0.05}}"
 # Seed 000 exports LoRA GGUFs over a shared base: the adapter gate first measures the q4_k_m base alone against the HF
 # base (its floor), and the untrained random base is flatter still than a trained merge: 57.9% top-1 at KL 0.0037
-# measured. Its stand-in takes top-1 down to 50% and holds KL to 0.02, the measure that stays meaningful here.
-RANDOM_Q4_BASE = "export.verify.thresholds={q4_k_m: {min_top1: 0.5, max_kl: 0.02}}"
+# measured. Its stand-in takes top-1 down to 50% and holds KL to 0.02, the measure that stays meaningful here. Even
+# q8_0 flips up to 8% of that base's near-ties (92.2% and 93.8% top-1 on two template dates, 95% or more on a third;
+# KL at most 0.0005): q8_0 is held to 85% top-1 and a KL of 0.005, four times tighter than the default.
+RANDOM_Q4_BASE = "export.verify.thresholds={q4_k_m: {min_top1: 0.5, max_kl: 0.02}, q8_0: {min_top1: 0.85, max_kl: 0.005}}"
+# gpt-oss's chat template writes the date into every prompt (`Current date:`), and `launch submit` records the day of
+# submission: pinned, a gpt-oss stand-in renders the same text on every day it runs, as a test must.
+DATED = "data.template_date=2025-08-05"
 
 # Every stand-in: CPU, one process, float32 (fastest on CPU), no cluster services.
 CPU = ("resources.gpu=none", "resources.nodes=1", "model.dtype=float32", "training.strategy=ddp",
@@ -79,7 +84,7 @@ SEEDS: dict[str, Seed] = {
         "seed000-governance.yaml", "gpt_oss",
         standin=("matrix.dimension=[lineage,privacy]", "data.train=data/seed000/${matrix.dimension}/train.jsonl",
                  "data.eval=data/seed000/${matrix.dimension}/eval.jsonl", *short_run(24, "3.0e-3", 4, 256, 16),
-                 "eval.num_samples=2", RANDOM_Q4_BASE),
+                 "eval.num_samples=2", RANDOM_Q4_BASE, DATED),
         variants=(("base_model=unsloth/gpt-oss-20b-unsloth-bnb-4bit", "model.quantization=4bit"),),
         data=("seed000",),
     ),
@@ -87,7 +92,7 @@ SEEDS: dict[str, Seed] = {
         "seed001-semanticwiki.yaml", "gpt_oss",
         standin=("data.train=data/seed001/train.jsonl", "data.eval=data/seed001/eval.jsonl",
                  "eval.sources_root=data/seed001/repo", *short_run(24, "3.0e-3", 2, 512, 48), "eval.num_samples=2",
-                 RANDOM_Q4),
+                 RANDOM_Q4, DATED),
         data=("seed001",),
     ),
     "seed003": Seed(
