@@ -58,9 +58,13 @@ def wait_http(url: str, timeout: float, alive: Callable[[], bool] = lambda: True
 
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1; yields its endpoint URL."""
+    """A moto S3 server on 127.0.0.1; yields its endpoint URL. s3fs keeps the filesystems it made (keyed by their
+    options, not by the endpoint the environment names): they are dropped on the way in and out, so no test writes
+    to the server of a test before it, whatever order the tests run in."""
+    import s3fs
     from moto.server import ThreadedMotoServer
 
+    s3fs.S3FileSystem.clear_instance_cache()
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -72,6 +76,7 @@ def moto_s3() -> Iterator[str]:
         yield url
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @contextlib.contextmanager
