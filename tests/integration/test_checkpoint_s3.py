@@ -20,12 +20,10 @@ OUTPUT = "s3://runs/job"
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
-    import s3fs
 
     with moto_s3() as endpoint:
         for key, value in s3_env(endpoint).items():
             monkeypatch.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test has another endpoint
         client = boto3.client("s3")
         client.create_bucket(Bucket="runs")
         yield client

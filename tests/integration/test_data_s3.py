@@ -29,20 +29,15 @@ ROW = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "co
 @pytest.fixture
 def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import boto3
-    import s3fs
 
     with moto_s3() as endpoint:
         for key, value in s3_env(endpoint).items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the S3-specific variable, as in a pod
         monkeypatch.delenv("AWS_PROFILE", raising=False)
-        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test has another endpoint
         client = boto3.client("s3")
         client.create_bucket(Bucket="datasets")
-        try:
-            yield client
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+        yield client
 
 
 def test_glob_of_jsonl_and_parquet_on_s3(s3: Any) -> None:

@@ -39,7 +39,6 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     with moto_s3() as endpoint:
         for key, value in s3_env(endpoint).items():
             monkeypatch.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()
         fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, key="testing", secret="testing")
         fs.mkdir("runs")
         yield fs

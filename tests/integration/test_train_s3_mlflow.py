@@ -23,12 +23,10 @@ pytestmark = pytest.mark.integration
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Moto S3 with the tiny llama under s3://models/ and chat data under s3://datasets/."""
     import boto3
-    import s3fs
 
     with moto_s3() as endpoint, pytest.MonkeyPatch.context() as mp:
         for key, value in s3_env(endpoint).items():
             mp.setenv(key, value)
-        s3fs.S3FileSystem.clear_instance_cache()  # a filesystem cached by an earlier test has another endpoint
         client = boto3.client("s3")
         for bucket in ("models", "datasets", "runs"):
             client.create_bucket(Bucket=bucket)

@@ -195,7 +195,6 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
     template renders the same)."""
     from llama_cpp import Llama
 
-
     items, source = held_out(spec, base_dir)
     prompts = [tokenizer.apply_chat_template(it.prompt, tokenize=False, add_generation_prompt=True) for it in items]
     llm = Llama(model_path=str(path), n_ctx=spec.data.max_seq_len + spec.eval.max_new_tokens, verbose=False,
