@@ -71,18 +71,38 @@ def release_process_group() -> None:
     """Destroy torch.distributed's process groups once a run is over on every rank (its data prefetch thread
     joined, its last collective done). Left to the interpreter's exit, gloo's teardown aborts the process now
     and then ("terminate called without an active exception", SIGABRT) and NCCL's warns; the pod's exit code
-    would then say 1, not the run's own. A barrier first: rank 0 still writes the outputs when the others are
-    done, and a rank that tore its communicator down while a peer's was still live aborted the same way. Not
-    after a lost peer, nor when the barrier fails: a communicator may not be torn down alone."""
+    would then say 1, not the run's own. First every rank meets the others: rank 0 still writes the outputs when
+    the others are done, and a rank that tore its communicator down while a peer's was still live aborted the
+    same way. Not after a lost peer, nor when that meeting fails: a communicator may not be torn down alone.
+
+    On gloo the meeting is an all-reduce whose work object Python holds until the process ends, not a barrier.
+    A gloo collective's work object holds its tensors, and a gloo worker thread that drops the last C++
+    reference to a tensor Python also knows takes the GIL (torch 2.13: `decref_pyobject`, even when Python
+    still holds the tensor); if the interpreter is exiting by then, the thread is ended inside a destructor
+    and the process aborts (core dumps of 2-rank ZeRO-3 CPU runs: the final barrier's work, which also kept
+    alive the gather that had just returned before it, and with a plain all-reduce that one's work). Held
+    here, the final work is freed by the exiting interpreter on the main thread, and the worker only drops
+    its reference. The earlier collectives' works are freed during its round trip, while the main thread
+    waits without the GIL. The groups DeepSpeed still holds (the ZeRO-3 parameters, its engine) outlive
+    `destroy_process_group`, their threads with them."""
+    import torch
     import torch.distributed as dist  # here: this module stays light (trainer.train.supervise imports it)
 
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:
-        dist.barrier()
+        if dist.get_backend() == "gloo":
+            work = dist.all_reduce(torch.zeros(1), async_op=True)
+            work.wait()
+            _HELD.append(work)
+        else:
+            dist.barrier()
     except Exception:  # a peer failed after all: its pod's exit code says so; this one leaves gloo as it is
         return
     dist.destroy_process_group()
+
+
+_HELD: list[Any] = []  # release_process_group's final work: freed by the interpreter's exit, not by a gloo thread
 
 
 def report_exit(code: int) -> None:
