@@ -55,6 +55,7 @@ class SplitReport:
     packing_efficiency: float
     problems: list[str] = field(default_factory=list)
     reasoning_dropped_turns: int = 0  # assistant turns whose reasoning the chat template does not render
+    warnings: list[str] = field(default_factory=list)  # what would not stop the job but makes it worse
 
     @property
     def trained_share(self) -> float:
@@ -83,6 +84,7 @@ class SplitReport:
             layout = (f"{self.rows_used} samples into {self.packed_rows} packed rows of {self.max_seq_len}"
                       if self.packing else f"{self.rows_used} samples, one per row of up to {self.max_seq_len}")
             out.append(f"  packing: {layout}, {self.packing_efficiency:.1%} of the row budget holds tokens")
+        out += [f"  warning: {w}" for w in self.warnings]
         out += [f"  problem: {p}" for p in self.problems]
         return out
 
@@ -249,8 +251,24 @@ def validate(spec: JobSpec, spec_dir: Path, sample: int | None = None, tokenizer
     if spec.data.format in PREFERENCE_FORMATS:
         from launcher.datacheck_preference import preference_report
 
-        return [preference_report(spec, s, tok, spec_dir, sample) for s in splits]
-    return [split_report(spec, s, tok, spec_dir, sample) for s in splits]
+        reports: list[Any] = [preference_report(spec, s, tok, spec_dir, sample) for s in splits]
+    else:
+        reports = [split_report(spec, s, tok, spec_dir, sample) for s in splits]
+    if warning := eval_room(spec, tok, spec_dir):
+        reports[-1 if spec.data.eval else 0].warnings.append(warning)  # the split the references come from
+    return reports
+
+
+def eval_room(spec: JobSpec, tokenizer: Any, spec_dir: Path) -> str | None:
+    """A warning when `eval.max_new_tokens` is shorter than reference replies that sample answers and
+    `eval.metrics` are compared to (trainer/eval/room.py), or None."""
+    from trainer.eval.room import held_out_conversations, reply_lengths, too_short
+
+    try:
+        convs, where = held_out_conversations(spec, spec_dir)
+    except DataError:  # the split's report has said what is wrong with its files
+        return None
+    return too_short(reply_lengths(convs, tokenizer), spec.eval.max_new_tokens, where)
 
 
 def precheck(spec: JobSpec, spec_dir: Path) -> list[str]:

@@ -9,7 +9,7 @@ does (launcher/datacheck.py `policy_problems`). The trainer's modules are import
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +27,16 @@ class PreferenceReport:
     stats: PreferenceStats
     sampled: bool  # stopped after `--sample` rows: the file(s) hold more
     problems: list[str]
+    warnings: list[str] = field(default_factory=list)  # what would not stop the job but makes it worse
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self.stats), "sampled": self.sampled, "problems": self.problems}
+        return {**asdict(self.stats), "sampled": self.sampled, "problems": self.problems, "warnings": self.warnings}
 
     def lines(self) -> list[str]:
         out = self.stats.report(examples=len(self.stats.bad_examples)).splitlines()
         if self.sampled:
             out.insert(1, "  (--sample: the first rows only)")
-        return out + [f"  problem: {p}" for p in self.problems]
+        return out + [f"  warning: {w}" for w in self.warnings] + [f"  problem: {p}" for p in self.problems]
 
 
 def preference_report(spec: JobSpec, split: str, tokenizer: Any, spec_dir: Path, sample: int | None) -> PreferenceReport:

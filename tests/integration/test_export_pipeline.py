@@ -153,6 +153,9 @@ def test_export_verifies_and_registers(arch, servers, tmp_path):
         scored = json.loads(read_s3(s3, f"runs/{name}/export/eval-q4_k_m.json"))
         assert scored["means"]["rouge_l"] == pytest.approx(rouge, abs=1e-4) and len(scored["answers"]["answer"]) == 3
         merged = json.loads(read_s3(s3, f"runs/{name}/export/eval-merged.json"))  # the reference: the merged model
+        # its 7-token references fit eval.max_new_tokens (8): no warning (tests/unit/test_eval_room.py warns)
+        assert merged["too_short"] is None and scored["too_short"] is None
+        assert "warning: eval.max_new_tokens" not in done.stdout
         adapter = next(v for v in versions if v.tags["kubetune.kind"] == "adapter")
         assert float(adapter.tags["kubetune.eval.rouge_l"]) == pytest.approx(merged["means"]["rouge_l"], abs=1e-4)
         assert merged["loss"] > 0 and float(adapter.tags["kubetune.eval.perplexity"]) > 1.0

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.eval import room
 from trainer.eval.metrics import NEEDS_REFERENCE, Context, Score, score
 from trainer.eval.reply import Reply, cut_short, generate_tokens, reply_of
 from trainer.spec.job import JobSpec
@@ -37,6 +38,7 @@ class Item:
     scores: dict[str, Score] = field(default_factory=dict)
     reasoning: str = ""  # a reasoning model's thoughts before its answer (trainer/eval/reply.py)
     finished: bool = True  # False: the reply ran out of eval.max_new_tokens while reasoning; its answer is ""
+    expected: Message | None = None  # the reference reply as the data has it, reasoning included
 
     def take(self, reply: Reply) -> None:
         self.answer, self.reasoning, self.finished = reply.answer, reply.reasoning, reply.finished
@@ -51,6 +53,7 @@ class EvalResult:
     counts: dict[str, int]  # metric -> how many items it scored
     loss: float | None = None
     perplexity: float | None = None
+    too_short: str | None = None  # eval.max_new_tokens is shorter than some references (trainer/eval/room.py)
 
     def metrics(self, prefix: str = "eval.") -> dict[str, float]:
         """MLflow metrics: `eval.<metric>` (mean score), `eval.loss`, `eval.perplexity`."""
@@ -112,9 +115,15 @@ def held_out(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> t
     for conv in conversations(spec, split, spec.eval.num_samples, base_dir=base_dir):
         prompt, reference = up_to_last_user(conv)
         if prompt:
-            items.append(Item(prompt, reference))
+            items.append(Item(prompt, reference, expected=room.reply_of(conv)))
     where = f"the first {len(items)} conversations of data.{split}"
     return items, where + (" (no data.eval is set: training prompts, not held out)" if split == "train" else "")
+
+
+def budget(items: list[Item], tokenizer: Any, spec: JobSpec, source: str) -> str | None:
+    """A warning when `eval.max_new_tokens` is shorter than some of the items' reference replies, or None."""
+    lengths = [room.reply_tokens(tokenizer, it.expected) for it in items if it.expected is not None]
+    return room.too_short(lengths, spec.eval.max_new_tokens, source)
 
 
 def score_items(items: list[Item], names: list[str], ctx: Context) -> tuple[dict[str, float], dict[str, int]]:
@@ -180,7 +189,7 @@ def evaluate_hf(model: Any, tokenizer: Any, spec: JobSpec, *, base_dir: str | os
     for it, s in zip(items, samples, strict=True):
         it.take(s.replies["answer"])
     means, counts = score_items(items, list(spec.eval.metrics), context(spec, base_dir))
-    result = EvalResult(label, source, items, means, counts)
+    result = EvalResult(label, source, items, means, counts, too_short=budget(items, tokenizer, spec, source))
     if spec.data.eval is not None:
         result.loss = held_out_loss(model, tokenizer, spec, base_dir)
         result.perplexity = math.exp(min(result.loss, 50.0))
@@ -209,4 +218,5 @@ def evaluate_gguf(path: str | os.PathLike[str], tokenizer: Any, spec: JobSpec, *
     finally:
         llm.close()
     means, counts = score_items(items, list(spec.eval.metrics), context(spec, base_dir))
-    return EvalResult(label or Path(path).stem, source, items, means, counts)
+    return EvalResult(label or Path(path).stem, source, items, means, counts,
+                      too_short=budget(items, tokenizer, spec, source))

@@ -263,9 +263,12 @@ class Export(AdapterExport, AdapterRegistering, Publishing):
         self.evals[kind] = result
         (self.out / f"eval-{kind}.json").write_text(json.dumps(
             {"model": kind, "source": result.source, "means": result.means, "counts": result.counts,
-             "loss": result.loss, "perplexity": result.perplexity, "answers": result.table()}, indent=2) + "\n")
+             "loss": result.loss, "perplexity": result.perplexity, "too_short": result.too_short,
+             "answers": result.table()}, indent=2) + "\n")
         means = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics("").items())
         say(f"{kind}: task metrics on {len(result.items)} held-out answers ({result.source}): {means}")
+        if result.too_short and len(self.evals) == 1:  # the references are the same for every model: said once
+            say(f"warning: {result.too_short}")
         if warning := result.cut_short(self.spec.eval.max_new_tokens):
             say(f"{kind}: {warning}")
 

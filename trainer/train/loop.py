@@ -36,7 +36,6 @@ from trainer.quiet import quiet_libraries
 from trainer.spec.errors import UsageError
 from trainer.spec.io import SpecError, flatten, load_spec, spec_arguments
 from trainer.spec.job import JobSpec
-from trainer.tracking import samples as sampling
 from trainer.tracking.log_lines import ProgressPrinter
 from trainer.tracking.progress_callback import ProgressCallback
 from trainer.tracking.speed import Speed
@@ -128,8 +127,7 @@ class FineTune(Restarts, Samples, Finish):
         if self.spec.data.eval is not None:
             self.eval_items, self.eval_stats = build_dataset(self.spec, self.tokenizer, "eval", base_dir=self.base_dir)
             self.say(self.eval_stats.report())
-        self.samples, where = sampling.choose(self.spec, self.base_dir)  # every rank: ZeRO-3 generates on all
-        self.say(f"samples: {where}")
+        self._choose_samples()
 
     def load_model(self) -> None:
         started = time.perf_counter()

@@ -17,7 +17,6 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from trainer.data.preference import build_preference
-from trainer.tracking import samples as sampling
 from trainer.tracking.speed import Speed
 from trainer.tracking.tracker import Tracker
 from trainer.train import checkpoint, resume
@@ -51,8 +50,7 @@ class PreferenceTune(FineTune):
         per = "pairs" if self.spec.training.objective != "kto" else "rows"
         self.say(f"{self.spec.training.objective}: {self.spec.training.per_device_batch_size} {per} per micro-batch, "
                  "padded (preference rows are never packed: data.packing does not apply)")
-        self.samples, where = sampling.choose(self.spec, self.base_dir)
-        self.say(f"samples: {where}")
+        self._choose_samples()
 
     def _make_trainer(self, tracker: Tracker) -> resume.ResumableTrainer:
         spec = self.spec

@@ -3,6 +3,7 @@ data, answered by the model as it trains (trainer/tracking/samples.py)."""
 
 from __future__ import annotations
 
+from trainer.eval import room
 from trainer.eval.reply import cut_short
 from trainer.tracking import samples as sampling
 
@@ -10,6 +11,15 @@ from trainer.tracking import samples as sampling
 class Samples:
     """`FineTune`'s sample answers; they use its `spec`, `resume`, `samples`, `trainer`, `tokenizer`, `main` and
     `say`."""
+
+    def _choose_samples(self) -> None:
+        """The prompts to sample, said with where they came from; and a warning when `eval.max_new_tokens` is
+        shorter than the reference replies answers are compared to (trainer/eval/room.py)."""
+        self.samples, where = sampling.choose(self.spec, self.base_dir)  # every rank: ZeRO-3 generates on all
+        self.say(f"samples: {where}")
+        convs, source = room.held_out_conversations(self.spec, self.base_dir)
+        if warning := room.too_short(room.reply_lengths(convs, self.tokenizer), self.spec.eval.max_new_tokens, source):
+            self.say(f"warning: {warning}")
 
     def _samples_before(self) -> None:
         """Sample answers before training: a resumed job keeps its first attempt's."""
