@@ -76,6 +76,26 @@ def test_unknown_target_module_names_the_real_ones() -> None:
         load(spec)
 
 
+def test_qwen3_moe_all_linear_adapts_the_fused_experts_and_needs_plain_lora() -> None:
+    """transformers 5 fuses Qwen3-MoE's experts into 3-D tensors and makes its router a custom module: PEFT maps
+    `all-linear` to them as parameter adapters, which refuse dropout. The default `adapter.dropout` (0.05) is refused
+    with the fix, not with PEFT's bare ValueError."""
+    with pytest.raises(M.ModelError) as refused:
+        load(make_spec(tiny_model("qwen3_moe"), adapter={"target_modules": "all-linear", "r": 4}))
+    message = str(refused.value)
+    assert message.startswith("PEFT adapts this qwen3_moe's fused expert tensors and router as parameters "
+                              "(down_proj, gate.weight, gate_up_proj)")
+    assert "does not work with lora_dropout != 0" in message and "set `adapter.dropout: 0`" in message
+    model, _ = load(make_spec(tiny_model("qwen3_moe"), adapter={"target_modules": "all-linear", "r": 4,
+                                                                 "dropout": 0.0}))
+    wrapped = {(n.split("mlp.", 1)[-1].removesuffix(".base_layer"), getattr(m, "parameter_name", None))
+               for n, m in adapted(model).items() if "mlp" in n}
+    assert wrapped == {("experts", "gate_up_proj"), ("experts", "down_proj"), ("gate", "weight")}, wrapped
+    attention, _ = load(make_spec(tiny_model("qwen3_moe"), adapter={"target_modules": ["q_proj", "k_proj", "v_proj",
+                                                                                        "o_proj"], "r": 4}))
+    assert not any("mlp" in n for n in adapted(attention))  # the fix the message names: dropout kept
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 @pytest.mark.parametrize(
     ("sections", "fix"),

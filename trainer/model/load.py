@@ -217,9 +217,12 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef,
         model.enable_input_require_grads()
         model.config.use_cache = False
     _check_target_parameters(model, spec.adapter.target_parameters or [])
+    config = lora_config(spec)
     try:
-        peft_model = get_peft_model(model, lora_config(spec))
+        peft_model = get_peft_model(model, config)
     except ValueError as e:
+        if str(e).startswith("lora.ParamWrapper"):
+            raise _parameter_adapter_error(model, spec, config, str(e)) from None
         if "not found in the base model" not in str(e) and "Target module" not in str(e):
             raise
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
@@ -240,6 +243,22 @@ def add_adapter(model: PreTrainedModel, spec: JobSpec, ref: BaseModelRef,
         say(f"training.compile: torch.compile of {kernels.compile_model(peft_model)} decoder layers (the first steps "
             "compile)")
     return peft_model
+
+
+def _parameter_adapter_error(model: torch.nn.Module, spec: JobSpec, config: LoraConfig, refusal: str) -> ModelError:
+    """PEFT refused a parameter adapter (its ParamWrapper: plain LoRA only) on parameters the spec did not name in
+    `adapter.target_parameters`: on mixture-of-experts models whose experts transformers 5 fuses into 3-D tensors
+    (Qwen3-MoE, Mixtral, DeepSeek-V3 ...), PEFT maps `all-linear` to those tensors and the router, as their
+    `nn.Linear`s were adapted before; `config` holds what it mapped them to."""
+    named = set(spec.adapter.target_parameters or [])
+    added = sorted(set(config.target_parameters or []) - named)
+    what = (f"PEFT adapts this {getattr(model.config, 'model_type', 'model')}'s fused expert tensors and router as "
+            f"parameters ({', '.join(added)}), which `adapter.target_modules: {spec.adapter.target_modules}` "
+            "reaches" if added else "adapter.target_parameters names parameter adapters")
+    return ModelError(
+        f"{what}; PEFT's parameter adapters support plain LoRA only ({refusal.removeprefix('lora.ParamWrapper ')}): set "
+        "`adapter.dropout: 0` (and `method: lora`, `init: default`), or list target_modules that leave the experts "
+        "out, such as the attention's `[q_proj, k_proj, v_proj, o_proj]`")
 
 
 def _check_target_parameters(model: torch.nn.Module, targets: list[str]) -> None:

@@ -56,10 +56,12 @@ class AdapterSpec(Section):
     target_parameters: list[str] | None = Field(
         None,
         description="Parameters (not modules) that also get LoRA adapters, for weights that are no linear layer: "
-        "the fused 3-D expert tensors of mixture-of-experts models, where `all-linear` adapts only attention. For "
-        "gpt-oss: `[mlp.experts.gate_up_proj, mlp.experts.down_proj]`. A name matches a parameter whose full name "
+        "the fused 3-D expert tensors of mixture-of-experts models. On gpt-oss `all-linear` adapts only attention; "
+        "its experts: `[mlp.experts.gate_up_proj, mlp.experts.down_proj]`. A name matches a parameter whose full name "
         "is it or ends in `.` + it; each expert gets its own rank-`r` pair. PEFT's parameter adapters support "
-        "plain LoRA only: they need `method: lora`, `dropout: 0` and `init: default`.",
+        "plain LoRA only: they need `method: lora`, `dropout: 0` and `init: default`. On Qwen3-MoE (and the other "
+        "MoE models whose experts transformers 5 fuses, such as Mixtral and DeepSeek-V3) PEFT maps `all-linear` to "
+        "the experts and the router as parameter adapters by itself: they need the same settings.",
     )
     init: Literal["default", "pissa", "loftq"] = Field(
         "default", description="Adapter initialisation: `default` (B = 0), `pissa` or `loftq`."
