@@ -79,7 +79,7 @@ def prepare(arch: str, tmp: Path, s3: str, mlflow: str, export: dict, **extra: A
     train_like(base, local_out, [r["messages"] for r in data_rows])
     data = tmp / "eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in data_rows))
-    name = f"exp-{arch}-{tmp.name[-6:].lower().replace('_', '-')}".strip("-")
+    name = f"exp-{arch.replace('_', '-')}-{tmp.name[-6:].lower().replace('_', '-')}".strip("-")
     spec = {"name": name, "base_model": str(base), "model": {"dtype": "float32"},
             "data": {"train": str(data), "eval": str(data)}, "resources": {"gpu": "none"},
             "tracking": {"mlflow_uri": mlflow}, "output": {"uri": f"s3://runs/{name}"}, "export": export, **extra}
@@ -109,7 +109,7 @@ def read_s3(s3: str, path: str) -> str:
 
 
 # -- the tests -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "phi3", "qwen3_moe"])
 def test_export_verifies_and_registers(arch, servers, tmp_path):
     from mlflow import MlflowClient
 

@@ -62,6 +62,26 @@ def test_merged_model_computes_what_base_plus_adapter_computed(tmp_path):
     assert json.loads((merged.path / "export_info.json").read_text())["qlora_weight_delta"] is None
 
 
+def test_qwen3_moe_merges_its_fused_experts_and_router(tmp_path):
+    """`all-linear` on Qwen3-MoE adapts the fused 3-D expert tensors and the router as PEFT parameter adapters: the
+    merge must fold every one of them in, or routing and experts would differ from what training computed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.export.merge import merge
+
+    base = copy_model("qwen3_moe", tmp_path / "base")
+    spec, trained = make_adapter(base, tmp_path / "adapter")
+    wrapped = {getattr(m, "parameter_name", None) for _, m in trained.named_modules()}
+    assert {"gate_up_proj", "down_proj", "weight"} <= wrapped  # the experts' tensors and the router's weight
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "tokenizer")
+    merged = merge(spec, tmp_path / "adapter", tmp_path / "tokenizer", tmp_path / "merged")
+    ids = merged.tokenizer("The capital of Peru is Lima.").input_ids
+    reloaded = AutoModelForCausalLM.from_pretrained(merged.path, dtype=torch.float32)
+    assert torch.allclose(logits(reloaded, ids), logits(trained, ids), atol=1e-4)
+    original = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    assert not torch.allclose(logits(original, ids), logits(trained, ids), atol=1e-3)  # the adapter changed it
+
+
 def test_qlora_merges_onto_the_dequantized_base(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
