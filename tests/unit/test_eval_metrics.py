@@ -257,4 +257,7 @@ def test_evaluate_a_tiny_model_and_the_quickstart_gguf(tmp_path: Path) -> None:
     assert all(it.answer for it in gguf_result.items)  # a pretrained model says something
     assert gguf_result.means["json_valid"] == 0.0 and 0.0 <= gguf_result.means["rouge_l"] <= 1.0
     assert gguf_result.loss is None and set(gguf_result.tags()) == {
-        "kubetune.eval.rouge_l", "kubetune.eval.json_valid", "kubetune.eval.answers"}
+        "kubetune.eval.rouge_l", "kubetune.eval.json_valid", "kubetune.eval.answers", "kubetune.eval.too_short"}
+    # the quickstart's "ANSWER: ... BECAUSE: ..." references are longer than the 12 tokens given here
+    assert "eval.max_new_tokens (12) is shorter than 2 of the 2 reference replies" in gguf_result.tags()[
+        "kubetune.eval.too_short"]

@@ -161,4 +161,6 @@ def test_an_evaluation_carries_the_warning_with_its_scores(tmp_path: Path) -> No
     model = AutoModelForCausalLM.from_pretrained(short.base_model, dtype=torch.float32)
     result = evaluate_hf(model, tok, short, base_dir=tmp_path)
     assert result.too_short is not None and "shorter than 2 of the 2 reference replies" in result.too_short
-    assert evaluate_hf(model, tok, chat_job(tmp_path, 7, metrics=["rouge_l"]), base_dir=tmp_path).too_short is None
+    assert result.tags()["kubetune.eval.too_short"] == result.too_short  # on every registered version it scores
+    roomy = evaluate_hf(model, tok, chat_job(tmp_path, 7, metrics=["rouge_l"]), base_dir=tmp_path)
+    assert roomy.too_short is None and "kubetune.eval.too_short" not in roomy.tags()

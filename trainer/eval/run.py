@@ -65,9 +65,12 @@ class EvalResult:
         return out
 
     def tags(self) -> dict[str, str]:
-        """Registry version tags, `kubetune.eval.<metric>`: values with 4 decimals, and how many answers."""
+        """Registry version tags, `kubetune.eval.<metric>`: values with 4 decimals, how many answers, and
+        `kubetune.eval.too_short` when `eval.max_new_tokens` is shorter than some references."""
         out = {f"{TAG_PREFIX}{k.removeprefix('eval.')}": f"{v:.4f}" for k, v in self.metrics().items()}
         out[f"{TAG_PREFIX}answers"] = str(len(self.items))
+        if self.too_short:  # the scores are of answers cut short: whoever reads them from the registry is told
+            out[f"{TAG_PREFIX}too_short"] = self.too_short
         return out
 
     def cut_short(self, max_new_tokens: int) -> str | None:
