@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from launcher.cli import main
 from tests.resources import tokenizer_for
-from trainer.eval.room import held_out_conversations, reply_lengths, reply_of, reply_tokens, too_short
+from trainer.eval.room import held_out_conversations, reference_of, reply_lengths, reply_tokens, too_short
 from trainer.spec.io import spec_from_dict
 
 QUESTION = [{"role": "user", "content": "Describe the store module."}]
@@ -47,9 +47,9 @@ def test_a_references_length_is_a_close_lower_bound_on_the_trained_reply(family:
 def test_the_reference_is_the_reply_to_the_last_user_turn() -> None:
     conv = [{"role": "system", "content": "Be brief."}, *QUESTION, {"role": "assistant", "content": "a"},
             {"role": "user", "content": "More?"}, {"role": "assistant", "content": "b"}]
-    assert reply_of(conv) == {"role": "assistant", "content": "b"}
-    assert reply_of(conv[:-1]) is None  # ends on the user's turn: nothing to compare to
-    assert reply_of([{"role": "assistant", "content": "a"}]) is None
+    assert reference_of(conv) == {"role": "assistant", "content": "b"}
+    assert reference_of(conv[:-1]) is None  # ends on the user's turn: nothing to compare to
+    assert reference_of([{"role": "assistant", "content": "a"}]) is None
     assert reply_lengths([conv, conv[:-1]], tokenizer_for("qwen2")) == [1]
 
 

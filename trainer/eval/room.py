@@ -4,8 +4,8 @@ Sample answers and `eval.metrics` both answer the first `eval.num_samples` conve
 `data.train`), greedily and at most `eval.max_new_tokens` long. A reference reply longer than that cannot be
 matched: the model's answer is cut where the budget ends, `exact_match` scores it 0 and `rouge_l` low, and a
 reasoning model runs out while still thinking and has no answer at all. Nothing fails; the numbers are just
-worse than the model. This says so before any time is spent: `launch data validate` prints it, and the trainer
-and the export job say it when they start.
+worse than the model. This says so before any time is spent: `launch data validate` prints it, the trainer
+says it when it starts, the export job when it evaluates.
 
 A reference's length is its reasoning and its answer tokenized apart, without the template's markers around them:
 a lower bound on the tokens a model needs to write the same reply.
@@ -30,7 +30,7 @@ Message = dict[str, str]
 STEP = 64  # a suggested budget is rounded up to a multiple of this
 
 
-def reply_of(conv: list[Message]) -> Message | None:
+def reference_of(conv: list[Message]) -> Message | None:
     """The assistant turn that answered the conversation's last user turn (the reference), or None."""
     last = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=None)
     if last is None or last + 1 >= len(conv) or conv[last + 1]["role"] != "assistant":
@@ -47,7 +47,7 @@ def reply_tokens(tokenizer: Any, reply: Message) -> int:
 
 def reply_lengths(convs: list[list[Message]], tokenizer: Any) -> list[int]:
     """The token length of each conversation's reference reply (conversations without one are left out)."""
-    return [reply_tokens(tokenizer, r) for r in map(reply_of, convs) if r is not None]
+    return [reply_tokens(tokenizer, r) for r in map(reference_of, convs) if r is not None]
 
 
 def held_out_conversations(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tuple[list[list[Message]], str]:

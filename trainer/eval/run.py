@@ -118,7 +118,7 @@ def held_out(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> t
     for conv in conversations(spec, split, spec.eval.num_samples, base_dir=base_dir):
         prompt, reference = up_to_last_user(conv)
         if prompt:
-            items.append(Item(prompt, reference, expected=room.reply_of(conv)))
+            items.append(Item(prompt, reference, expected=room.reference_of(conv)))
     where = f"the first {len(items)} conversations of data.{split}"
     return items, where + (" (no data.eval is set: training prompts, not held out)" if split == "train" else "")
 

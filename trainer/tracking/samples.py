@@ -19,6 +19,7 @@ from trainer.data import conversations
 from trainer.data.reasoning import parts
 from trainer.data.render import ChatRenderer, stop_tokens
 from trainer.eval.reply import Reply, reply_of
+from trainer.eval.room import reference_of
 from trainer.spec.job import JobSpec
 
 Message = dict[str, str]
@@ -54,8 +55,8 @@ def up_to_last_user(conv: list[Message]) -> tuple[list[Message], str | None]:
     last = max((i for i, m in enumerate(conv) if m["role"] == "user"), default=None)
     if last is None:
         return [], None
-    nxt = parts(conv[last + 1]).answer if last + 1 < len(conv) else None
-    return conv[: last + 1], nxt
+    reference = reference_of(conv)
+    return conv[: last + 1], parts(reference).answer if reference is not None else None
 
 
 def choose(spec: JobSpec, base_dir: str | os.PathLike[str] | None = None) -> tuple[list[Sample], str]:
